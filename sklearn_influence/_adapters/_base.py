@@ -1,0 +1,104 @@
+"""The adapter contract: a functional torch view of one fitted model.
+
+An adapter maps its estimator's own training objective onto the package's form
+J(θ) = (1/N) Σ_i L(h(θ, x_i), t_i) + R(θ) with R(θ) = ½ Σ_j r_j θ_j², exactly, scale
+included (see DESIGN.md §2). Everything downstream — gradients, curvature, solvers,
+responses — talks to a model only through this interface.
+"""
+
+import numpy as np
+import torch
+
+
+class ModelAdapter:
+    """Base class of the adapters.
+
+    Attributes set by subclasses
+    ----------------------------
+    loss : OutputLoss
+        The per-example loss on outputs.
+    is_classifier : bool
+    classes_ : ndarray or None
+        Class labels in output order (classifiers).
+    n_outputs : int
+        Number of model outputs k.
+    device, dtype : torch device and dtype of every tensor the adapter returns.
+    linear_layout : bool
+        True when h(θ, z) = W̃ [z, 1] with θ = W̃.ravel() row-major, shape (k, d+1) — lets the
+        curvature module use the Kronecker structure of linear models.
+    """
+
+    linear_layout = False
+
+    # -- data ---------------------------------------------------------------------------
+    def inputs(self, X):
+        """Inputs as the tensor that :meth:`outputs` consumes (after any preprocessing)."""
+        raise NotImplementedError
+
+    def targets(self, y):
+        """Targets as a float tensor of shape (n, k): one-hot rows for classifiers."""
+        y = np.asarray(y)
+        if self.is_classifier:
+            return self._one_hot(y)
+        values = y.astype(np.float64, copy=False).reshape(len(y), -1)
+        if values.shape[1] != self.n_outputs:
+            raise ValueError(
+                f"y_test has {values.shape[1]} target column(s) but the model predicts "
+                f"{self.n_outputs}; pass targets shaped like the training targets."
+            )
+        if not np.all(np.isfinite(values)):
+            raise ValueError("y_test contains NaN or infinity; remove or impute those rows.")
+        return self._tensor(values)
+
+    def _one_hot(self, y):
+        y = np.ravel(y)
+        classes = self.classes_
+        positions = np.searchsorted(classes, y)
+        positions = np.clip(positions, 0, len(classes) - 1)
+        unseen = classes[positions] != y
+        if np.any(unseen):
+            raise ValueError(
+                f"y_test contains labels the model was not trained on: "
+                f"{np.unique(y[unseen]).tolist()[:10]}. Known classes: {classes.tolist()[:20]}."
+            )
+        width = self.n_outputs
+        if width == 1:  # binary model with one logit: target is 1 for the positive class
+            return self._tensor(positions.reshape(-1, 1).astype(np.float64))
+        one_hot = np.zeros((len(y), width))
+        one_hot[np.arange(len(y)), positions] = 1.0
+        return self._tensor(one_hot)
+
+    def _tensor(self, array):
+        return torch.as_tensor(np.asarray(array), dtype=self.dtype, device=self.device)
+
+    # -- model --------------------------------------------------------------------------
+    def parameters(self):
+        """The fitted parameters θˢ as a flat tensor of shape (p,)."""
+        raise NotImplementedError
+
+    def outputs(self, theta, inputs):
+        """Model outputs h(θ, x), shape (n, k), differentiable in θ (torch.func-friendly)."""
+        raise NotImplementedError
+
+    def regularizer_diagonal(self):
+        """r with R(θ) = ½ Σ r_j θ_j², shape (p,)."""
+        raise NotImplementedError
+
+    def regularizer(self, theta):
+        return 0.5 * (self.regularizer_diagonal() * theta**2).sum()
+
+    def objective(self, theta, inputs, targets, weights=None):
+        """J(θ) = (1/N) Σ_i w_i L_i(θ) + R(θ) on (inputs, targets); w_i = 1 by default.
+
+        With w_m = 0 this is the leave-one-out objective (1/N) Σ_{i≠m} L_i + R of DESIGN.md §2
+        (the 1/N of the full training set is kept).
+        """
+        losses = self.loss(self.outputs(theta, inputs), targets)
+        if weights is not None:
+            losses = losses * weights
+        return losses.sum() / len(inputs) + self.regularizer(theta)
+
+    # -- retraining ---------------------------------------------------------------------
+    def retrain(self, X, y, *, warm_start=True):
+        """Refit the model on (X, y) and return its parameters as a flat tensor."""
+        raise NotImplementedError

@@ -1,0 +1,233 @@
+"""Adapter for scikit-learn linear models.
+
+Parameters are laid out as W̃ = [coef | intercept] of shape (k, d + 1) (no intercept column
+when ``fit_intercept=False``), flattened row-major; inputs carry a trailing column of ones,
+so h(θ, z̃) = W̃ z̃. Each family's objective is rewritten as a mean loss plus
+R(θ) = ½ Σ r_j θ_j² (DESIGN.md §2):
+
+=====================  ====================================  =================
+estimator              objective it minimises                 L(h, t), r
+=====================  ====================================  =================
+LinearRegression       Σ (y − ŷ)²                             ‖h − t‖², 0
+Ridge                  Σ (y − ŷ)² + α‖w‖²                     ‖h − t‖², 2α/N
+LogisticRegression     C Σ log-loss + ½‖w‖²                   log-loss, 1/(CN)
+SGDClassifier (log)    mean log-loss + α·½‖w‖²                log-loss (OvR), α
+SGDRegressor (squared) mean ½(y − ŷ)² + α·½‖w‖²               ½‖h − t‖², α
+=====================  ====================================  =================
+"""
+
+import warnings
+
+import numpy as np
+import torch
+from sklearn.base import clone
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import (
+    LinearRegression,
+    LogisticRegression,
+    Ridge,
+    SGDClassifier,
+    SGDRegressor,
+)
+
+from .._losses import BinaryLogLoss, SoftmaxCrossEntropy, SquaredError
+from ._base import ModelAdapter
+
+SUPPORTED_LINEAR_MODELS = (
+    LinearRegression,
+    Ridge,
+    LogisticRegression,
+    SGDClassifier,
+    SGDRegressor,
+)
+
+# Tolerances used when the package itself retrains a convex model (leave-one-out targets):
+# the loss change from removing one of N points is O(1/N), so the refit must be much tighter.
+_RETRAIN_TOL = 1e-10
+_RETRAIN_MAX_ITER = 10_000
+
+
+def _refuse(estimator, problem, fix):
+    raise ValueError(f"{type(estimator).__name__}: {problem} is not supported. {fix}")
+
+
+def _check_linear_configuration(estimator):
+    """Refuse settings whose objective is not a smooth mean loss plus an L2 penalty."""
+    params = estimator.get_params(deep=False)
+    name = type(estimator).__name__
+    if params.get("positive", False):
+        _refuse(estimator, "positive=True (a constrained fit)", "Use positive=False.")
+    if params.get("class_weight") is not None:
+        _refuse(estimator, "class_weight", "Use class_weight=None.")
+    if params.get("early_stopping", False):
+        _refuse(
+            estimator,
+            "early_stopping=True (it trains on a hidden subset)",
+            "Use early_stopping=False so the model trains on exactly the data passed to fit.",
+        )
+    if isinstance(estimator, LogisticRegression):
+        penalty = params.get("penalty", "deprecated")
+        l1_ratio = params.get("l1_ratio")
+        if penalty in ("l1", "elasticnet") or (l1_ratio not in (None, 0, 0.0)):
+            _refuse(estimator, "an L1 or elastic-net penalty", "Use l1_ratio=0 (an L2 penalty).")
+        if params["solver"] == "liblinear":
+            _refuse(
+                estimator,
+                "solver='liblinear' (it penalises the intercept and fits one-vs-rest)",
+                "Use solver='lbfgs' or 'newton-cholesky'.",
+            )
+    if isinstance(estimator, (SGDClassifier, SGDRegressor)):
+        wanted = "log_loss" if isinstance(estimator, SGDClassifier) else "squared_error"
+        if params["loss"] != wanted:
+            _refuse(estimator, f"loss={params['loss']!r}", f"Use loss={wanted!r}.")
+        if params["penalty"] not in ("l2", None):
+            _refuse(estimator, f"penalty={params['penalty']!r}", "Use penalty='l2' or None.")
+    return name
+
+
+def _penalty_per_weight(estimator, n_train):
+    """r for the coefficients (scalar or one value per output); the intercept has r = 0."""
+    if isinstance(estimator, Ridge):
+        return 2.0 * np.asarray(estimator.alpha, dtype=np.float64) / n_train
+    if isinstance(estimator, LinearRegression):
+        return 0.0
+    if isinstance(estimator, LogisticRegression):
+        if estimator.penalty is None or not np.isfinite(estimator.C):
+            return 0.0
+        return 1.0 / (estimator.C * n_train)
+    # SGD: alpha · ½‖w‖²
+    return 0.0 if estimator.penalty is None else float(estimator.alpha)
+
+
+def _output_loss(estimator, n_outputs):
+    if isinstance(estimator, SGDRegressor):
+        return SquaredError(0.5)
+    if isinstance(estimator, (LinearRegression, Ridge)):
+        return SquaredError(1.0)
+    if isinstance(estimator, LogisticRegression) and n_outputs > 1:
+        return SoftmaxCrossEntropy()
+    return BinaryLogLoss()  # binary logistic, or SGD's one-vs-rest
+
+
+class LinearModelAdapter(ModelAdapter):
+    """Functional view of a fitted scikit-learn linear model (possibly after preprocessing).
+
+    Parameters
+    ----------
+    estimator : fitted linear model
+        One of :data:`SUPPORTED_LINEAR_MODELS`.
+    n_train : int
+        Number of training samples N, needed to express sum-form objectives as means.
+    preprocess : callable or None
+        Maps raw X to the model's features (the earlier steps of a pipeline).
+    device : torch.device
+    """
+
+    linear_layout = True
+
+    def __init__(self, estimator, n_train, *, preprocess=None, device=torch.device("cpu")):
+        _check_linear_configuration(estimator)
+        self.estimator = estimator
+        self.n_train = n_train
+        self.preprocess = preprocess
+        self.device = device
+        self.dtype = torch.float64
+        coef = np.atleast_2d(np.asarray(estimator.coef_, dtype=np.float64))
+        self.n_outputs, self.n_features = coef.shape
+        self.fit_intercept = bool(estimator.fit_intercept)
+        self.is_classifier = hasattr(estimator, "classes_")
+        self.classes_ = getattr(estimator, "classes_", None)
+        self.loss = _output_loss(estimator, self.n_outputs)
+        self._theta = self._pack(estimator)
+        self._penalty = _penalty_per_weight(estimator, n_train)
+
+    # -- layout -------------------------------------------------------------------------
+    def _pack(self, estimator):
+        coef = np.atleast_2d(np.asarray(estimator.coef_, dtype=np.float64))
+        if self.fit_intercept:
+            intercept = np.broadcast_to(np.asarray(estimator.intercept_, np.float64), (self.n_outputs,))
+            coef = np.column_stack([coef, intercept])
+        return self._tensor(coef.ravel())
+
+    def _unpack_into(self, estimator, theta):
+        """Write θ into a (clone of the) estimator's coef_ and intercept_, keeping their shapes."""
+        weights = theta.detach().cpu().numpy().reshape(self.n_outputs, -1)
+        coef, intercept = (weights[:, :-1], weights[:, -1]) if self.fit_intercept else (weights, None)
+        original = np.asarray(self.estimator.coef_)
+        estimator.coef_ = coef.reshape(original.shape).copy()
+        if intercept is not None:
+            original_intercept = np.asarray(self.estimator.intercept_)
+            estimator.intercept_ = (
+                intercept.reshape(original_intercept.shape).copy()
+                if original_intercept.ndim
+                else float(intercept[0])
+            )
+        return estimator
+
+    # -- data ---------------------------------------------------------------------------
+    def features(self, X):
+        Z = X if self.preprocess is None else self.preprocess(X)
+        Z = np.asarray(Z, dtype=np.float64)
+        if Z.ndim != 2 or Z.shape[1] != self.n_features:
+            raise ValueError(
+                f"The model expects {self.n_features} features but got an array of shape "
+                f"{Z.shape}; pass data with the same columns as the training data."
+            )
+        if not np.all(np.isfinite(Z)):
+            raise ValueError(
+                "The model's input features contain NaN or infinity; impute or drop them "
+                "(for example with sklearn.impute.SimpleImputer in the pipeline)."
+            )
+        return Z
+
+    def inputs(self, X):
+        Z = self.features(X)
+        if self.fit_intercept:
+            Z = np.column_stack([Z, np.ones(len(Z))])
+        return self._tensor(Z)
+
+    # -- model --------------------------------------------------------------------------
+    def parameters(self):
+        return self._theta
+
+    def outputs(self, theta, inputs):
+        return inputs @ theta.reshape(self.n_outputs, -1).T
+
+    def regularizer_diagonal(self):
+        width = self.n_features + int(self.fit_intercept)
+        rows = np.broadcast_to(np.asarray(self._penalty, np.float64).reshape(-1, 1), (self.n_outputs, 1))
+        diagonal = np.repeat(rows, width, axis=1).copy()
+        if self.fit_intercept:
+            diagonal[:, -1] = 0.0
+        return self._tensor(diagonal.ravel())
+
+    # -- retraining ---------------------------------------------------------------------
+    def _retraining_clone(self, warm_start):
+        model = clone(self.estimator)
+        params = model.get_params(deep=False)
+        if "tol" in params and not isinstance(model, (SGDClassifier, SGDRegressor)):
+            tol = params["tol"]
+            model.set_params(tol=_RETRAIN_TOL if tol is None else min(tol, _RETRAIN_TOL))
+        if "max_iter" in params and not isinstance(model, (SGDClassifier, SGDRegressor)):
+            model.set_params(max_iter=max(params["max_iter"] or 0, _RETRAIN_MAX_ITER))
+        if warm_start and "warm_start" in params:
+            model.set_params(warm_start=True)
+            self._unpack_into(model, self._theta)
+            if self.is_classifier:
+                model.classes_ = self.classes_
+        return model
+
+    def retrain(self, X, y, *, warm_start=True):
+        """Refit the final linear model on (X, y) (X raw; earlier steps are kept fixed).
+
+        Convex families are solved to a tight tolerance so that the O(1/N) change caused by
+        removing one training point is resolved; ``warm_start`` starts from θˢ where the
+        estimator supports it.
+        """
+        model = self._retraining_clone(warm_start)
+        with warnings.catch_warnings():
+            # a warm start from an already-optimal point makes lbfgs report line-search
+            # failures at machine precision; the solution is still the optimum
+            warnings.filterwarnings("ignore", category=ConvergenceWarning, message=".*line search.*")
+            model.fit(self.features(X), y)
+        return self._pack(model)

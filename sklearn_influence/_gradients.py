@@ -1,0 +1,56 @@
+"""Per-example gradients and measurements, vectorised with :mod:`torch.func`.
+
+The measurement of a query is its loss L(h(θ, x_q), t_q); with ``targets=None`` it is the
+model output itself (single-output regressors). Classifier queries without a label use the
+predicted class as target, resolved once at θˢ by :func:`resolve_query_targets`.
+"""
+
+import torch
+from torch.func import grad, vmap
+
+
+def batch_slices(n, batch_size):
+    """Consecutive slices covering ``range(n)`` in blocks of ``batch_size``."""
+    batch_size = max(1, int(batch_size))
+    return [slice(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+
+
+def measure(adapter, theta, inputs, targets):
+    """Measurement f(θ) of each row: its loss, or its output when ``targets`` is None."""
+    outputs = adapter.outputs(theta, inputs)
+    if targets is None:
+        return outputs[..., 0]
+    return adapter.loss(outputs, targets)
+
+
+def resolve_query_targets(adapter, theta, inputs, targets):
+    """Targets for the measurement: the given ones, else the prediction (classifiers)."""
+    if targets is not None:
+        return targets
+    if adapter.is_classifier:
+        with torch.no_grad():
+            return adapter.loss.predicted_targets(adapter.outputs(theta, inputs))
+    if adapter.n_outputs != 1:
+        raise ValueError(
+            f"Without y_test the measurement of a regressor is its prediction, which needs a "
+            f"single output, but this model has {adapter.n_outputs}; pass y_test to measure "
+            "the loss instead."
+        )
+    return None
+
+
+def per_example_gradients(adapter, theta, inputs, targets, batch_size=1024):
+    """∇_θ f_i(θ) for every row i, shape (n, p), computed in batches with vmap(grad)."""
+
+    def single(theta_, x, t):
+        t = None if t is None else t.unsqueeze(0)
+        return measure(adapter, theta_, x.unsqueeze(0), t)[0]
+
+    gradient = vmap(grad(single), in_dims=(None, 0, None if targets is None else 0))
+    blocks = [
+        gradient(theta, inputs[rows], None if targets is None else targets[rows])
+        for rows in batch_slices(len(inputs), batch_size)
+    ]
+    if not blocks:
+        return theta.new_zeros((0, theta.numel()))
+    return torch.cat(blocks)

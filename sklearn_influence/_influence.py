@@ -1,0 +1,339 @@
+"""The public influence-function transformer."""
+
+import warnings
+from numbers import Integral, Real
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, _fit_context, clone
+from sklearn.frozen import FrozenEstimator
+from sklearn.pipeline import Pipeline
+from sklearn.utils import Bunch, check_random_state
+from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
+from sklearn.utils.validation import check_consistent_length, check_is_fitted, validate_data
+
+from ._adapters import check_supported, make_adapter
+from ._curvature import CURVATURES
+from ._convex import leave_one_out_optima, minimize_convex
+from ._response import measurement_changes
+from ._scores import InfluenceEngine, top_k
+from ._solvers import SOLVERS
+from ._torch_utils import resolve_device, seeded_torch, to_numpy
+
+
+def _pearson(predicted, actual):
+    if np.std(predicted) == 0 or np.std(actual) == 0:
+        warnings.warn(
+            "The predicted or the actual loss changes are constant, so their correlation is "
+            "undefined; score returns nan. Use more score points or a test set on which the "
+            "removed points matter.",
+            UserWarning,
+            stacklevel=3,
+        )
+        return float("nan")
+    return float(np.corrcoef(predicted, actual)[0, 1])
+
+
+class InfluenceFunction(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+    """Influence of each training point on the predictions of a fitted model.
+
+    ``fit`` fits a clone of ``estimator`` (a :class:`~sklearn.frozen.FrozenEstimator` is used
+    as fitted), then computes per-example training gradients and the damped curvature.
+    ``transform`` returns the influence matrix
+
+    .. math:: I[q, m] = \\frac{1}{N} \\nabla f_q(\\theta^s)^\\top (C + \\lambda I)^{-1}
+              \\nabla_\\theta L(h(\\theta^s, x_m), t_m),
+
+    the predicted change of query q's measurement when training point m is removed
+    (first-order, ε = 1/N). **Sign**: ``I[q, m] > 0`` means removing m is predicted to
+    raise the query loss — m helps q (a proponent); ``I[q, m] < 0`` means m hurts q (an
+    opponent). Rows are queries, columns are training points in the order passed to ``fit``.
+
+    Parameters
+    ----------
+    estimator : estimator object
+        A supported model: ``LinearRegression``, ``Ridge``, ``LogisticRegression`` (L2 or no
+        penalty), ``SGDClassifier(loss="log_loss")``, ``SGDRegressor(loss="squared_error")``,
+        a :class:`~sklearn.pipeline.Pipeline` ending in one of them, or a
+        :class:`~sklearn.frozen.FrozenEstimator` around any of them.
+    damping : float, default=1e-3
+        λ ≥ 0 added to the curvature. Changing it with ``set_params`` after ``fit`` is cheap:
+        the factorization is reused.
+    curvature : {"gauss_newton", "hessian", "identity"}, default="gauss_newton"
+        C: the Gauss-Newton matrix, the Hessian of the training objective, or the identity
+        (a gradient dot-product baseline).
+    solver : {"auto", "direct"}, default="auto"
+        How (C + λI)⁻¹ is applied. ``"direct"`` eigendecomposes C once and caches it;
+        ``"auto"`` picks ``"direct"`` while the dense matrix is small.
+    device : {"cpu", "cuda", "auto"} or str, default="cpu"
+        Where the heavy math runs; results are always returned as numpy arrays on the CPU.
+    batch_size : int, default=512
+        Rows per vectorised batch of per-example gradients.
+    solver_options : dict, default=None
+        Extra settings of the solver (for the iterative solvers: tolerances, iterations).
+    n_score_points : int, default=30
+        Number of training points removed and actually refit by :meth:`score`.
+    n_jobs : int, default=None
+        Parallel refits in :meth:`score`, through :mod:`sklearn.utils.parallel` (a joblib
+        backend such as Dask is chosen by the caller with ``joblib.parallel_config``).
+    random_state : int, RandomState instance or None, default=None
+        Chooses the score points; seeds torch inside a forked RNG.
+
+    Attributes
+    ----------
+    estimator_ : estimator object
+        The fitted model (the given object itself when it is a ``FrozenEstimator``).
+    n_train_ : int
+        Number of training points N; the number of columns of :meth:`transform`.
+    solver_ : str
+        The solver actually used.
+    n_features_in_ : int
+        Number of features seen during ``fit``.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Names of features seen during ``fit``, when X has string column names.
+
+    See Also
+    --------
+    sklearn.frozen.FrozenEstimator : Use an already fitted model without refitting it.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_diabetes
+    >>> from sklearn.linear_model import Ridge
+    >>> from sklearn_influence import InfluenceFunction
+    >>> X, y = load_diabetes(return_X_y=True)
+    >>> influence = InfluenceFunction(Ridge(alpha=1.0)).fit(X[:300], y[:300])
+    >>> matrix = influence.transform(X[300:305], y[300:305])
+    >>> matrix.shape
+    (5, 300)
+    >>> top = influence.most_influential(X[300:301], y[300:301], k=3)
+    >>> top.helpful_indices.shape
+    (1, 3)
+    """
+
+    _parameter_constraints = {
+        "estimator": [HasMethods(["fit"])],
+        "damping": [Interval(Real, 0, None, closed="left")],
+        "curvature": [StrOptions(set(CURVATURES))],
+        "solver": [StrOptions({"auto", *SOLVERS})],
+        "device": [str],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "n_score_points": [Interval(Integral, 2, None, closed="left")],
+        "solver_options": [dict, None],
+        "n_jobs": [Integral, None],
+        "random_state": ["random_state"],
+    }
+
+    def __init__(
+        self,
+        estimator,
+        *,
+        damping=1e-3,
+        curvature="gauss_newton",
+        solver="auto",
+        device="cpu",
+        batch_size=512,
+        solver_options=None,
+        n_score_points=30,
+        n_jobs=None,
+        random_state=None,
+    ):
+        self.estimator = estimator
+        self.damping = damping
+        self.curvature = curvature
+        self.solver = solver
+        self.device = device
+        self.batch_size = batch_size
+        self.solver_options = solver_options
+        self.n_score_points = n_score_points
+        self.n_jobs = n_jobs
+        self.random_state = random_state
+
+    # -- fitting ------------------------------------------------------------------------
+    @_fit_context(prefer_skip_nested_validation=False)
+    def fit(self, X, y):
+        """Fit the model (unless frozen) and prepare gradients and curvature.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Training inputs. They are the training set of the influence estimates.
+        y : array-like of shape (n_samples,) or (n_samples, n_targets)
+            Training targets (any class labels for classifiers).
+
+        Returns
+        -------
+        self : InfluenceFunction
+            The fitted transformer.
+        """
+        check_supported(self.estimator)
+        X, y = self._validate_training_data(X, y)
+        device = resolve_device(self.device)
+        with seeded_torch(self.random_state) as seed:
+            if isinstance(self.estimator, FrozenEstimator):
+                self.estimator_ = self.estimator
+            else:
+                self.estimator_ = clone(self.estimator).fit(X, y)
+            adapter = make_adapter(self.estimator_, len(y), device)
+            self._engine = InfluenceEngine(
+                adapter,
+                adapter.inputs(X),
+                adapter.targets(y),
+                curvature=self.curvature,
+                solver=self.solver,
+                batch_size=self.batch_size,
+                solver_options={"seed": seed, **(self.solver_options or {})},
+            )
+        self._X_train, self._y_train = X, y
+        self._fitted_settings = self._settings()
+        self.n_train_ = self._n_features_out = len(y)
+        self.solver_ = self._engine.solver_name
+        return self
+
+    def _validate_training_data(self, X, y):
+        if isinstance(self._model_container(), Pipeline):
+            # the pipeline's own steps validate and convert X
+            X, y = validate_data(self, X, y, skip_check_array=True)
+            check_consistent_length(X, y)
+            return X, np.asarray(y)
+        return validate_data(self, X, y, multi_output=True, y_numeric=False)
+
+    def _model_container(self):
+        estimator = self.estimator
+        return estimator.estimator if isinstance(estimator, FrozenEstimator) else estimator
+
+    def _settings(self):
+        return {
+            "curvature": self.curvature,
+            "solver": self.solver,
+            "batch_size": self.batch_size,
+            "solver_options": self.solver_options,
+        }
+
+    def _check_ready(self):
+        check_is_fitted(self, "_engine")
+        self._validate_params()  # catches set_params(damping=-1) after fit
+        changed = [
+            name for name, value in self._settings().items() if self._fitted_settings[name] != value
+        ]
+        if changed:
+            raise ValueError(
+                f"{', '.join(changed)} changed since fit; call fit again. Only damping can be "
+                "changed on a fitted InfluenceFunction."
+            )
+
+    def _query_tensors(self, X, y_test):
+        if isinstance(self._model_container(), Pipeline):
+            validate_data(self, X, reset=False, skip_check_array=True)
+        else:
+            X = validate_data(self, X, reset=False)
+        adapter = self._engine.adapter
+        inputs = adapter.inputs(X)
+        if y_test is None:
+            return inputs, None
+        y_test = np.asarray(y_test)
+        if len(y_test) != len(inputs):
+            raise ValueError(
+                f"y_test has {len(y_test)} rows but X has {len(inputs)}; pass one target per query."
+            )
+        return inputs, adapter.targets(y_test)
+
+    # -- influence ----------------------------------------------------------------------
+    def transform(self, X, y_test=None):
+        """Influence of every training point on each query.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_queries, n_features)
+            Query inputs.
+        y_test : array-like of shape (n_queries,) or (n_queries, n_targets), default=None
+            Query targets. The measurement is the query's loss. Without them it is the loss
+            at the predicted class (classifiers) or the prediction itself (single-output
+            regressors).
+
+        Returns
+        -------
+        influence : ndarray of shape (n_queries, n_train_)
+            ``influence[q, m]``: predicted change of query q's measurement when training
+            point m is removed. Positive means m helps q.
+        """
+        self._check_ready()
+        inputs, targets = self._query_tensors(X, y_test)
+        return to_numpy(self._engine.influence(inputs, targets, self.damping))
+
+    def self_influence(self):
+        """Self-influence ∇L_mᵀ(C + λI)⁻¹∇L_m / N ≥ 0 of every training point.
+
+        Large values flag points the model fits only because they are in the training set —
+        often mislabeled examples.
+
+        Returns
+        -------
+        self_influence : ndarray of shape (n_train_,)
+        """
+        self._check_ready()
+        return to_numpy(self._engine.self_influence(self.damping))
+
+    def most_influential(self, X, y_test=None, k=10):
+        """The k most helpful and k most harmful training points for each query.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_queries, n_features)
+        y_test : array-like of shape (n_queries,), default=None
+            See :meth:`transform`.
+        k : int, default=10
+
+        Returns
+        -------
+        result : :class:`~sklearn.utils.Bunch`
+            ``helpful_indices``, ``helpful_values`` (largest influence first),
+            ``harmful_indices``, ``harmful_values`` (most negative first), each of shape
+            (n_queries, k).
+        """
+        if not isinstance(k, Integral) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}.")
+        helpful, helpful_values, harmful, harmful_values = top_k(self.transform(X, y_test), k)
+        return Bunch(
+            helpful_indices=helpful,
+            helpful_values=helpful_values,
+            harmful_indices=harmful,
+            harmful_values=harmful_values,
+        )
+
+    # -- agreement with retraining -------------------------------------------------------
+    def score(self, X, y):
+        """Pearson correlation of predicted and actual loss changes under removal.
+
+        ``n_score_points`` training points (drawn with ``random_state``) are removed one at a
+        time and the model is refit (warm-started, to a tight tolerance for convex models).
+        The actual change of the mean loss on (X, y), relative to the model refit on all
+        points, is compared with the mean influence on (X, y). Higher is better, so
+        ``GridSearchCV`` over ``damping`` selects the damping that best predicts retraining.
+        Cost: ``n_score_points + 1`` refits of the model.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_queries, n_features)
+        y : array-like of shape (n_queries,) or (n_queries, n_targets)
+
+        Returns
+        -------
+        score : float
+        """
+        self._check_ready()
+        n_train = self.n_train_
+        rng = check_random_state(self.random_state)
+        removed = rng.choice(n_train, size=min(self.n_score_points, n_train), replace=False)
+        predicted = self.transform(X, y)[:, removed].mean(0)
+        inputs, targets = self._query_tensors(X, y)
+        adapter = self._engine.adapter
+        train_inputs, train_targets = adapter.inputs(self._X_train), adapter.targets(self._y_train)
+        reference = minimize_convex(adapter, self._engine.theta, train_inputs, train_targets)
+        thetas = leave_one_out_optima(adapter, reference, train_inputs, train_targets, removed)
+        actual = to_numpy(measurement_changes(adapter, reference, thetas, inputs, targets).mean(0))
+        return _pearson(predicted, actual)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.required = True
+        return tags

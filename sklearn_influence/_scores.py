@@ -1,0 +1,80 @@
+"""Influence scores: the influence matrix, self-influence and top-k, streamed in blocks.
+
+    I[q, m] = (1/N) ∇f_q(θˢ)ᵀ (C + λI)⁻¹ ∇_θ L(h(θˢ, x_m), t_m)
+
+is the predicted change of query q's measurement when training point m is removed
+(ε = 1/N). Positive: removing m raises the query loss, so m helps q.
+"""
+
+import numpy as np
+import torch
+
+from ._gradients import batch_slices, per_example_gradients, resolve_query_targets
+from ._solvers import SOLVERS, resolve_solver_name
+
+
+class InfluenceEngine:
+    """Fit-time state for one model: θˢ, training gradients and a solver ready for any λ.
+
+    Parameters
+    ----------
+    adapter : ModelAdapter
+    inputs, targets : Tensor
+        Training inputs and targets as the adapter encodes them.
+    curvature : {"gauss_newton", "hessian", "identity"}
+    solver : str
+        A key of :data:`~sklearn_influence._solvers.SOLVERS` or ``"auto"``.
+    batch_size : int
+        Rows per vectorised batch.
+    solver_options : dict
+        Extra keyword arguments for the solver (tolerances, iterations, seeds).
+    """
+
+    def __init__(self, adapter, inputs, targets, *, curvature, solver, batch_size, solver_options=None):
+        self.adapter = adapter
+        self.batch_size = batch_size
+        self.theta = adapter.parameters()
+        self.n_train = len(inputs)
+        self.train_gradients = per_example_gradients(adapter, self.theta, inputs, targets, batch_size)
+        self.solver_name = resolve_solver_name(solver, self.theta.numel())
+        self.solver = SOLVERS[self.solver_name].build(
+            adapter,
+            self.theta,
+            inputs,
+            targets,
+            self.train_gradients,
+            curvature=curvature,
+            batch_size=batch_size,
+            **(solver_options or {}),
+        )
+
+    def influence(self, inputs, targets, damping):
+        """Influence matrix (n_queries, N) as a tensor, computed in blocks of queries."""
+        targets = resolve_query_targets(self.adapter, self.theta, inputs, targets)
+        blocks = []
+        for rows in batch_slices(len(inputs), self.batch_size):
+            block_targets = None if targets is None else targets[rows]
+            gradients = per_example_gradients(self.adapter, self.theta, inputs[rows], block_targets, self.batch_size)
+            blocks.append(self.solver.bilinear(gradients, damping) / self.n_train)
+        if not blocks:
+            return self.theta.new_zeros((0, self.n_train))
+        return torch.cat(blocks)
+
+    def self_influence(self, damping):
+        """∇L_mᵀ (C + λI)⁻¹ ∇L_m / N for every training point, shape (N,)."""
+        return self.solver.self_quadratic(damping) / self.n_train
+
+
+def top_k(matrix, k):
+    """Indices and values of the k largest (helpful) and k smallest (harmful) entries per row.
+
+    Returns ``(helpful_indices, helpful_values, harmful_indices, harmful_values)``, each of
+    shape (n_rows, k), sorted from the strongest effect down.
+    """
+    matrix = np.asarray(matrix)
+    k = min(k, matrix.shape[1])
+    order = np.argsort(matrix, axis=1, kind="stable")
+    harmful = order[:, :k]
+    helpful = order[:, ::-1][:, :k]
+    take = np.take_along_axis
+    return helpful, take(matrix, helpful, 1), harmful, take(matrix, harmful, 1)

@@ -1,0 +1,99 @@
+"""Solvers for damped curvature systems (C + λI) x = b.
+
+A solver is built once per fit from the curvature and the training gradients T (N × p), and
+then answers for any damping λ:
+
+* ``solve(B, λ)``         → B (C + λI)⁻¹ for row vectors B (m × p);
+* ``bilinear(Q, λ)``      → Q (C + λI)⁻¹ Tᵀ (m × N);
+* ``self_quadratic(λ)``   → diag(T (C + λI)⁻¹ Tᵀ) (N,).
+
+Scaling by 1/N and the sign convention belong to the scores module, not here.
+"""
+
+import torch
+
+from ._curvature import dense_curvature
+
+
+class DirectSolver:
+    """Exact solves through one cached eigendecomposition C = V diag(w) Vᵀ.
+
+    The eigendecomposition and the training gradients projected on V are computed on first
+    use and kept, so a new damping costs two matrix products and no new factorization.
+    Eigenvalues with |w + λ| at round-off level are treated as zero (a pseudo-inverse), which
+    makes ``damping=0`` well defined for singular curvature; a clearly negative w + λ (an
+    indefinite Hessian) is an error.
+
+    Parameters
+    ----------
+    curvature : Tensor of shape (p, p)
+        Symmetric curvature matrix C.
+    train_gradients : Tensor of shape (N, p)
+    """
+
+    name = "direct"
+
+    def __init__(self, curvature, train_gradients):
+        self.curvature = curvature
+        self.train_gradients = train_gradients
+        self.n_factorizations = 0
+        self._eigenvalues = None
+        self._eigenvectors = None
+        self._projected_train = None
+
+    @classmethod
+    def build(cls, adapter, theta, inputs, targets, train_gradients, *, curvature, batch_size, **_):
+        """Form the dense curvature on the training data and wrap it."""
+        matrix = dense_curvature(adapter, theta, inputs, targets, curvature, batch_size)
+        return cls(matrix, train_gradients)
+
+    def _factor(self):
+        if self._eigenvalues is None:
+            symmetric = 0.5 * (self.curvature + self.curvature.T)
+            self._eigenvalues, self._eigenvectors = torch.linalg.eigh(symmetric)
+            self._projected_train = self.train_gradients @ self._eigenvectors
+            self.n_factorizations += 1
+        return self._eigenvalues, self._eigenvectors
+
+    def _inverse_eigenvalues(self, damping):
+        eigenvalues, _ = self._factor()
+        shifted = eigenvalues + damping
+        scale = max(float(eigenvalues.abs().max()), float(damping), 1.0)
+        tolerance = scale * eigenvalues.numel() * torch.finfo(eigenvalues.dtype).eps
+        if float(shifted.min()) < -tolerance:
+            raise ValueError(
+                f"The damped curvature is not positive definite: its smallest eigenvalue is "
+                f"{float(shifted.min()):.3g}. Use curvature='gauss_newton' or a damping larger "
+                f"than {-float(eigenvalues.min()):.3g}."
+            )
+        inverse = torch.zeros_like(shifted)
+        kept = shifted > tolerance
+        inverse[kept] = 1.0 / shifted[kept]
+        return inverse
+
+    def solve(self, rhs, damping):
+        inverse = self._inverse_eigenvalues(damping)
+        vectors = self._eigenvectors
+        return ((rhs @ vectors) * inverse) @ vectors.T
+
+    def bilinear(self, queries, damping):
+        inverse = self._inverse_eigenvalues(damping)
+        return ((queries @ self._eigenvectors) * inverse) @ self._projected_train.T
+
+    def self_quadratic(self, damping):
+        inverse = self._inverse_eigenvalues(damping)
+        return (self._projected_train**2 * inverse).sum(1)
+
+
+SOLVERS = {"direct": DirectSolver}
+
+
+def resolve_solver_name(name, n_params):
+    """``"auto"`` → ``"direct"`` while the dense matrix is small, else an iterative solver."""
+    if name != "auto":
+        return name
+    return "direct" if n_params <= AUTO_DIRECT_MAX_PARAMS or "cg" not in SOLVERS else "cg"
+
+
+#: largest parameter count for which ``solver="auto"`` forms and factorizes a dense matrix
+AUTO_DIRECT_MAX_PARAMS = 12_000
