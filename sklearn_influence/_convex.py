@@ -60,7 +60,9 @@ def minimize_convex(adapter, theta, inputs, targets, weights=None, *, tol=CONVEX
     return theta
 
 
-def leave_one_out_optima(adapter, reference, inputs, targets, removed, *, tol=CONVEX_TOL, max_iter=100):
+def leave_one_out_optima(
+    adapter, reference, inputs, targets, removed, *, tol=CONVEX_TOL, max_iter=100
+):
     """Minimisers of J_{-m} for every m in ``removed``, all at once, shape (len(removed), p).
 
     ``reference`` must minimise the full objective. Each θ_m is iterated as
@@ -72,7 +74,9 @@ def leave_one_out_optima(adapter, reference, inputs, targets, removed, *, tol=CO
     n_removed = len(removed)
     weights = inputs.new_ones((n_removed, len(inputs)))
     weights[torch.arange(n_removed), torch.as_tensor(removed, device=inputs.device)] = 0.0
-    preconditioner = _pseudo_inverse(dense_curvature(adapter, reference, inputs, targets, "gauss_newton"))
+    preconditioner = _pseudo_inverse(
+        dense_curvature(adapter, reference, inputs, targets, "gauss_newton")
+    )
 
     def objective(theta, weight):
         return adapter.objective(theta, inputs, targets, weight)

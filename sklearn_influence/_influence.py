@@ -4,16 +4,22 @@ import warnings
 from numbers import Integral, Real
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, _fit_context, clone
+from sklearn.base import (
+    BaseEstimator,
+    ClassNamePrefixFeaturesOutMixin,
+    TransformerMixin,
+    _fit_context,
+    clone,
+)
 from sklearn.frozen import FrozenEstimator
 from sklearn.pipeline import Pipeline
 from sklearn.utils import Bunch, check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_consistent_length, check_is_fitted, validate_data
 
-from ._adapters import check_supported, make_adapter
-from ._curvature import CURVATURES
+from ._adapters import check_supported, fit_estimator, make_adapter
 from ._convex import leave_one_out_optima, minimize_convex
+from ._curvature import CURVATURES
 from ._response import measurement_changes
 from ._scores import InfluenceEngine, top_k
 from ._solvers import SOLVERS
@@ -170,10 +176,11 @@ class InfluenceFunction(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         device = resolve_device(self.device)
         with seeded_torch(self.random_state) as seed:
             if isinstance(self.estimator, FrozenEstimator):
-                self.estimator_ = self.estimator
+                self.estimator_, fit_state = self.estimator, None
             else:
-                self.estimator_ = clone(self.estimator).fit(X, y)
-            adapter = make_adapter(self.estimator_, len(y), device)
+                self.estimator_ = clone(self.estimator)
+                fit_state = fit_estimator(self.estimator_, X, y)
+            adapter = make_adapter(self.estimator_, len(y), device, fit_state)
             self._engine = InfluenceEngine(
                 adapter,
                 adapter.inputs(X),

@@ -106,7 +106,9 @@ class BinaryLogLoss(OutputLoss):
         # Bernoulli KL(σ(h_ref) ‖ σ(h)), summed over outputs
         p_ref = torch.sigmoid(reference_outputs)
         return (
-            F.softplus(outputs) - F.softplus(reference_outputs) - p_ref * (outputs - reference_outputs)
+            F.softplus(outputs)
+            - F.softplus(reference_outputs)
+            - p_ref * (outputs - reference_outputs)
         ).sum(-1)
 
     def predicted_targets(self, outputs):

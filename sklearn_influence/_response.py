@@ -4,22 +4,11 @@ This module starts with actual retraining (leave-one-out), which both the scores
 :class:`~sklearn_influence.InfluenceFunction` and the response estimators build on.
 """
 
-import numpy as np
 import torch
-from torch.func import vmap
 from sklearn.utils.parallel import Parallel, delayed
+from torch.func import vmap
 
 from ._gradients import measure
-
-
-def _retrain_without(adapter, X, y, index, warm_start):
-    keep = np.ones(len(y), dtype=bool)
-    keep[index] = False
-    return adapter.retrain(_take(X, keep), _take(y, keep), warm_start=warm_start)
-
-
-def _take(data, mask):
-    return data.iloc[mask] if hasattr(data, "iloc") else data[mask]
 
 
 def leave_one_out_parameters(adapter, X, y, indices, *, warm_start=True, n_jobs=None):
@@ -29,13 +18,14 @@ def leave_one_out_parameters(adapter, X, y, indices, *, warm_start=True, n_jobs=
     chosen by the caller (for example Dask) spreads them over workers.
     """
     thetas = Parallel(n_jobs=n_jobs)(
-        delayed(_retrain_without)(adapter, X, y, index, warm_start) for index in indices
+        delayed(adapter.retrain)(X, y, exclude=[index], warm_start=warm_start) for index in indices
     )
     return torch.stack([theta.to(adapter.device) for theta in thetas])
 
 
 def measurement_changes(adapter, reference_theta, thetas, inputs, targets):
     """Δf[q, j] = f_q(thetas[j]) − f_q(reference_theta), shape (n_queries, len(thetas))."""
+
     def measure_at(theta):
         return measure(adapter, theta, inputs, targets)
 

@@ -30,12 +30,16 @@ class InfluenceEngine:
         Extra keyword arguments for the solver (tolerances, iterations, seeds).
     """
 
-    def __init__(self, adapter, inputs, targets, *, curvature, solver, batch_size, solver_options=None):
+    def __init__(
+        self, adapter, inputs, targets, *, curvature, solver, batch_size, solver_options=None
+    ):
         self.adapter = adapter
         self.batch_size = batch_size
         self.theta = adapter.parameters()
         self.n_train = len(inputs)
-        self.train_gradients = per_example_gradients(adapter, self.theta, inputs, targets, batch_size)
+        self.train_gradients = per_example_gradients(
+            adapter, self.theta, inputs, targets, batch_size
+        )
         self.solver_name = resolve_solver_name(solver, self.theta.numel())
         self.solver = SOLVERS[self.solver_name].build(
             adapter,
@@ -54,7 +58,9 @@ class InfluenceEngine:
         blocks = []
         for rows in batch_slices(len(inputs), self.batch_size):
             block_targets = None if targets is None else targets[rows]
-            gradients = per_example_gradients(self.adapter, self.theta, inputs[rows], block_targets, self.batch_size)
+            gradients = per_example_gradients(
+                self.adapter, self.theta, inputs[rows], block_targets, self.batch_size
+            )
             blocks.append(self.solver.bilinear(gradients, damping) / self.n_train)
         if not blocks:
             return self.theta.new_zeros((0, self.n_train))

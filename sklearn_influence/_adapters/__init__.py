@@ -3,7 +3,9 @@
 A new model family is one new adapter module plus one entry in ``_FAMILIES``.
 """
 
-from ._base import ModelAdapter
+from sklearn.pipeline import Pipeline
+
+from ._base import ModelAdapter, fit_model
 from ._linear import SUPPORTED_LINEAR_MODELS, LinearModelAdapter, _check_linear_configuration
 from ._pipeline import unwrap
 
@@ -13,16 +15,18 @@ SUPPORTED_ESTIMATORS_TEXT = (
     "a Pipeline ending in one of these, or a FrozenEstimator around any of them"
 )
 
-# (estimator types, check of the (unfitted) configuration, adapter class)
+# (estimator types, check of the (unfitted) configuration, training hook, adapter class).
+# The training hook fits the final model and returns what the adapter needs to know about
+# that fit (for example a network's initial weights), or None.
 _FAMILIES = [
-    (SUPPORTED_LINEAR_MODELS, _check_linear_configuration, LinearModelAdapter),
+    (SUPPORTED_LINEAR_MODELS, _check_linear_configuration, fit_model, LinearModelAdapter),
 ]
 
 
 def _family(model):
-    for types, check, adapter_class in _FAMILIES:
+    for types, check, fit_hook, adapter_class in _FAMILIES:
         if isinstance(model, types):
-            return check, adapter_class
+            return check, fit_hook, adapter_class
     raise TypeError(
         f"sklearn_influence does not support {type(model).__name__}. Supported estimators: "
         f"{SUPPORTED_ESTIMATORS_TEXT}."
@@ -32,22 +36,42 @@ def _family(model):
 def check_supported(estimator):
     """Raise a clear error for an unsupported estimator or setting, before any fitting."""
     _, model = unwrap(estimator)
-    check, _ = _family(model)
+    check, _, _ = _family(model)
     check(model)
 
 
-def make_adapter(estimator, n_train, device):
+def fit_estimator(estimator, X, y):
+    """Fit an (unfrozen) estimator or pipeline; return the final family's fit state.
+
+    Earlier pipeline steps are fit and applied as scikit-learn does; the final model is fit
+    by its family's training hook.
+    """
+    preprocess_steps, model = (
+        (estimator[:-1], estimator.steps[-1][1])
+        if isinstance(estimator, Pipeline)
+        else (None, estimator)
+    )
+    if preprocess_steps is not None and len(preprocess_steps.steps):
+        X = preprocess_steps.fit_transform(X, y)
+    if isinstance(model, Pipeline):
+        return fit_estimator(model, X, y)
+    _, fit_hook, _ = _family(model)
+    return fit_hook(model, X, y)
+
+
+def make_adapter(estimator, n_train, device, fit_state=None):
     """Build the adapter for a fitted ``estimator`` (possibly a pipeline or frozen)."""
     preprocess, model = unwrap(estimator)
-    _, adapter_class = _family(model)
-    return adapter_class(model, n_train, preprocess=preprocess, device=device)
+    _, _, adapter_class = _family(model)
+    return adapter_class(model, n_train, preprocess=preprocess, device=device, fit_state=fit_state)
 
 
 __all__ = [
-    "ModelAdapter",
-    "LinearModelAdapter",
-    "make_adapter",
-    "check_supported",
-    "unwrap",
     "SUPPORTED_ESTIMATORS_TEXT",
+    "LinearModelAdapter",
+    "ModelAdapter",
+    "check_supported",
+    "fit_estimator",
+    "make_adapter",
+    "unwrap",
 ]

@@ -99,6 +99,17 @@ class ModelAdapter:
         return losses.sum() / len(inputs) + self.regularizer(theta)
 
     # -- retraining ---------------------------------------------------------------------
-    def retrain(self, X, y, *, warm_start=True):
-        """Refit the model on (X, y) and return its parameters as a flat tensor."""
+    def retrain(self, X, y, *, exclude=(), warm_start=True):
+        """Refit the model on the training data (X, y) without the rows in ``exclude``.
+
+        ``X`` and ``y`` are the full training set passed to ``fit`` (so that a family can keep
+        the original data order); returns the refit parameters as a flat tensor.
+        ``warm_start=True`` starts from θˢ, else from the family's cold start.
+        """
         raise NotImplementedError
+
+
+def fit_model(estimator, X, y):
+    """Default training hook: fit the estimator; families may record more (returned state)."""
+    estimator.fit(X, y)
+    return None

@@ -121,16 +121,18 @@ class LinearModelAdapter(ModelAdapter):
     preprocess : callable or None
         Maps raw X to the model's features (the earlier steps of a pipeline).
     device : torch.device
+    fit_state : None
+        Linear models need nothing recorded at fit time.
     """
 
     linear_layout = True
 
-    def __init__(self, estimator, n_train, *, preprocess=None, device=torch.device("cpu")):
+    def __init__(self, estimator, n_train, *, preprocess=None, device=None, fit_state=None):
         _check_linear_configuration(estimator)
         self.estimator = estimator
         self.n_train = n_train
         self.preprocess = preprocess
-        self.device = device
+        self.device = torch.device("cpu") if device is None else device
         self.dtype = torch.float64
         coef = np.atleast_2d(np.asarray(estimator.coef_, dtype=np.float64))
         self.n_outputs, self.n_features = coef.shape
@@ -145,14 +147,18 @@ class LinearModelAdapter(ModelAdapter):
     def _pack(self, estimator):
         coef = np.atleast_2d(np.asarray(estimator.coef_, dtype=np.float64))
         if self.fit_intercept:
-            intercept = np.broadcast_to(np.asarray(estimator.intercept_, np.float64), (self.n_outputs,))
+            intercept = np.broadcast_to(
+                np.asarray(estimator.intercept_, np.float64), (self.n_outputs,)
+            )
             coef = np.column_stack([coef, intercept])
         return self._tensor(coef.ravel())
 
     def _unpack_into(self, estimator, theta):
         """Write θ into a (clone of the) estimator's coef_ and intercept_, keeping their shapes."""
         weights = theta.detach().cpu().numpy().reshape(self.n_outputs, -1)
-        coef, intercept = (weights[:, :-1], weights[:, -1]) if self.fit_intercept else (weights, None)
+        coef, intercept = (
+            (weights[:, :-1], weights[:, -1]) if self.fit_intercept else (weights, None)
+        )
         original = np.asarray(self.estimator.coef_)
         estimator.coef_ = coef.reshape(original.shape).copy()
         if intercept is not None:
@@ -195,7 +201,9 @@ class LinearModelAdapter(ModelAdapter):
 
     def regularizer_diagonal(self):
         width = self.n_features + int(self.fit_intercept)
-        rows = np.broadcast_to(np.asarray(self._penalty, np.float64).reshape(-1, 1), (self.n_outputs, 1))
+        rows = np.broadcast_to(
+            np.asarray(self._penalty, np.float64).reshape(-1, 1), (self.n_outputs, 1)
+        )
         diagonal = np.repeat(rows, width, axis=1).copy()
         if self.fit_intercept:
             diagonal[:, -1] = 0.0
@@ -217,17 +225,21 @@ class LinearModelAdapter(ModelAdapter):
                 model.classes_ = self.classes_
         return model
 
-    def retrain(self, X, y, *, warm_start=True):
-        """Refit the final linear model on (X, y) (X raw; earlier steps are kept fixed).
+    def retrain(self, X, y, *, exclude=(), warm_start=True):
+        """Refit the final linear model with scikit-learn on (X, y) without rows ``exclude``.
 
-        Convex families are solved to a tight tolerance so that the O(1/N) change caused by
-        removing one training point is resolved; ``warm_start`` starts from θˢ where the
-        estimator supports it.
+        X is raw (earlier pipeline steps stay fixed). Convex families are solved to a tight
+        tolerance so that the O(1/N) change caused by removing one point is resolved;
+        ``warm_start`` starts from θˢ where the estimator supports it.
         """
+        keep = np.ones(len(y), dtype=bool)
+        keep[np.asarray(exclude, dtype=int)] = False
         model = self._retraining_clone(warm_start)
         with warnings.catch_warnings():
             # a warm start from an already-optimal point makes lbfgs report line-search
             # failures at machine precision; the solution is still the optimum
-            warnings.filterwarnings("ignore", category=ConvergenceWarning, message=".*line search.*")
-            model.fit(self.features(X), y)
+            warnings.filterwarnings(
+                "ignore", category=ConvergenceWarning, message=".*line search.*"
+            )
+            model.fit(self.features(X)[keep], np.asarray(y)[keep])
         return self._pack(model)

@@ -18,6 +18,7 @@ def unwrap(estimator):
         prefix, last = estimator[:-1], estimator.steps[-1][1]
         inner_preprocess, model = unwrap(last)
         if inner_preprocess is not None:
+
             def preprocess(X):
                 return inner_preprocess(prefix.transform(X))
         elif len(prefix.steps) == 0:
