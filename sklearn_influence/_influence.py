@@ -15,7 +15,7 @@ from sklearn.frozen import FrozenEstimator
 from sklearn.pipeline import Pipeline
 from sklearn.utils import Bunch, check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
-from sklearn.utils.validation import check_consistent_length, check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._adapters import check_supported, fit_estimator, make_adapter
 from ._convex import leave_one_out_optima, minimize_convex
@@ -198,9 +198,9 @@ class InfluenceFunction(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
 
     def _validate_training_data(self, X, y):
         if isinstance(self._model_container(), Pipeline):
-            # the pipeline's own steps validate and convert X
-            X, y = validate_data(self, X, y, skip_check_array=True)
-            check_consistent_length(X, y)
+            # check shape and bookkeeping, but hand the pipeline X as given (its steps may
+            # need a DataFrame's columns or non-numeric values)
+            validate_data(self, X, y, dtype=None, ensure_all_finite=False, multi_output=True)
             return X, np.asarray(y)
         return validate_data(self, X, y, multi_output=True, y_numeric=False)
 
@@ -230,7 +230,7 @@ class InfluenceFunction(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
 
     def _query_tensors(self, X, y_test):
         if isinstance(self._model_container(), Pipeline):
-            validate_data(self, X, reset=False, skip_check_array=True)
+            validate_data(self, X, reset=False, dtype=None, ensure_all_finite=False)
         else:
             X = validate_data(self, X, reset=False)
         adapter = self._engine.adapter

@@ -86,6 +86,12 @@ class SoftmaxCrossEntropy(OutputLoss):
         return F.one_hot(outputs.argmax(-1), outputs.shape[-1]).to(outputs.dtype)
 
 
+def _softplus(x):
+    """log(1 + eˣ) without torch.nn.functional.softplus's linear cut-off above x = 20, which
+    would zero the second derivative of confident outputs."""
+    return torch.logaddexp(x, torch.zeros_like(x))
+
+
 class BinaryLogLoss(OutputLoss):
     """Binary log-loss on one logit per output: L = Σ softplus(h) − h·t.
 
@@ -96,18 +102,18 @@ class BinaryLogLoss(OutputLoss):
     is_classification = True
 
     def __call__(self, outputs, targets):
-        return (F.softplus(outputs) - outputs * targets).sum(-1)
+        return (_softplus(outputs) - outputs * targets).sum(-1)
 
     def hessian_factor(self, outputs):
-        sigma = torch.sigmoid(outputs)
-        return torch.diag_embed((sigma * (1 - sigma)).sqrt())
+        # σ(h)σ(−h) rather than σ(1 − σ): no cancellation for confident outputs
+        return torch.diag_embed((torch.sigmoid(outputs) * torch.sigmoid(-outputs)).sqrt())
 
     def bregman(self, outputs, reference_outputs):
         # Bernoulli KL(σ(h_ref) ‖ σ(h)), summed over outputs
         p_ref = torch.sigmoid(reference_outputs)
         return (
-            F.softplus(outputs)
-            - F.softplus(reference_outputs)
+            _softplus(outputs)
+            - _softplus(reference_outputs)
             - p_ref * (outputs - reference_outputs)
         ).sum(-1)
 
