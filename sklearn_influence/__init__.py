@@ -4,8 +4,17 @@ Sign convention: ``InfluenceFunction(...).transform(X)[q, m] > 0`` means removin
 point m is predicted to raise query q's loss (m helps q).
 """
 
+from . import metrics
+from ._display import MislabelRecallDisplay
 from ._influence import InfluenceFunction
+from ._mislabel import MislabelDetector
 
 __version__ = "0.1.0.dev0"
 
-__all__ = ["InfluenceFunction", "__version__"]
+__all__ = [
+    "InfluenceFunction",
+    "MislabelDetector",
+    "MislabelRecallDisplay",
+    "__version__",
+    "metrics",
+]

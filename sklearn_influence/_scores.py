@@ -70,6 +70,24 @@ class InfluenceEngine:
         """∇L_mᵀ (C + λI)⁻¹ ∇L_m / N for every training point, shape (N,)."""
         return self.solver.self_quadratic(damping) / self.n_train
 
+    def query_self_influence(self, inputs, targets, damping):
+        """∇f_qᵀ (C + λI)⁻¹ ∇f_q / N for each query row, shape (n_queries,).
+
+        For a training point with its training target this equals its self-influence; for any
+        other labelled point it is the self-influence it would have as a training point.
+        """
+        targets = resolve_query_targets(self.adapter, self.theta, inputs, targets)
+        blocks = []
+        for rows in batch_slices(len(inputs), self.batch_size):
+            block_targets = None if targets is None else targets[rows]
+            gradients = per_example_gradients(
+                self.adapter, self.theta, inputs[rows], block_targets, self.batch_size
+            )
+            blocks.append((self.solver.solve(gradients, damping) * gradients).sum(1))
+        if not blocks:
+            return self.theta.new_zeros((0,))
+        return torch.cat(blocks) / self.n_train
+
 
 def top_k(matrix, k):
     """Indices and values of the k largest (helpful) and k smallest (harmful) entries per row.

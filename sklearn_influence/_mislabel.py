@@ -1,0 +1,343 @@
+"""Mislabeled-example detection by self-influence, as an outlier detector."""
+
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, OutlierMixin, _fit_context, clone
+from sklearn.frozen import FrozenEstimator
+from sklearn.pipeline import Pipeline
+from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from ._adapters import check_supported, fit_estimator, make_adapter
+from ._curvature import CURVATURES
+from ._gradients import measure
+from ._influence import InfluenceFunction
+from ._solvers import SOLVERS
+from ._torch_utils import resolve_device, seeded_torch, to_numpy
+
+METHODS = ("self_influence", "pbrf_self_influence", "loss")
+
+
+class _InfluenceScore:
+    """Self-influence ∇L(x, y)ᵀ(C + λI)⁻¹∇L(x, y)/N from a fitted InfluenceFunction."""
+
+    def __init__(self, detector, X, y):
+        self.influence = InfluenceFunction(
+            detector.estimator,
+            damping=detector.damping,
+            curvature=detector.curvature,
+            solver=detector.solver,
+            device=detector.device,
+            batch_size=detector.batch_size,
+            solver_options=detector.solver_options,
+            n_jobs=detector.n_jobs,
+            random_state=detector.random_state,
+        ).fit(X, y)
+        self.estimator = self.influence.estimator_
+        self.adapter = self.influence._engine.adapter
+        self.damping = detector.damping
+
+    def training_scores(self):
+        return self.influence.self_influence()
+
+    def scores(self, inputs, targets):
+        engine = self.influence._engine
+        return to_numpy(engine.query_self_influence(inputs, targets, self.damping))
+
+
+class _LossScore:
+    """The per-example loss L(h(θˢ, x), y) of the fitted model (a baseline)."""
+
+    def __init__(self, detector, X, y):
+        with seeded_torch(detector.random_state):
+            if isinstance(detector.estimator, FrozenEstimator):
+                self.estimator, fit_state = detector.estimator, None
+            else:
+                self.estimator = clone(detector.estimator)
+                fit_state = fit_estimator(self.estimator, X, y)
+            device = resolve_device(detector.device)
+            self.adapter = make_adapter(self.estimator, len(y), device, fit_state)
+        self.batch_size = detector.batch_size
+        self._training = (self.adapter.inputs(X), self.adapter.targets(y))
+
+    def training_scores(self):
+        return self.scores(*self._training)
+
+    def scores(self, inputs, targets):
+        adapter, theta = self.adapter, self.adapter.parameters()
+        with torch.no_grad():
+            if targets is None:
+                targets = adapter.loss.predicted_targets(adapter.outputs(theta, inputs))
+            return to_numpy(measure(adapter, theta, inputs, targets))
+
+
+_SCORES = {"self_influence": _InfluenceScore, "loss": _LossScore}
+
+
+class MislabelDetector(OutlierMixin, BaseEstimator):
+    """Rank training points by how likely their label is wrong, as an outlier detector.
+
+    ``fit(X, y)`` fits the model on the labelled training set and scores every training
+    point by its **self-influence** ∇L_mᵀ(C + λI)⁻¹∇L_m / N: how much the model's loss on
+    point m depends on m being in the training set. A mislabeled point contradicts its
+    neighbours, so the model can fit it only by bending towards it, which gives it a large
+    self-influence. The per-example loss is available as a baseline.
+
+    **The ranking is of labelled points.** Unlike scikit-learn's outlier detectors, whose
+    ``predict(X)`` judges inputs alone, a label is suspicious only together with its input,
+    so :meth:`predict`, :meth:`score_samples` and :meth:`decision_function` take ``(X, y)``.
+    Their primary use is on the training set itself; :meth:`fit_predict` and the fitted
+    ``mislabel_scores_`` and ``ranking_`` give that directly. Other labelled points are
+    scored by the self-influence they would have as training points (the model is not
+    refit). Without ``y`` the model's predicted class is used as the label: the score then
+    says how much the prediction relies on the training set, not whether a label is wrong.
+
+    **Orientation** follows scikit-learn's outlier detectors: :meth:`score_samples` is
+    *higher for more normal points* (it is minus the suspicion), :meth:`decision_function`
+    is ``score_samples − offset_`` and is negative for the ``contamination`` fraction of the
+    training points with the highest suspicion, which :meth:`predict` labels −1.
+
+    Parameters
+    ----------
+    estimator : estimator object
+        A model supported by :class:`~sklearn_influence.InfluenceFunction` (a scikit-learn
+        linear model, a skorch net, a pipeline ending in one, or a ``FrozenEstimator``).
+    method : {"self_influence", "pbrf_self_influence", "loss"}, default="self_influence"
+        The suspicion score. ``"self_influence"``: the influence estimate above.
+        ``"pbrf_self_influence"``: the change of point m's own loss under the proximal
+        Bregman response function for removing m (the object influence estimates
+        approximate; one optimisation per point, far more expensive).
+        ``"loss"``: the training loss of each point (a baseline).
+    contamination : float in (0, 0.5], default=0.1
+        Expected fraction of mislabeled points: the fraction of training points with the
+        highest suspicion that :meth:`predict` flags as −1.
+    damping : float, default=1e-3
+        λ ≥ 0 added to the curvature (and the proximity weight of the PBRF).
+    curvature : {"gauss_newton", "hessian", "identity"}, default="gauss_newton"
+        Curvature of the influence estimate, see :class:`InfluenceFunction`.
+    solver : str, default="auto"
+        Solver of the influence estimate, see :class:`InfluenceFunction`.
+    device : {"cpu", "cuda", "auto"} or str, default="cpu"
+        Where the heavy math runs.
+    batch_size : int, default=512
+        Rows per vectorised batch.
+    solver_options : dict, default=None
+        Extra settings of the solver.
+    response_options : dict, default=None
+        Extra settings of the PBRF responses (``method="pbrf_self_influence"`` only).
+    n_jobs : int, default=None
+        Parallel workers for the PBRF responses, through :mod:`sklearn.utils.parallel`.
+    random_state : int, RandomState instance or None, default=None
+        Seeds model fitting and any stochastic solver inside a forked torch RNG.
+
+    Attributes
+    ----------
+    estimator_ : estimator object
+        The fitted model.
+    influence_ : InfluenceFunction or None
+        The fitted influence transformer (``method="self_influence"``), else None.
+    mislabel_scores_ : ndarray of shape (n_train,)
+        Suspicion of each training point (higher = more likely mislabeled); equal to
+        ``-score_samples(X_train, y_train)``.
+    ranking_ : ndarray of shape (n_train,)
+        Training-point indices from the most to the least suspicious (ties keep their order).
+    offset_ : float
+        The ``contamination`` quantile of the training ``score_samples``; the threshold of
+        :meth:`decision_function`.
+    n_features_in_ : int
+        Number of features seen during ``fit``.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Names of features seen during ``fit``, when X has string column names.
+
+    See Also
+    --------
+    sklearn_influence.InfluenceFunction : Influence of training points on any query.
+    sklearn_influence.metrics.mislabel_recall_curve : Evaluate the ranking when the
+        corruption is known.
+
+    Examples
+    --------
+    >>> from sklearn.linear_model import LogisticRegression
+    >>> from sklearn_influence import MislabelDetector
+    >>> from sklearn_influence.datasets import load_digits_split
+    >>> from sklearn_influence.metrics import mislabel_detection_recall
+    >>> data = load_digits_split(n_train=600, flip_fraction=0.1, random_state=0)
+    >>> detector = MislabelDetector(LogisticRegression(max_iter=1000), contamination=0.1)
+    >>> labels = detector.fit_predict(data.X_train, data.y_train)
+    >>> int((labels == -1).sum())
+    60
+    >>> is_flipped = data.y_train != data.y_train_clean
+    >>> recall = mislabel_detection_recall(is_flipped, detector.mislabel_scores_, fraction=0.2)
+    >>> bool(recall > 0.9)
+    True
+    """
+
+    _parameter_constraints = {
+        "estimator": [HasMethods(["fit"])],
+        "method": [StrOptions(set(METHODS))],
+        "contamination": [Interval(Real, 0, 0.5, closed="right")],
+        "damping": [Interval(Real, 0, None, closed="left")],
+        "curvature": [StrOptions(set(CURVATURES))],
+        "solver": [StrOptions({"auto", *SOLVERS})],
+        "device": [str],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "solver_options": [dict, None],
+        "response_options": [dict, None],
+        "n_jobs": [Integral, None],
+        "random_state": ["random_state"],
+    }
+
+    def __init__(
+        self,
+        estimator,
+        *,
+        method="self_influence",
+        contamination=0.1,
+        damping=1e-3,
+        curvature="gauss_newton",
+        solver="auto",
+        device="cpu",
+        batch_size=512,
+        solver_options=None,
+        response_options=None,
+        n_jobs=None,
+        random_state=None,
+    ):
+        self.estimator = estimator
+        self.method = method
+        self.contamination = contamination
+        self.damping = damping
+        self.curvature = curvature
+        self.solver = solver
+        self.device = device
+        self.batch_size = batch_size
+        self.solver_options = solver_options
+        self.response_options = response_options
+        self.n_jobs = n_jobs
+        self.random_state = random_state
+
+    @_fit_context(prefer_skip_nested_validation=False)
+    def fit(self, X, y):
+        """Fit the model on the labelled training set and score every training point.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Training inputs.
+        y : array-like of shape (n_samples,)
+            Training labels, possibly wrong — those are what the detector looks for.
+
+        Returns
+        -------
+        self : MislabelDetector
+            The fitted detector.
+        """
+        check_supported(self.estimator)
+        X, y = self._validate_training_data(X, y)
+        self._score = _SCORES[self.method](self, X, y)
+        self.estimator_ = self._score.estimator
+        self.influence_ = getattr(self._score, "influence", None)
+        self.mislabel_scores_ = self._score.training_scores()
+        self.ranking_ = np.argsort(-self.mislabel_scores_, kind="stable")
+        self.offset_ = float(np.percentile(-self.mislabel_scores_, 100.0 * self.contamination))
+        return self
+
+    def _is_pipeline(self):
+        estimator = self.estimator
+        if isinstance(estimator, FrozenEstimator):
+            estimator = estimator.estimator
+        return isinstance(estimator, Pipeline)
+
+    def _validate_training_data(self, X, y):
+        if self._is_pipeline():
+            # the pipeline's own steps convert X (they may need a DataFrame's columns)
+            validate_data(self, X, y, dtype=None, ensure_all_finite=False, multi_output=True)
+            return X, np.asarray(y)
+        return validate_data(self, X, y, multi_output=True, y_numeric=False)
+
+    def _query_tensors(self, X, y):
+        check_is_fitted(self, "_score")
+        if self._is_pipeline():
+            validate_data(self, X, reset=False, dtype=None, ensure_all_finite=False)
+        else:
+            X = validate_data(self, X, reset=False)
+        adapter = self._score.adapter
+        inputs = adapter.inputs(X)
+        if y is None:
+            return inputs, None
+        y = np.asarray(y)
+        if len(y) != len(inputs):
+            raise ValueError(
+                f"y has {len(y)} rows but X has {len(inputs)}; pass one label per row."
+            )
+        return inputs, adapter.targets(y)
+
+    def score_samples(self, X, y=None):
+        """Minus the suspicion of each labelled point: higher means more normal.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Inputs, usually the training inputs.
+        y : array-like of shape (n_samples,), default=None
+            Their labels. None uses the model's predicted labels (see the class docstring).
+
+        Returns
+        -------
+        scores : ndarray of shape (n_samples,)
+            ``-suspicion``; for the training set, ``-mislabel_scores_``.
+        """
+        inputs, targets = self._query_tensors(X, y)
+        return -self._score.scores(inputs, targets)
+
+    def decision_function(self, X, y=None):
+        """``score_samples(X, y) − offset_``: negative for suspected mislabeled points.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,), default=None
+
+        Returns
+        -------
+        decision : ndarray of shape (n_samples,)
+        """
+        return self.score_samples(X, y) - self.offset_
+
+    def predict(self, X, y=None):
+        """−1 for suspected mislabeled points, 1 otherwise.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,), default=None
+
+        Returns
+        -------
+        labels : ndarray of shape (n_samples,)
+        """
+        return np.where(self.decision_function(X, y) < 0, -1, 1)
+
+    def fit_predict(self, X, y):
+        """Fit, then label the training points (−1: suspected mislabeled).
+
+        Uses the scores computed during ``fit``; equal to ``fit(X, y).predict(X, y)``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,)
+
+        Returns
+        -------
+        labels : ndarray of shape (n_samples,)
+        """
+        self.fit(X, y)
+        return np.where(-self.mislabel_scores_ - self.offset_ < 0, -1, 1)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.required = True
+        return tags

@@ -1,0 +1,496 @@
+"""Metrics for influence estimates: agreement with ground truth and mislabel detection.
+
+* :func:`influence_correlation` — Pearson or Spearman correlation of estimated and actual
+  effects (for example an influence matrix against leave-one-out retraining).
+* :func:`linear_datamodeling_score` — the linear datamodeling score (LDS): how well sums of
+  influence over removed training points rank the actual effect of retraining without them.
+* :func:`mislabel_recall_curve`, :func:`mislabel_detection_recall`,
+  :func:`mislabel_detection_auc` and :class:`MislabelRecallDisplay` — the fraction of
+  mislabeled training points found as a function of the fraction of the training set
+  inspected, most suspicious first.
+"""
+
+import warnings
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+from scipy.stats import rankdata
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions, validate_params
+from sklearn.utils.parallel import Parallel, delayed
+from sklearn.utils.validation import check_consistent_length, check_is_fitted, column_or_1d
+
+from ._convex import minimize_convex
+from ._display import MislabelRecallDisplay
+from ._gradients import measure, resolve_query_targets
+from ._torch_utils import to_numpy
+
+__all__ = [
+    "MislabelRecallDisplay",
+    "influence_correlation",
+    "linear_datamodeling_score",
+    "mislabel_detection_auc",
+    "mislabel_detection_recall",
+    "mislabel_recall_curve",
+]
+
+
+# -- correlation ------------------------------------------------------------------------------
+def _as_finite_array(values, name):
+    array = np.asarray(values, dtype=np.float64)
+    if array.size and not np.all(np.isfinite(array)):
+        raise ValueError(f"{name} contains NaN or infinity; remove or fix those entries.")
+    return array
+
+
+def _row_correlation(predicted, actual):
+    """Pearson correlation along the last axis; NaN where either side is constant."""
+    constant = np.all(predicted == predicted[..., :1], axis=-1) | np.all(
+        actual == actual[..., :1], axis=-1
+    )
+    predicted = predicted - predicted.mean(-1, keepdims=True)
+    actual = actual - actual.mean(-1, keepdims=True)
+    numerator = (predicted * actual).sum(-1)
+    denominator = np.sqrt((predicted**2).sum(-1) * (actual**2).sum(-1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        correlation = np.clip(numerator / denominator, -1.0, 1.0)
+    return np.where(constant, np.nan, correlation), constant
+
+
+def _warn_constant(n_constant, n_total, what):
+    warnings.warn(
+        f"{n_constant} of {n_total} {what} are constant in the predicted or the actual "
+        "values, so their correlation is undefined and reported as nan. Use more varied "
+        "inputs (more removed points, other queries) to make it defined.",
+        UserWarning,
+        stacklevel=3,
+    )
+
+
+@validate_params(
+    {
+        "predicted": ["array-like"],
+        "actual": ["array-like"],
+        "method": [StrOptions({"pearson", "spearman"})],
+        "axis": [Integral, None],
+    },
+    prefer_skip_nested_validation=True,
+)
+def influence_correlation(predicted, actual, *, method="pearson", axis=None):
+    """Correlation between estimated and actual effects of removing training points.
+
+    Parameters
+    ----------
+    predicted : array-like
+        Estimated effects, for example an influence matrix of shape (n_queries, n_train)
+        from :meth:`InfluenceFunction.transform`.
+    actual : array-like of the same shape
+        The effects they estimate, for example actual loss changes after retraining
+        without each training point.
+    method : {"pearson", "spearman"}, default="pearson"
+        Pearson (linear) correlation, or Spearman rank correlation (Pearson correlation of
+        the ranks; ties get their average rank, as in :func:`scipy.stats.spearmanr`).
+    axis : int or None, default=None
+        ``None`` flattens both arrays and returns one correlation over all entries.
+        An integer computes one correlation per slice *along* that axis, vectorised; for an
+        influence matrix, ``axis=1`` gives one correlation per query (row) across training
+        points and ``axis=0`` one per training point across queries.
+
+    Returns
+    -------
+    correlation : float or ndarray
+        A float when ``axis`` is None or the inputs are one-dimensional, else an array with
+        ``axis`` removed from the input shape. Slices in which either side is constant have
+        no correlation: they are nan, and a warning says how many there are.
+
+    See Also
+    --------
+    linear_datamodeling_score : Agreement of summed influence with retraining on subsets.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_influence.metrics import influence_correlation
+    >>> predicted = np.array([[1.0, 2.0, 3.0], [1.0, 0.0, 2.0]])
+    >>> actual = np.array([[1.1, 1.9, 3.2], [3.0, 0.0, 1.0]])
+    >>> round(influence_correlation(predicted, actual), 3)
+    0.645
+    >>> influence_correlation(predicted, actual, method="spearman", axis=1)
+    array([1. , 0.5])
+    """
+    predicted = _as_finite_array(predicted, "predicted")
+    actual = _as_finite_array(actual, "actual")
+    if predicted.shape != actual.shape:
+        raise ValueError(
+            f"predicted has shape {predicted.shape} but actual has shape {actual.shape}; "
+            "pass arrays of the same shape (one estimate per actual effect)."
+        )
+    flat = predicted.ndim <= 1
+    if axis is None or flat:
+        if axis is not None and axis not in (0, -1):
+            raise ValueError(
+                f"axis={axis} is out of range for one-dimensional inputs; use 0 or None."
+            )
+        predicted, actual = predicted.reshape(1, -1), actual.reshape(1, -1)
+    else:
+        if not -predicted.ndim <= axis < predicted.ndim:
+            raise ValueError(
+                f"axis={axis} is out of range for arrays of shape {predicted.shape}; "
+                f"use an axis in [{-predicted.ndim}, {predicted.ndim - 1}] or None."
+            )
+        predicted, actual = np.moveaxis(predicted, axis, -1), np.moveaxis(actual, axis, -1)
+    if predicted.shape[-1] < 2:
+        raise ValueError(
+            f"A correlation needs at least 2 values per slice, got {predicted.shape[-1]}."
+        )
+    if method == "spearman":
+        predicted, actual = rankdata(predicted, axis=-1), rankdata(actual, axis=-1)
+    correlation, constant = _row_correlation(predicted, actual)
+    if np.any(constant):
+        _warn_constant(int(constant.sum()), constant.size, "slices")
+    if axis is None or flat:
+        return float(correlation[0])
+    return correlation
+
+
+# -- linear datamodeling score -----------------------------------------------------------------
+def _removal_masks(n_train, train_fraction, n_subsets, random_state):
+    """Boolean masks (n_subsets, n_train): True where a training point is removed.
+
+    Each subset keeps ``round(train_fraction * n_train)`` points drawn without replacement.
+    All masks are drawn up front from one generator, so any ``n_jobs`` gives the same result.
+    """
+    n_keep = round(train_fraction * n_train)
+    if not 1 <= n_keep <= n_train - 1:
+        raise ValueError(
+            f"train_fraction={train_fraction} keeps {n_keep} of {n_train} training points; "
+            "choose a fraction that keeps at least one point and removes at least one."
+        )
+    rng = check_random_state(random_state)
+    masks = np.ones((n_subsets, n_train), dtype=bool)
+    for row in masks:  # n_subsets draws, not a loop over examples
+        row[rng.choice(n_train, size=n_keep, replace=False)] = False
+    return masks
+
+
+def _retrain_without(adapter, theta, train, removed, warm_start):
+    """Parameters refit without the training rows where ``removed`` is True.
+
+    Models linear in their parameters are minimised exactly in torch (Newton's method on the
+    weighted objective, starting from θˢ; a convex objective has one minimiser, so the start
+    does not matter); other models are refit by their adapter.
+    """
+    inputs, targets, X, y = train
+    if adapter.linear_layout:
+        weights = torch.as_tensor(~removed, dtype=inputs.dtype, device=inputs.device)
+        return minimize_convex(adapter, theta, inputs, targets, weights)
+    return adapter.retrain(X, y, exclude=np.flatnonzero(removed), warm_start=warm_start)
+
+
+def _fitted_influence_parts(influence):
+    """The adapter, θˢ and training data of a fitted InfluenceFunction."""
+    if not hasattr(influence, "_engine"):
+        raise TypeError(
+            f"linear_datamodeling_score needs a fitted sklearn_influence.InfluenceFunction, "
+            f"got {type(influence).__name__}. Fit an InfluenceFunction on the training set "
+            "and pass it."
+        )
+    check_is_fitted(influence)
+    engine = influence._engine
+    return engine.adapter, engine.theta, influence._X_train, influence._y_train
+
+
+@validate_params(
+    {
+        "influence": "no_validation",
+        "X_test": ["array-like"],
+        "y_test": ["array-like", None],
+        "attributions": ["array-like", None],
+        "train_fraction": [Interval(Real, 0, 1, closed="neither")],
+        "n_subsets": [Interval(Integral, 3, None, closed="left")],
+        "warm_start": ["boolean"],
+        "n_jobs": [Integral, None],
+        "random_state": ["random_state"],
+        "return_per_query": ["boolean"],
+    },
+    prefer_skip_nested_validation=True,
+)
+def linear_datamodeling_score(
+    influence,
+    X_test,
+    y_test=None,
+    *,
+    attributions=None,
+    train_fraction=0.5,
+    n_subsets=50,
+    warm_start=False,
+    n_jobs=None,
+    random_state=None,
+    return_per_query=False,
+):
+    """Linear datamodeling score (LDS) of influence estimates.
+
+    ``n_subsets`` random subsets of the training set, each keeping a fraction
+    ``train_fraction`` of the points, are drawn; the model is retrained on each subset, and
+    for every query the actual measurement after retraining is compared with the
+    *predicted* change, the sum of the influence of the removed points,
+    ``Σ_{m removed} I[q, m]`` (influence is additive to first order). The LDS is the
+    Spearman correlation of predicted and actual values across subsets, averaged over
+    queries (Park et al., 2023, "TRAK"). 1 means the summed influence ranks the subsets
+    perfectly.
+
+    Cost: ``n_subsets`` retrainings, run through :class:`sklearn.utils.parallel.Parallel`
+    (so a joblib backend such as Dask spreads them). Models linear in their parameters are
+    minimised exactly in torch; other models are retrained by their adapter.
+
+    Parameters
+    ----------
+    influence : InfluenceFunction
+        A fitted :class:`~sklearn_influence.InfluenceFunction`; it supplies the model, the
+        training set, the measurement and (unless ``attributions`` is given) the influence.
+    X_test : array-like of shape (n_queries, n_features)
+        Query inputs.
+    y_test : array-like of shape (n_queries,), default=None
+        Query targets; the measurement is the query loss, or as in
+        :meth:`InfluenceFunction.transform` without targets.
+    attributions : array-like of shape (n_queries, n_train), default=None
+        Estimated effects of removing each training point on each query, in the sign
+        convention of :meth:`InfluenceFunction.transform` (positive = removal raises the
+        measurement). Defaults to ``influence.transform(X_test, y_test)``; pass another
+        estimate (another damping, a response function) to score it on the same footing.
+    train_fraction : float in (0, 1), default=0.5
+        Fraction of the training points each subset keeps.
+    n_subsets : int, default=50
+        Number of random subsets (retrainings); at least 3.
+    warm_start : bool, default=False
+        For models retrained by their adapter (neural networks): start each retraining from
+        the fitted parameters instead of the original initialisation. Ignored for convex
+        models, whose minimiser does not depend on the start.
+    n_jobs : int, default=None
+        Number of retrainings run in parallel.
+    random_state : int, RandomState instance or None, default=None
+        Draws the subsets. The same seed and training-set size give the same subsets, so
+        different ``attributions`` can be compared on the same retrainings' draw.
+    return_per_query : bool, default=False
+        Also return the per-query Spearman correlations.
+
+    Returns
+    -------
+    score : float
+        The mean over queries of the Spearman correlation. Queries whose predicted or actual
+        values do not vary across subsets are left out of the mean, with a warning.
+    per_query : ndarray of shape (n_queries,)
+        Only with ``return_per_query=True``.
+
+    See Also
+    --------
+    influence_correlation : Correlation against leave-one-out or any other ground truth.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_diabetes
+    >>> from sklearn.linear_model import Ridge
+    >>> from sklearn_influence import InfluenceFunction
+    >>> from sklearn_influence.metrics import linear_datamodeling_score
+    >>> X, y = load_diabetes(return_X_y=True)
+    >>> influence = InfluenceFunction(Ridge(alpha=1.0)).fit(X[:200], y[:200])
+    >>> lds = linear_datamodeling_score(
+    ...     influence, X[200:220], y[200:220], train_fraction=0.9, n_subsets=20, random_state=0
+    ... )
+    >>> bool(lds > 0.8)
+    True
+    """
+    adapter, theta, X_train, y_train = _fitted_influence_parts(influence)
+    n_train = influence.n_train_
+    if attributions is None:
+        attributions = influence.transform(X_test, y_test)
+    attributions = _as_finite_array(attributions, "attributions")
+    inputs, targets = influence._query_tensors(X_test, y_test)
+    if attributions.shape != (len(inputs), n_train):
+        raise ValueError(
+            f"attributions has shape {attributions.shape} but X_test and the training set "
+            f"need ({len(inputs)}, {n_train}): one row per query, one column per training point."
+        )
+    targets = resolve_query_targets(adapter, theta, inputs, targets)
+    masks = _removal_masks(n_train, train_fraction, n_subsets, random_state)
+    train = (adapter.inputs(X_train), adapter.targets(y_train), X_train, y_train)
+    thetas = Parallel(n_jobs=n_jobs)(
+        delayed(_retrain_without)(adapter, theta, train, mask, warm_start) for mask in masks
+    )
+    with torch.no_grad():
+        actual = np.stack(
+            [to_numpy(measure(adapter, t.to(theta.device), inputs, targets)) for t in thetas],
+            axis=1,
+        )
+    predicted = attributions @ masks.T.astype(np.float64)
+    per_query, constant = _row_correlation(rankdata(predicted, axis=1), rankdata(actual, axis=1))
+    if np.all(constant):
+        raise ValueError(
+            "For every query the predicted or the actual measurement is the same on all "
+            "subsets, so the LDS is undefined; use queries that the training data affect."
+        )
+    if np.any(constant):
+        _warn_constant(int(constant.sum()), len(constant), "queries")
+    score = float(np.nanmean(per_query))
+    return (score, per_query) if return_per_query else score
+
+
+# -- mislabel detection ----------------------------------------------------------------------
+def _check_detection_inputs(is_mislabeled, scores):
+    is_mislabeled = column_or_1d(is_mislabeled)
+    scores = column_or_1d(scores)
+    check_consistent_length(is_mislabeled, scores)
+    if is_mislabeled.dtype != bool:
+        values = np.unique(is_mislabeled)
+        if not np.all(np.isin(values, [0, 1])):
+            raise ValueError(
+                f"is_mislabeled must be boolean (or 0/1), got values {values[:5].tolist()}; "
+                "pass a mask that is True for the training points known to be mislabeled."
+            )
+        is_mislabeled = is_mislabeled.astype(bool)
+    scores = _as_finite_array(scores, "scores")
+    if not is_mislabeled.any():
+        raise ValueError(
+            "is_mislabeled has no mislabeled point, so recall is undefined; pass a mask with "
+            "at least one True."
+        )
+    return is_mislabeled, scores
+
+
+@validate_params(
+    {"is_mislabeled": ["array-like"], "scores": ["array-like"]},
+    prefer_skip_nested_validation=True,
+)
+def mislabel_recall_curve(is_mislabeled, scores):
+    """Recall of mislabeled points against the fraction of the data inspected.
+
+    Points are inspected from the highest score down. Tied scores are inspected as one group,
+    and the curve is linear across the group: the expected recall when ties are broken at
+    random. Without ties there is one point per inspected example.
+
+    Parameters
+    ----------
+    is_mislabeled : array-like of shape (n_samples,)
+        True (or 1) for the points whose label is known to be wrong.
+    scores : array-like of shape (n_samples,)
+        Suspicion of each point, **higher = inspect first** (as ``y_score`` in
+        :func:`sklearn.metrics.roc_curve`). For a fitted
+        :class:`~sklearn_influence.MislabelDetector` this is
+        ``-detector.score_samples(X, y)`` or ``detector.mislabel_scores_``.
+
+    Returns
+    -------
+    fraction_inspected : ndarray of shape (n_points,)
+        Increasing from 0 to 1.
+    recall : ndarray of shape (n_points,)
+        Fraction of the mislabeled points among the inspected ones, from 0 to 1.
+
+    See Also
+    --------
+    mislabel_detection_recall : Recall after inspecting a given fraction.
+    mislabel_detection_auc : Area under this curve.
+    MislabelRecallDisplay : Plot of this curve.
+
+    Examples
+    --------
+    >>> from sklearn_influence.metrics import mislabel_recall_curve
+    >>> fraction, recall = mislabel_recall_curve([0, 1, 0, 1], [0.1, 0.9, 0.3, 0.2])
+    >>> fraction
+    array([0.  , 0.25, 0.5 , 0.75, 1.  ])
+    >>> recall
+    array([0. , 0.5, 0.5, 1. , 1. ])
+    """
+    is_mislabeled, scores = _check_detection_inputs(is_mislabeled, scores)
+    order = np.argsort(-scores, kind="stable")
+    sorted_scores = scores[order]
+    # last position of each group of tied scores
+    group_ends = np.r_[np.flatnonzero(np.diff(sorted_scores)), len(scores) - 1]
+    found = np.cumsum(is_mislabeled[order])[group_ends]
+    fraction_inspected = np.r_[0.0, (group_ends + 1) / len(scores)]
+    recall = np.r_[0.0, found / is_mislabeled.sum()]
+    return fraction_inspected, recall
+
+
+@validate_params(
+    {
+        "is_mislabeled": ["array-like"],
+        "scores": ["array-like"],
+        "fraction": [Interval(Real, 0, 1, closed="both"), "array-like"],
+    },
+    prefer_skip_nested_validation=True,
+)
+def mislabel_detection_recall(is_mislabeled, scores, *, fraction=0.1):
+    """Fraction of the mislabeled points found after inspecting a fraction of the data.
+
+    Parameters
+    ----------
+    is_mislabeled : array-like of shape (n_samples,)
+        True (or 1) for the points whose label is known to be wrong.
+    scores : array-like of shape (n_samples,)
+        Suspicion of each point, higher = inspect first.
+    fraction : float or array-like of floats in [0, 1], default=0.1
+        Fraction(s) of the points inspected, most suspicious first. Between two inspected
+        counts, and inside groups of tied scores, the recall is interpolated linearly (see
+        :func:`mislabel_recall_curve`).
+
+    Returns
+    -------
+    recall : float or ndarray
+        One recall per fraction.
+
+    Examples
+    --------
+    >>> from sklearn_influence.metrics import mislabel_detection_recall
+    >>> mislabel_detection_recall([0, 1, 0, 1], [0.1, 0.9, 0.3, 0.2], fraction=0.5)
+    0.5
+    """
+    fractions = np.asarray(fraction, dtype=np.float64)
+    if np.any((fractions < 0) | (fractions > 1)) or not np.all(np.isfinite(fractions)):
+        raise ValueError(f"fraction must lie in [0, 1], got {fraction!r}.")
+    curve_fraction, curve_recall = mislabel_recall_curve(is_mislabeled, scores)
+    recall = np.interp(fractions, curve_fraction, curve_recall)
+    return float(recall) if recall.ndim == 0 else recall
+
+
+@validate_params(
+    {
+        "is_mislabeled": ["array-like"],
+        "scores": ["array-like"],
+        "max_fraction": [Interval(Real, 0, 1, closed="right")],
+    },
+    prefer_skip_nested_validation=True,
+)
+def mislabel_detection_auc(is_mislabeled, scores, *, max_fraction=1.0):
+    """Area under the recall-vs-fraction-inspected curve, normalised by ``max_fraction``.
+
+    With ``max_fraction=1`` a random order scores 0.5 in expectation and a perfect one
+    ``1 − p/2`` for a fraction ``p`` of mislabeled points; the area equals
+    ``p/2 + (1 − p)·ROC AUC`` of the same scores. A smaller ``max_fraction`` measures only
+    the beginning of the inspection (random order: ``max_fraction/2``).
+
+    Parameters
+    ----------
+    is_mislabeled : array-like of shape (n_samples,)
+        True (or 1) for the points whose label is known to be wrong.
+    scores : array-like of shape (n_samples,)
+        Suspicion of each point, higher = inspect first.
+    max_fraction : float in (0, 1], default=1.0
+        Integrate the curve from 0 to this fraction inspected.
+
+    Returns
+    -------
+    auc : float
+        In [0, 1].
+
+    Examples
+    --------
+    >>> from sklearn_influence.metrics import mislabel_detection_auc
+    >>> mislabel_detection_auc([0, 1, 0, 1], [0.1, 0.9, 0.3, 0.2])
+    0.625
+    """
+    fraction, recall = mislabel_recall_curve(is_mislabeled, scores)
+    inside = fraction < max_fraction
+    end_recall = np.interp(max_fraction, fraction, recall)
+    fraction, recall = np.r_[fraction[inside], max_fraction], np.r_[recall[inside], end_recall]
+    return float(np.trapezoid(recall, fraction) / max_fraction)
