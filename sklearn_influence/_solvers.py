@@ -15,13 +15,32 @@ import torch
 from ._curvature import dense_curvature
 
 
-class DirectSolver:
+class DenseSolver:
+    """Shared plumbing of the solvers that work on the dense curvature matrix."""
+
+    def __init__(self, curvature, train_gradients):
+        self.curvature = curvature
+        self.train_gradients = train_gradients
+        self.n_factorizations = 0
+
+    @classmethod
+    def build(cls, adapter, theta, inputs, targets, train_gradients, *, curvature, batch_size, **_):
+        """Form the dense curvature on the training data and wrap it."""
+        matrix = dense_curvature(adapter, theta, inputs, targets, curvature, batch_size)
+        return cls(matrix, train_gradients)
+
+    def bilinear(self, queries, damping):
+        # solving for the queries (usually fewer than the training points) is the cheap side
+        return self.solve(queries, damping) @ self.train_gradients.T
+
+
+class DirectSolver(DenseSolver):
     """Exact solves through one cached eigendecomposition C = V diag(w) Vᵀ.
 
-    The eigendecomposition and the training gradients projected on V are computed on first
-    use and kept, so a new damping costs two matrix products and no new factorization.
-    Eigenvalues with |w + λ| at round-off level are treated as zero (a pseudo-inverse), which
-    makes ``damping=0`` well defined for singular curvature; a clearly negative w + λ (an
+    The eigendecomposition is computed on first use (or by :meth:`prepare`) and kept, so a
+    new damping costs matrix products only, never a new factorization. Eigenvalues with
+    |w + λ| at round-off level are treated as zero (a pseudo-inverse), which makes
+    ``damping=0`` well defined for singular curvature; a clearly negative w + λ (an
     indefinite Hessian) is an error.
 
     Parameters
@@ -34,24 +53,20 @@ class DirectSolver:
     name = "direct"
 
     def __init__(self, curvature, train_gradients):
-        self.curvature = curvature
-        self.train_gradients = train_gradients
-        self.n_factorizations = 0
+        super().__init__(curvature, train_gradients)
         self._eigenvalues = None
         self._eigenvectors = None
         self._projected_train = None
 
-    @classmethod
-    def build(cls, adapter, theta, inputs, targets, train_gradients, *, curvature, batch_size, **_):
-        """Form the dense curvature on the training data and wrap it."""
-        matrix = dense_curvature(adapter, theta, inputs, targets, curvature, batch_size)
-        return cls(matrix, train_gradients)
+    def prepare(self):
+        """Factorize now (for example before the solver is cached or sent to workers)."""
+        self._factor()
+        return self
 
     def _factor(self):
         if self._eigenvalues is None:
             symmetric = 0.5 * (self.curvature + self.curvature.T)
             self._eigenvalues, self._eigenvectors = torch.linalg.eigh(symmetric)
-            self._projected_train = self.train_gradients @ self._eigenvectors
             self.n_factorizations += 1
         return self._eigenvalues, self._eigenvectors
 
@@ -76,16 +91,58 @@ class DirectSolver:
         vectors = self._eigenvectors
         return ((rhs @ vectors) * inverse) @ vectors.T
 
-    def bilinear(self, queries, damping):
-        inverse = self._inverse_eigenvalues(damping)
-        return ((queries @ self._eigenvectors) * inverse) @ self._projected_train.T
-
     def self_quadratic(self, damping):
         inverse = self._inverse_eigenvalues(damping)
+        if self._projected_train is None:
+            self._projected_train = self.train_gradients @ self._eigenvectors
         return (self._projected_train**2 * inverse).sum(1)
 
 
-SOLVERS = {"direct": DirectSolver}
+class CholeskySolver(DenseSolver):
+    """Exact solves through a Cholesky factor of C + λI, kept for each damping seen.
+
+    Several times cheaper than an eigendecomposition for one damping value; each new damping
+    costs a new (cheap) factorization. Prefer ``"direct"`` to sweep many dampings on one
+    fitted object. Needs C + λI positive definite (use a positive damping for a singular
+    curvature).
+    """
+
+    name = "cholesky"
+
+    def __init__(self, curvature, train_gradients):
+        super().__init__(curvature, train_gradients)
+        self._factors = {}
+
+    def prepare(self):
+        return self
+
+    def _factor(self, damping):
+        key = float(damping)
+        if key not in self._factors:
+            damped = 0.5 * (self.curvature + self.curvature.T)
+            damped.diagonal().add_(damping)
+            factor, info = torch.linalg.cholesky_ex(damped)
+            if int(info) != 0:
+                raise ValueError(
+                    f"The damped curvature is not positive definite at damping={damping:g}, so "
+                    "solver='cholesky' cannot factor it. Use a larger damping, "
+                    "curvature='gauss_newton', or solver='direct' (a pseudo-inverse)."
+                )
+            self._factors[key] = factor
+            self.n_factorizations += 1
+        return self._factors[key]
+
+    def solve(self, rhs, damping):
+        return torch.cholesky_solve(rhs.T, self._factor(damping)).T
+
+    def self_quadratic(self, damping):
+        whitened = torch.linalg.solve_triangular(
+            self._factor(damping), self.train_gradients.T, upper=False
+        )
+        return (whitened**2).sum(0)
+
+
+SOLVERS = {"direct": DirectSolver, "cholesky": CholeskySolver}
 
 
 def resolve_solver_name(name, n_params):
