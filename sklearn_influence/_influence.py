@@ -79,8 +79,9 @@ class InfluenceFunction(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
     n_score_points : int, default=30
         Number of training points removed and actually refit by :meth:`score`.
     n_jobs : int, default=None
-        Parallel refits in :meth:`score`, through :mod:`sklearn.utils.parallel` (a joblib
-        backend such as Dask is chosen by the caller with ``joblib.parallel_config``).
+        Workers for the blocks of :meth:`transform` and the refits of :meth:`score`, through
+        :mod:`sklearn.utils.parallel`; a joblib backend such as Dask is chosen by the caller
+        with ``joblib.parallel_config``. Results do not depend on it.
     random_state : int, RandomState instance or None, default=None
         Chooses the score points; seeds torch inside a forked RNG.
 
@@ -265,7 +266,7 @@ class InfluenceFunction(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         """
         self._check_ready()
         inputs, targets = self._query_tensors(X, y_test)
-        return to_numpy(self._engine.influence(inputs, targets, self.damping))
+        return to_numpy(self._engine.influence(inputs, targets, self.damping, self.n_jobs))
 
     def self_influence(self):
         """Self-influence ∇L_mᵀ(C + λI)⁻¹∇L_m / N ≥ 0 of every training point.

@@ -8,6 +8,7 @@ is the predicted change of query q's measurement when training point m is remove
 
 import numpy as np
 import torch
+from sklearn.utils.parallel import Parallel, delayed
 
 from ._gradients import batch_slices, per_example_gradients, resolve_query_targets
 from ._solvers import SOLVERS, resolve_solver_name
@@ -52,19 +53,24 @@ class InfluenceEngine:
             **(solver_options or {}),
         )
 
-    def influence(self, inputs, targets, damping):
-        """Influence matrix (n_queries, N) as a tensor, computed in blocks of queries."""
+    def influence(self, inputs, targets, damping, n_jobs=None):
+        """Influence matrix (n_queries, N) as a tensor, computed in blocks of queries.
+
+        Blocks run through :class:`sklearn.utils.parallel.Parallel`, so ``n_jobs`` or a
+        joblib backend chosen by the caller (for example Dask) spreads them over workers;
+        the factorization is done once, before the blocks are dispatched.
+        """
         targets = resolve_query_targets(self.adapter, self.theta, inputs, targets)
-        blocks = []
-        for rows in batch_slices(len(inputs), self.batch_size):
-            block_targets = None if targets is None else targets[rows]
-            gradients = per_example_gradients(
-                self.adapter, self.theta, inputs[rows], block_targets, self.batch_size
+        self.solver.prepare()
+        blocks = Parallel(n_jobs=n_jobs)(
+            delayed(_influence_block)(
+                self, inputs[rows], None if targets is None else targets[rows], damping
             )
-            blocks.append(self.solver.bilinear(gradients, damping) / self.n_train)
+            for rows in batch_slices(len(inputs), self.batch_size)
+        )
         if not blocks:
             return self.theta.new_zeros((0, self.n_train))
-        return torch.cat(blocks)
+        return torch.cat([block.to(self.theta.device) for block in blocks])
 
     def self_influence(self, damping):
         """∇L_mᵀ (C + λI)⁻¹ ∇L_m / N for every training point, shape (N,)."""
@@ -87,6 +93,13 @@ class InfluenceEngine:
         if not blocks:
             return self.theta.new_zeros((0,))
         return torch.cat(blocks) / self.n_train
+
+
+def _influence_block(engine, inputs, targets, damping):
+    gradients = per_example_gradients(
+        engine.adapter, engine.theta, inputs, targets, engine.batch_size
+    )
+    return engine.solver.bilinear(gradients, damping) / engine.n_train
 
 
 def top_k(matrix, k):

@@ -5,7 +5,8 @@ then answers for any damping λ:
 
 * ``solve(B, λ)``         → B (C + λI)⁻¹ for row vectors B (m × p);
 * ``bilinear(Q, λ)``      → Q (C + λI)⁻¹ Tᵀ (m × N);
-* ``self_quadratic(λ)``   → diag(T (C + λI)⁻¹ Tᵀ) (N,).
+* ``self_quadratic(λ)``   → diag(T (C + λI)⁻¹ Tᵀ) (N,);
+* ``prepare()``           → do any one-off work now (factorizations), returns the solver.
 
 Scaling by 1/N and the sign convention belong to the scores module, not here.
 """
