@@ -15,14 +15,14 @@ from sklearn.frozen import FrozenEstimator
 from sklearn.pipeline import Pipeline
 from sklearn.utils import Bunch, check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted, check_memory, validate_data
 
 from ._adapters import check_supported, fit_estimator, make_adapter
-from ._convex import leave_one_out_optima, minimize_convex
 from ._curvature import CURVATURES
 from ._response import measurement_changes
 from ._scores import InfluenceEngine, top_k
 from ._solvers import SOLVERS
+from ._targets import SCORE_TARGETS, removal_parameters
 from ._torch_utils import resolve_device, seeded_torch, to_numpy
 
 
@@ -37,6 +37,39 @@ def _pearson(predicted, actual):
         )
         return float("nan")
     return float(np.corrcoef(predicted, actual)[0, 1])
+
+
+def _fit_engine(estimator, X, y, *, device, random_state, **engine_settings):
+    """Fit (a clone of) the model and build its influence engine, factorization included.
+
+    Module-level and free of ``self`` so that ``joblib.Memory`` can cache it across the
+    clones that ``GridSearchCV`` makes: damping is not an argument, so every damping value
+    reuses the same fit, gradients and factorization.
+    """
+    with seeded_torch(random_state) as seed:
+        if isinstance(estimator, FrozenEstimator):
+            fitted, fit_state = estimator, None
+        else:
+            fitted = clone(estimator)
+            fit_state = fit_estimator(fitted, X, y)
+        adapter = make_adapter(fitted, len(y), device, fit_state)
+        options = {"seed": seed, **(engine_settings.pop("solver_options") or {})}
+        engine = InfluenceEngine(
+            adapter,
+            adapter.inputs(X),
+            adapter.targets(y),
+            solver_options=options,
+            **engine_settings,
+        )
+        engine.solver.prepare()
+    return fitted, engine
+
+
+def _removal_changes(adapter, theta, X, y, removed, kind, n_jobs, X_query, y_query):
+    """Actual change of the mean query measurement for each removed point, shape (k,)."""
+    reference, thetas = removal_parameters(adapter, theta, X, y, removed, kind=kind, n_jobs=n_jobs)
+    inputs, targets = adapter.inputs(X_query), adapter.targets(y_query)
+    return to_numpy(measurement_changes(adapter, reference, thetas, inputs, targets).mean(0))
 
 
 class InfluenceFunction(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
@@ -78,6 +111,17 @@ class InfluenceFunction(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         Extra settings of the solver (for the iterative solvers: tolerances, iterations).
     n_score_points : int, default=30
         Number of training points removed and actually refit by :meth:`score`.
+    score_target : {"loo", "warm_loo"}, default="loo"
+        What :meth:`score` compares the estimates with. ``"loo"``: leave-one-out retraining
+        (for linear models the exact optimum without the point, by Newton's method — cheap,
+        about the cost of one fit for all points together; for networks a cold retraining per
+        point, as expensive as ``n_score_points + 1`` trainings). ``"warm_loo"``: retraining
+        started from the fitted parameters (networks: the same number of epochs again).
+    memory : str or object with the joblib.Memory interface, default=None
+        Caches the model fit, gradients, factorization and retraining targets, as in
+        :class:`~sklearn.pipeline.Pipeline`. With it, the clones that ``GridSearchCV`` makes for
+        each damping value share all of that work, so a damping sweep costs little more than
+        one value. None: no caching.
     n_jobs : int, default=None
         Workers for the blocks of :meth:`transform` and the refits of :meth:`score`, through
         :mod:`sklearn.utils.parallel`; a joblib backend such as Dask is chosen by the caller
@@ -125,6 +169,8 @@ class InfluenceFunction(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         "device": [str],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "n_score_points": [Interval(Integral, 2, None, closed="left")],
+        "score_target": [StrOptions(set(SCORE_TARGETS))],
+        "memory": [None, str, HasMethods(["cache"])],
         "solver_options": [dict, None],
         "n_jobs": [Integral, None],
         "random_state": ["random_state"],
@@ -141,6 +187,8 @@ class InfluenceFunction(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         batch_size=512,
         solver_options=None,
         n_score_points=30,
+        score_target="loo",
+        memory=None,
         n_jobs=None,
         random_state=None,
     ):
@@ -152,6 +200,8 @@ class InfluenceFunction(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         self.batch_size = batch_size
         self.solver_options = solver_options
         self.n_score_points = n_score_points
+        self.score_target = score_target
+        self.memory = memory
         self.n_jobs = n_jobs
         self.random_state = random_state
 
@@ -174,23 +224,18 @@ class InfluenceFunction(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         """
         check_supported(self.estimator)
         X, y = self._validate_training_data(X, y)
-        device = resolve_device(self.device)
-        with seeded_torch(self.random_state) as seed:
-            if isinstance(self.estimator, FrozenEstimator):
-                self.estimator_, fit_state = self.estimator, None
-            else:
-                self.estimator_ = clone(self.estimator)
-                fit_state = fit_estimator(self.estimator_, X, y)
-            adapter = make_adapter(self.estimator_, len(y), device, fit_state)
-            self._engine = InfluenceEngine(
-                adapter,
-                adapter.inputs(X),
-                adapter.targets(y),
-                curvature=self.curvature,
-                solver=self.solver,
-                batch_size=self.batch_size,
-                solver_options={"seed": seed, **(self.solver_options or {})},
-            )
+        memory = check_memory(self.memory)
+        self.estimator_, self._engine = memory.cache(_fit_engine)(
+            self.estimator,
+            X,
+            y,
+            device=resolve_device(self.device),
+            random_state=self.random_state,
+            curvature=self.curvature,
+            solver=self.solver,
+            batch_size=self.batch_size,
+            solver_options=self.solver_options,
+        )
         self._X_train, self._y_train = X, y
         self._fitted_settings = self._settings()
         self.n_train_ = self._n_features_out = len(y)
@@ -313,11 +358,11 @@ class InfluenceFunction(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         """Pearson correlation of predicted and actual loss changes under removal.
 
         ``n_score_points`` training points (drawn with ``random_state``) are removed one at a
-        time and the model is refit (warm-started, to a tight tolerance for convex models).
-        The actual change of the mean loss on (X, y), relative to the model refit on all
-        points, is compared with the mean influence on (X, y). Higher is better, so
-        ``GridSearchCV`` over ``damping`` selects the damping that best predicts retraining.
-        Cost: ``n_score_points + 1`` refits of the model.
+        time and the model is retrained as ``score_target`` says. The actual change of the
+        mean loss on (X, y), relative to the same retraining on all points, is compared with
+        the mean influence on (X, y). Higher is better, so ``GridSearchCV`` over ``damping``
+        selects the damping that best predicts retraining. The retraining does not depend on
+        ``damping`` and is cached by ``memory``.
 
         Parameters
         ----------
@@ -333,12 +378,20 @@ class InfluenceFunction(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         rng = check_random_state(self.random_state)
         removed = rng.choice(n_train, size=min(self.n_score_points, n_train), replace=False)
         predicted = self.transform(X, y)[:, removed].mean(0)
-        inputs, targets = self._query_tensors(X, y)
-        adapter = self._engine.adapter
-        train_inputs, train_targets = adapter.inputs(self._X_train), adapter.targets(self._y_train)
-        reference = minimize_convex(adapter, self._engine.theta, train_inputs, train_targets)
-        thetas = leave_one_out_optima(adapter, reference, train_inputs, train_targets, removed)
-        actual = to_numpy(measurement_changes(adapter, reference, thetas, inputs, targets).mean(0))
+        if not isinstance(self._model_container(), Pipeline):
+            X = validate_data(self, X, reset=False)
+        # the retraining targets do not depend on damping: cache them with the fit
+        actual = check_memory(self.memory).cache(_removal_changes, ignore=["n_jobs"])(
+            self._engine.adapter,
+            self._engine.theta,
+            self._X_train,
+            self._y_train,
+            removed,
+            self.score_target,
+            self.n_jobs,
+            X,
+            y,
+        )
         return _pearson(predicted, actual)
 
     def __sklearn_tags__(self):
