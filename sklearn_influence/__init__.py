@@ -8,6 +8,7 @@ from . import metrics
 from ._display import MislabelRecallDisplay
 from ._influence import InfluenceFunction
 from ._mislabel import MislabelDetector
+from ._scorers import make_influence_scorer
 
 __version__ = "0.1.0.dev0"
 
@@ -16,5 +17,6 @@ __all__ = [
     "MislabelDetector",
     "MislabelRecallDisplay",
     "__version__",
+    "make_influence_scorer",
     "metrics",
 ]

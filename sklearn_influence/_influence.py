@@ -4,6 +4,7 @@ import warnings
 from numbers import Integral, Real
 
 import numpy as np
+from scipy.stats import spearmanr
 from sklearn.base import (
     BaseEstimator,
     ClassNamePrefixFeaturesOutMixin,
@@ -26,16 +27,18 @@ from ._targets import SCORE_TARGETS, removal_parameters
 from ._torch_utils import resolve_device, seeded_torch, to_numpy
 
 
-def _pearson(predicted, actual):
+def _correlation(predicted, actual, method):
     if np.std(predicted) == 0 or np.std(actual) == 0:
         warnings.warn(
             "The predicted or the actual loss changes are constant, so their correlation is "
-            "undefined; score returns nan. Use more score points or a test set on which the "
+            "undefined; the score is nan. Use more score points or a test set on which the "
             "removed points matter.",
             UserWarning,
             stacklevel=3,
         )
         return float("nan")
+    if method == "spearman":
+        return float(spearmanr(predicted, actual).statistic)
     return float(np.corrcoef(predicted, actual)[0, 1])
 
 
@@ -373,6 +376,10 @@ class InfluenceFunction(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         -------
         score : float
         """
+        return self._agreement(X, y, target=self.score_target, correlation="pearson")
+
+    def _agreement(self, X, y, *, target, correlation):
+        """Correlation of predicted and actual mean loss changes over the score points."""
         self._check_ready()
         n_train = self.n_train_
         rng = check_random_state(self.random_state)
@@ -387,12 +394,12 @@ class InfluenceFunction(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
             self._X_train,
             self._y_train,
             removed,
-            self.score_target,
+            target,
             self.n_jobs,
             X,
             y,
         )
-        return _pearson(predicted, actual)
+        return _correlation(predicted, actual, correlation)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

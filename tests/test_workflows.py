@@ -4,16 +4,18 @@ import pickle
 
 import numpy as np
 import pytest
+from scipy.stats import spearmanr
+from sklearn import config_context
 from sklearn.base import clone
 from sklearn.datasets import load_wine
 from sklearn.frozen import FrozenEstimator
 from sklearn.linear_model import LogisticRegression, Ridge, SGDRegressor
-from sklearn.model_selection import GridSearchCV, KFold
+from sklearn.model_selection import GridSearchCV, KFold, cross_validate
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch.func import grad
 
-from sklearn_influence import InfluenceFunction
+from sklearn_influence import InfluenceFunction, make_influence_scorer
 
 
 @pytest.fixture
@@ -176,3 +178,48 @@ def test_sgd_regressor_objective_scale_matches_its_optimum():
     gradient_norm, typical_example_gradient = _objective_gradient_norm(influence)
     # a factor-2 error in the loss or penalty scale leaves a gradient of order α‖w‖ ≈ 0.5
     assert gradient_norm < 0.01 * typical_example_gradient
+
+
+def test_y_test_routes_through_pipeline_transform_with_metadata_routing(wine):
+    X, y, X_test, y_test = wine
+    with config_context(enable_metadata_routing=True):
+        influence = InfluenceFunction(LogisticRegression(max_iter=1000))
+        pipeline = make_pipeline(StandardScaler(), influence.set_transform_request(y_test=True))
+        # labels other than the predicted ones, so that routing them changes the result
+        other_labels = (y_test + 1) % 3
+        routed = pipeline.fit(X, y).transform(X_test, y_test=other_labels)
+        scaled = pipeline[0].transform(X_test)
+        np.testing.assert_array_equal(routed, pipeline[-1].transform(scaled, other_labels))
+        assert not np.allclose(routed, pipeline[-1].transform(scaled))
+
+
+def test_spearman_scorer_in_cross_validate_matches_manual_computation(wine):
+    X, y, X_test, y_test = wine
+    X, X_test = StandardScaler().fit(X).transform(X), StandardScaler().fit(X).transform(X_test)
+    influence = InfluenceFunction(
+        LogisticRegression(C=0.5, tol=1e-10, max_iter=5000), n_score_points=12, random_state=0
+    ).fit(X, y)
+    spearman = make_influence_scorer(correlation="spearman")(influence, X_test, y_test)
+    pearson = make_influence_scorer(correlation="pearson")(influence, X_test, y_test)
+    assert pearson == influence.score(X_test, y_test)
+    # recompute Spearman from the same targets: ranks of predicted vs Newton LOO changes
+    removed = np.random.RandomState(0).choice(len(y), size=12, replace=False)
+    predicted = influence.transform(X_test, y_test)[:, removed].mean(0)
+    actual = [_mean_log_loss_without(influence, X, y, X_test, y_test, m) for m in removed]
+    base = _mean_log_loss_without(influence, X, y, X_test, y_test, None)
+    assert spearman == pytest.approx(spearmanr(predicted, np.array(actual) - base).statistic)
+    results = cross_validate(
+        InfluenceFunction(LogisticRegression(max_iter=2000), n_score_points=6, random_state=0),
+        X,
+        y,
+        cv=2,
+        scoring={"spearman": make_influence_scorer(correlation="spearman")},
+    )
+    assert np.all(np.isfinite(results["test_spearman"]))
+
+
+def _mean_log_loss_without(influence, X, y, X_test, y_test, removed):
+    model = clone(influence.estimator_).set_params(tol=1e-13, solver="newton-cholesky")
+    keep = np.arange(len(y)) != removed
+    probabilities = model.fit(X[keep], y[keep]).predict_proba(X_test)
+    return -np.log(probabilities[np.arange(len(y_test)), y_test]).mean()
