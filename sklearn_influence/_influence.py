@@ -42,6 +42,12 @@ def _correlation(predicted, actual, method):
     return float(np.corrcoef(predicted, actual)[0, 1])
 
 
+def _score_points(n_train, n_score_points, random_state):
+    """The training points that scores remove, drawn with ``random_state``."""
+    rng = check_random_state(random_state)
+    return rng.choice(n_train, size=min(n_score_points, n_train), replace=False)
+
+
 def _fit_engine(estimator, X, y, *, device, random_state, **engine_settings):
     """Fit (a clone of) the model and build its influence engine, factorization included.
 
@@ -253,6 +259,10 @@ class InfluenceFunction(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
             return X, np.asarray(y)
         return validate_data(self, X, y, multi_output=True, y_numeric=False)
 
+    def _damping(self):
+        """The damping λ in use (a subclass may select it during fit)."""
+        return self.damping
+
     def _model_container(self):
         estimator = self.estimator
         return estimator.estimator if isinstance(estimator, FrozenEstimator) else estimator
@@ -314,7 +324,7 @@ class InfluenceFunction(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         """
         self._check_ready()
         inputs, targets = self._query_tensors(X, y_test)
-        return to_numpy(self._engine.influence(inputs, targets, self.damping, self.n_jobs))
+        return to_numpy(self._engine.influence(inputs, targets, self._damping(), self.n_jobs))
 
     def self_influence(self):
         """Self-influence ∇L_mᵀ(C + λI)⁻¹∇L_m / N ≥ 0 of every training point.
@@ -327,7 +337,7 @@ class InfluenceFunction(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         self_influence : ndarray of shape (n_train_,)
         """
         self._check_ready()
-        return to_numpy(self._engine.self_influence(self.damping))
+        return to_numpy(self._engine.self_influence(self._damping()))
 
     def most_influential(self, X, y_test=None, k=10):
         """The k most helpful and k most harmful training points for each query.
@@ -382,8 +392,7 @@ class InfluenceFunction(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         """Correlation of predicted and actual mean loss changes over the score points."""
         self._check_ready()
         n_train = self.n_train_
-        rng = check_random_state(self.random_state)
-        removed = rng.choice(n_train, size=min(self.n_score_points, n_train), replace=False)
+        removed = _score_points(n_train, self.n_score_points, self.random_state)
         predicted = self.transform(X, y)[:, removed].mean(0)
         if not isinstance(self._model_container(), Pipeline):
             X = validate_data(self, X, reset=False)

@@ -11,7 +11,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from sklearn_influence import InfluenceFunction
+from sklearn_influence import InfluenceFunction, InfluenceFunctionCV
 
 ESTIMATORS = [
     InfluenceFunction(LogisticRegression(max_iter=200), n_score_points=5, random_state=0),
@@ -22,6 +22,7 @@ ESTIMATORS = [
     ),
     InfluenceFunction(SGDRegressor(random_state=0), n_score_points=5, random_state=0),
     InfluenceFunction(make_pipeline(StandardScaler(), LogisticRegression()), random_state=0),
+    InfluenceFunctionCV(Ridge(), dampings=[1e-3, 1.0], n_score_points=4, random_state=0),
 ]
 
 

@@ -1,0 +1,202 @@
+"""Damping selection with one factorization per fold, in the spirit of ``RidgeCV``."""
+
+import numpy as np
+from sklearn.model_selection import check_cv
+from sklearn.utils._param_validation import StrOptions
+from sklearn.utils.validation import check_memory
+
+from ._influence import (
+    InfluenceFunction,
+    _correlation,
+    _fit_engine,
+    _removal_changes,
+    _score_points,
+)
+from ._torch_utils import resolve_device, to_numpy
+
+
+def _take(data, rows):
+    return data.iloc[rows] if hasattr(data, "iloc") else np.asarray(data)[rows]
+
+
+class InfluenceFunctionCV(InfluenceFunction):
+    """Influence function whose damping is selected by agreement with retraining.
+
+    For each damping in ``dampings`` the influence estimates are compared with actual
+    retraining (``score_target``) exactly as :meth:`InfluenceFunction.score` does, and the
+    best value becomes ``damping_``. The model fit, gradients, factorization and retraining
+    targets are computed once per fold and shared by every damping value; only the cheap
+    products are repeated.
+
+    With ``cv=None`` the queries are the training points themselves (one fit, one
+    factorization). With ``cv`` an int or splitter, each fold's influence is fit on its
+    training part and scored on its held-out part, then the model is fit on all data.
+
+    Parameters
+    ----------
+    estimator : estimator object
+        See :class:`InfluenceFunction`.
+    dampings : array-like of shape (n_dampings,), default=np.logspace(-8, 0, 9)
+        Candidate dampings (≥ 0).
+    cv : int, cross-validation generator, iterable or None, default=None
+        How to split the training data for scoring (see above).
+    correlation : {"pearson", "spearman"}, default="pearson"
+        Agreement measure between predicted and actual loss changes.
+    curvature, solver, device, batch_size, solver_options, n_score_points, score_target,
+    memory, n_jobs, random_state :
+        As in :class:`InfluenceFunction`.
+
+    Attributes
+    ----------
+    damping_ : float
+        The selected damping, used by ``transform`` and ``self_influence``.
+    cv_scores_ : ndarray of shape (n_dampings,)
+        Mean agreement for each damping.
+    estimator_, n_train_, solver_, n_features_in_ :
+        As in :class:`InfluenceFunction`.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_diabetes
+    >>> from sklearn.linear_model import Ridge
+    >>> from sklearn_influence import InfluenceFunctionCV
+    >>> X, y = load_diabetes(return_X_y=True)
+    >>> influence = InfluenceFunctionCV(
+    ...     Ridge(alpha=1.0), dampings=[1e-6, 1e-2, 10.0], random_state=0
+    ... ).fit(X[:300], y[:300])
+    >>> influence.cv_scores_.shape
+    (3,)
+    >>> float(influence.damping_) in (1e-6, 1e-2, 10.0)
+    True
+    """
+
+    _parameter_constraints = {
+        **{k: v for k, v in InfluenceFunction._parameter_constraints.items() if k != "damping"},
+        "dampings": ["array-like"],
+        "cv": ["cv_object", None],
+        "correlation": [StrOptions({"pearson", "spearman"})],
+    }
+
+    def __init__(
+        self,
+        estimator,
+        *,
+        dampings=None,
+        cv=None,
+        correlation="pearson",
+        curvature="gauss_newton",
+        solver="auto",
+        device="cpu",
+        batch_size=512,
+        solver_options=None,
+        n_score_points=30,
+        score_target="loo",
+        memory=None,
+        n_jobs=None,
+        random_state=None,
+    ):
+        self.estimator = estimator
+        self.dampings = dampings
+        self.cv = cv
+        self.correlation = correlation
+        self.curvature = curvature
+        self.solver = solver
+        self.device = device
+        self.batch_size = batch_size
+        self.solver_options = solver_options
+        self.n_score_points = n_score_points
+        self.score_target = score_target
+        self.memory = memory
+        self.n_jobs = n_jobs
+        self.random_state = random_state
+
+    def _damping(self):
+        return self.damping_
+
+    def _candidate_dampings(self):
+        dampings = np.logspace(-8, 0, 9) if self.dampings is None else np.asarray(self.dampings)
+        if dampings.ndim != 1 or len(dampings) == 0 or not np.all(dampings >= 0):
+            raise ValueError(
+                f"dampings must be a non-empty 1-d list of values >= 0, got {self.dampings!r}."
+            )
+        return dampings
+
+    def fit(self, X, y):
+        """Select the damping, then fit on all of (X, y).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,) or (n_samples, n_targets)
+
+        Returns
+        -------
+        self : InfluenceFunctionCV
+        """
+        dampings = self._candidate_dampings()
+        super().fit(X, y)
+        X, y = self._X_train, self._y_train
+        if self.cv is None:
+            folds = [(self._engine, X, y, X, y)]
+        else:
+            splitter = check_cv(self.cv)
+            folds = [
+                (
+                    self._fold_engine(_take(X, train), _take(y, train)),
+                    _take(X, train),
+                    _take(y, train),
+                    _take(X, test),
+                    _take(y, test),
+                )
+                for train, test in splitter.split(X, y)
+            ]
+        scores = np.array([self._fold_scores(*fold, dampings) for fold in folds])
+        self.cv_scores_ = scores.mean(0)
+        if np.all(np.isnan(self.cv_scores_)):
+            raise ValueError(
+                f"No damping could be scored (n_samples={self.n_train_}): the predicted or the "
+                "actual loss changes were constant for every value. Use more training data or a "
+                "larger n_score_points."
+            )
+        self.damping_ = float(dampings[int(np.nanargmax(self.cv_scores_))])
+        return self
+
+    def _fold_engine(self, X, y):
+        memory = check_memory(self.memory)
+        return memory.cache(_fit_engine)(
+            self.estimator,
+            X,
+            y,
+            device=resolve_device(self.device),
+            random_state=self.random_state,
+            curvature=self.curvature,
+            solver=self.solver,
+            batch_size=self.batch_size,
+            solver_options=self.solver_options,
+        )[1]
+
+    def _fold_scores(self, engine, X_train, y_train, X_query, y_query, dampings):
+        removed = _score_points(len(y_train), self.n_score_points, self.random_state)
+        actual = check_memory(self.memory).cache(_removal_changes, ignore=["n_jobs"])(
+            engine.adapter,
+            engine.theta,
+            X_train,
+            y_train,
+            removed,
+            self.score_target,
+            self.n_jobs,
+            X_query,
+            y_query,
+        )
+        adapter = engine.adapter
+        inputs, targets = adapter.inputs(X_query), adapter.targets(y_query)
+        return [
+            _correlation(
+                to_numpy(engine.influence(inputs, targets, damping, self.n_jobs)[:, removed]).mean(
+                    0
+                ),
+                actual,
+                self.correlation,
+            )
+            for damping in dampings
+        ]
