@@ -1,25 +1,46 @@
 """Response functions: how the fitted model actually changes when training points are removed.
 
-This module starts with actual retraining (leave-one-out), which both the scores of
-:class:`~sklearn_influence.InfluenceFunction` and the response estimators build on.
+One function per object of DESIGN.md §2, each returning the parameters of the response for
+every removed point (shape (k, p)) with what is known about its convergence:
+
+=====================  ======================================================================
+cold-start LOO         ``adapter.retrain(warm_start=False)`` (same θ⁰ and data order)
+warm-start LOO         linear models: exact Newton from θˢ; others ``adapter.retrain(warm)``
+PRF, PBRF              linear models: exact batched Newton; others: batched Adam/SGD from θˢ
+linearized PBRF        θˢ + ε (G + λI)⁻¹ ∇L_m(θˢ) through the solver layer
+=====================  ======================================================================
+
+Removal is down-weighting by ε = 1/N; Δf = f(θ_resp) − f(θˢ) (:func:`measurement_changes`).
 """
 
+import numpy as np
 import torch
+from joblib import effective_n_jobs
+from sklearn.utils import Bunch
 from sklearn.utils.parallel import Parallel, delayed
-from torch.func import vmap
+from torch.func import grad, vmap
 
-from ._gradients import measure
+from ._convex import CONVEX_TOL, minimize_convex_batched
+from ._curvature import dense_curvature
+from ._gradients import measure, per_example_gradients
+from ._proximal import auto_settings, optimize_responses, response_objective, warn_not_converged
+from ._solvers import SOLVERS, resolve_solver_name
+
+#: response methods: exact Newton (models linear in θ) or a first-order optimizer
+METHODS = ("auto", "newton", "optimizer")
 
 
-def leave_one_out_parameters(adapter, X, y, indices, *, warm_start=True, n_jobs=None):
+def leave_one_out_parameters(adapter, X, y, indices, *, warm_start=True, n_jobs=None, verbose=0):
     """Parameters refit without each training point in ``indices``, shape (len(indices), p).
 
     The refits run through :class:`sklearn.utils.parallel.Parallel`, so a joblib backend
     chosen by the caller (for example Dask) spreads them over workers.
     """
-    thetas = Parallel(n_jobs=n_jobs)(
+    thetas = Parallel(n_jobs=n_jobs, verbose=verbose)(
         delayed(adapter.retrain)(X, y, exclude=[index], warm_start=warm_start) for index in indices
     )
+    if not thetas:
+        return adapter.parameters().new_zeros((0, adapter.parameters().numel()))
     return torch.stack([theta.to(adapter.device) for theta in thetas])
 
 
@@ -32,3 +53,278 @@ def measurement_changes(adapter, reference_theta, thetas, inputs, targets):
     with torch.no_grad():
         changed = vmap(measure_at)(thetas).T
         return changed - measure_at(reference_theta).unsqueeze(1)
+
+
+class ResponseProblem:
+    """What every response of one fitted model shares: θˢ, the training data and ε = 1/N.
+
+    Parameters
+    ----------
+    adapter : ModelAdapter
+    X, y : array-like
+        The training data exactly as passed to ``fit`` (retraining needs it raw).
+    """
+
+    def __init__(self, adapter, X, y):
+        self.adapter = adapter
+        self.X, self.y = X, y
+        self.inputs = adapter.inputs(X)
+        self.targets = adapter.targets(y)
+        self.theta = adapter.parameters().detach()
+        self.n_train = len(self.inputs)
+        self.epsilon = 1.0 / self.n_train
+        with torch.no_grad():
+            self.reference_outputs = adapter.outputs(self.theta, self.inputs)
+
+    def method(self, method):
+        """Resolve ``"auto"``: exact Newton for models linear in θ, else the optimizer."""
+        if method == "auto":
+            return "newton" if self.adapter.linear_layout else "optimizer"
+        if method == "newton" and not self.adapter.linear_layout:
+            raise ValueError(
+                f"method='newton' solves the response objectives exactly only for models "
+                f"linear in their parameters; {type(self.adapter).__name__} is not. Use "
+                "method='auto' or 'optimizer'."
+            )
+        return method
+
+    def outputs(self, thetas, batch=256):
+        """h(θ_j, x_i) on the training inputs for each row of ``thetas``: (k, N, n_outputs)."""
+        with torch.no_grad():
+            blocks = [
+                vmap(self.adapter.outputs, in_dims=(0, None))(thetas[rows], self.inputs)
+                for rows in (slice(s, s + batch) for s in range(0, len(thetas), batch))
+            ]
+        return torch.cat(blocks) if blocks else self.reference_outputs.new_zeros((0,))
+
+
+def cold_leave_one_out(problem, indices, *, n_jobs=None, verbose=0):
+    """Retrain from the original initialisation without each point (cold-start LOO)."""
+    thetas = leave_one_out_parameters(
+        problem.adapter,
+        problem.X,
+        problem.y,
+        indices,
+        warm_start=False,
+        n_jobs=n_jobs,
+        verbose=verbose,
+    )
+    return Bunch(parameters=thetas, converged=None)
+
+
+def warm_leave_one_out(problem, indices, *, method="auto", n_jobs=None, verbose=0, **settings):
+    """Leave-one-out optima started at θˢ (warm-start LOO).
+
+    Linear models: the leave-one-out objective J − εL_m (= the PRF with λ = 0) minimised
+    exactly by Newton; other models: ``adapter.retrain(warm_start=True)``.
+    """
+    if problem.method(method) == "newton":
+        return proximal_response(
+            problem,
+            "prf",
+            indices,
+            damping=0.0,
+            method="newton",
+            n_jobs=n_jobs,
+            verbose=verbose,
+            **settings,
+        )
+    thetas = leave_one_out_parameters(
+        problem.adapter,
+        problem.X,
+        problem.y,
+        indices,
+        warm_start=True,
+        n_jobs=n_jobs,
+        verbose=verbose,
+    )
+    return Bunch(parameters=thetas, converged=None)
+
+
+def proximal_response(
+    problem,
+    kind,
+    indices,
+    *,
+    damping,
+    method="auto",
+    epsilon=None,
+    n_jobs=None,
+    verbose=0,
+    name=None,
+    **optimizer_settings,
+):
+    """Minimisers of the PRF (``kind="prf"``) or PBRF (``kind="pbrf"``) objectives.
+
+    The removed points are split into one chunk per worker of ``n_jobs``; each chunk is one
+    batched optimisation (:func:`~sklearn_influence._proximal.optimize_responses` or the
+    exact batched Newton for linear models). ``epsilon`` defaults to 1/N.
+
+    Returns
+    -------
+    result : Bunch
+        ``parameters`` (k, p), ``converged`` (k,) bool, ``relative_gradient_norm`` (k,),
+        ``n_iter`` (k,) steps per removed point.
+    """
+    method = problem.method(method)
+    epsilon = problem.epsilon if epsilon is None else float(epsilon)
+    indices = np.asarray(indices, dtype=int)
+    n_chunks = max(1, min(len(indices), effective_n_jobs(n_jobs)))
+    chunks = [chunk for chunk in np.array_split(indices, n_chunks) if len(chunk)]
+    if method == "optimizer":
+        optimizer_settings = _resolve_auto(problem, damping, epsilon, optimizer_settings)
+    run = _newton_chunk if method == "newton" else _optimizer_chunk
+    parts = Parallel(n_jobs=n_jobs)(
+        delayed(run)(
+            problem,
+            kind,
+            chunk,
+            damping,
+            epsilon,
+            optimizer_settings,
+            _progress(name or kind.upper(), number, len(chunks), verbose),
+        )
+        for number, chunk in enumerate(chunks, 1)
+    )
+    if not parts:
+        empty = problem.theta.new_zeros((0, problem.theta.numel()))
+        return Bunch(
+            parameters=empty,
+            converged=np.zeros(0, bool),
+            relative_gradient_norm=np.zeros(0),
+            n_iter=np.zeros(0, int),
+        )
+    result = Bunch(
+        parameters=torch.cat([part.parameters.to(problem.theta.device) for part in parts]),
+        converged=np.concatenate([part.converged for part in parts]),
+        relative_gradient_norm=np.concatenate([part.relative_gradient_norm for part in parts]),
+        n_iter=np.concatenate([part.n_iter for part in parts]),
+    )
+    if method == "optimizer":
+        warn_not_converged(
+            name or kind.upper(),
+            result.converged,
+            result.relative_gradient_norm,
+            optimizer_settings.get("n_iter"),
+        )
+    return result
+
+
+def _resolve_auto(problem, damping, epsilon, settings):
+    settings = dict(settings)
+    settings["learning_rate"], settings["optimizer_options"] = auto_settings(
+        problem.adapter,
+        problem.theta,
+        problem.inputs,
+        problem.targets,
+        problem.reference_outputs,
+        damping=damping,
+        epsilon=epsilon,
+        optimizer=settings.get("optimizer", "sgd"),
+        learning_rate=settings.get("learning_rate", "auto"),
+        optimizer_options=settings.get("optimizer_options"),
+        batch_size=settings.get("batch_size"),
+        seed=settings.get("seed", 0),
+    )
+    return settings
+
+
+def _progress(name, number, n_chunks, verbose):
+    if not verbose:
+        return None
+
+    def report(step, n_converged):
+        print(f"[{name}] chunk {number}/{n_chunks}: step {step}, {n_converged} converged")
+
+    return report
+
+
+def _removed_points(problem, chunk):
+    index = torch.as_tensor(chunk, device=problem.inputs.device)
+    return problem.inputs[index], problem.targets[index]
+
+
+def _optimizer_chunk(problem, kind, chunk, damping, epsilon, settings, progress):
+    objective = response_objective(
+        problem.adapter, kind, problem.theta, damping=damping, epsilon=epsilon
+    )
+    removed_inputs, removed_targets = _removed_points(problem, chunk)
+    thetas, converged, relative, n_steps = optimize_responses(
+        objective,
+        problem.theta,
+        removed_inputs,
+        removed_targets,
+        problem.inputs,
+        problem.targets,
+        problem.reference_outputs,
+        progress=progress,
+        **settings,
+    )
+    return Bunch(
+        parameters=thetas.detach(),
+        converged=converged.cpu().numpy(),
+        relative_gradient_norm=relative.detach().cpu().numpy(),
+        n_iter=n_steps.cpu().numpy(),
+    )
+
+
+def _newton_chunk(problem, kind, chunk, damping, epsilon, settings, progress):
+    """Exact batched Newton for models linear in θ (their Gauss-Newton matrix is exact)."""
+    adapter = problem.adapter
+    objective = response_objective(adapter, kind, problem.theta, damping=damping, epsilon=epsilon)
+    inputs, targets, reference_outputs = problem.inputs, problem.targets, problem.reference_outputs
+
+    def single(theta, removed_input, removed_target):
+        return objective(theta, removed_input, removed_target, inputs, targets, reference_outputs)
+
+    def curvature_at(theta):
+        matrix = dense_curvature(adapter, theta, inputs, targets, "gauss_newton")
+        matrix.diagonal().add_(damping)
+        return matrix
+
+    removed_inputs, removed_targets = _removed_points(problem, chunk)
+    starts = problem.theta.unsqueeze(0).repeat(len(chunk), 1)
+    initial = vmap(grad(single))(starts, removed_inputs, removed_targets).norm(dim=1)
+    thetas, norms, n_iter = minimize_convex_batched(
+        single, starts, (removed_inputs, removed_targets), curvature_at, tol=CONVEX_TOL
+    )
+    if progress is not None:
+        progress(n_iter, len(chunk))
+    relative = torch.where(initial > 0, norms / initial.clamp_min(1e-300), norms)
+    return Bunch(
+        parameters=thetas.detach(),
+        converged=(norms <= CONVEX_TOL).cpu().numpy(),
+        relative_gradient_norm=relative.detach().cpu().numpy(),
+        n_iter=np.full(len(chunk), n_iter),
+    )
+
+
+def linearized_pbrf(
+    problem, indices, *, damping, solver="auto", solver_options=None, batch_size=512, epsilon=None
+):
+    """θˢ + ε (G + λI)⁻¹ ∇L_m(θˢ) for every m, shape (k, p), via the solver layer.
+
+    The Gauss-Newton system is solved by ``solver`` (``"auto"``: the exact direct solver
+    while the dense matrix is small), reusing the package's solvers and curvature products.
+    """
+    adapter, theta = problem.adapter, problem.theta
+    epsilon = problem.epsilon if epsilon is None else float(epsilon)
+    index = torch.as_tensor(np.asarray(indices, dtype=int), device=problem.inputs.device)
+    gradients = per_example_gradients(
+        adapter, theta, problem.inputs[index], problem.targets[index], batch_size
+    )
+    name = resolve_solver_name(solver, theta.numel())
+    if name not in SOLVERS:
+        raise ValueError(f"Unknown solver {solver!r}; choose 'auto' or one of {sorted(SOLVERS)}.")
+    solver_object = SOLVERS[name].build(
+        adapter,
+        theta,
+        problem.inputs,
+        problem.targets,
+        gradients,
+        curvature="gauss_newton",
+        batch_size=batch_size,
+        **(solver_options or {}),
+    )
+    shift = solver_object.solve(gradients, damping) if len(gradients) else gradients
+    return Bunch(parameters=theta + epsilon * shift, converged=None, solver=name)

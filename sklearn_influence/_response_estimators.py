@@ -1,0 +1,741 @@
+"""Response estimators: leave-one-out retraining, the PRF, the PBRF and its linearisation.
+
+Each estimator fits (or takes a frozen) model, removes the training points
+``train_indices`` one at a time (ε = 1/N, DESIGN.md §2), computes the response parameters
+and, in ``transform``, returns the actual change Δf = f(θ_resp) − f(θˢ) of the same
+measurement :class:`~sklearn_influence.InfluenceFunction` predicts: one column per removed
+point, in the order of ``train_indices_``.
+"""
+
+import warnings
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+from sklearn.base import (
+    BaseEstimator,
+    ClassNamePrefixFeaturesOutMixin,
+    TransformerMixin,
+    _fit_context,
+    clone,
+)
+from sklearn.frozen import FrozenEstimator
+from sklearn.pipeline import Pipeline
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from ._adapters import check_supported, fit_estimator, make_adapter
+from ._gradients import per_example_gradients, resolve_query_targets
+from ._proximal import OPTIMIZERS
+from ._response import (
+    METHODS,
+    ResponseProblem,
+    cold_leave_one_out,
+    linearized_pbrf,
+    measurement_changes,
+    proximal_response,
+    warm_leave_one_out,
+)
+from ._solvers import SOLVERS
+from ._torch_utils import resolve_device, seeded_torch, to_numpy
+
+
+class _FittedModelMixin:
+    """Fitting of the base model and validation of training and query data.
+
+    Shared by the response estimators and :class:`InfluenceDecomposition`: the model is
+    fitted (or used frozen) exactly as :class:`~sklearn_influence.InfluenceFunction` does
+    it, so that the same ``random_state`` gives the same θˢ.
+    """
+
+    def _fit_model(self, X, y, device):
+        """Fit a clone of the estimator (or take the frozen one); return the response problem."""
+        if isinstance(self.estimator, FrozenEstimator):
+            self.estimator_, fit_state = self.estimator, None
+        else:
+            self.estimator_ = clone(self.estimator)
+            fit_state = fit_estimator(self.estimator_, X, y)
+        adapter = make_adapter(self.estimator_, len(y), device, fit_state)
+        return ResponseProblem(adapter, X, y)
+
+    def _model_container(self):
+        estimator = self.estimator
+        return estimator.estimator if isinstance(estimator, FrozenEstimator) else estimator
+
+    def _validate_training_data(self, X, y):
+        check_supported(self.estimator)
+        if isinstance(self._model_container(), Pipeline):
+            # check shapes and bookkeeping only; the pipeline's steps convert X themselves
+            validate_data(self, X, y, dtype=None, ensure_all_finite=False, multi_output=True)
+            return X, np.asarray(y)
+        return validate_data(self, X, y, multi_output=True, y_numeric=False)
+
+    def _removed_points(self, n_train):
+        """``train_indices`` checked, or ``n_points`` distinct indices drawn by random_state."""
+        if n_train < 2:
+            raise ValueError(
+                f"{type(self).__name__} removes training points one at a time, which needs at "
+                f"least 2 training samples; got n_samples = {n_train}. Pass more data."
+            )
+        if self.train_indices is None:
+            rng = check_random_state(self.random_state)
+            return np.sort(rng.choice(n_train, size=min(self.n_points, n_train), replace=False))
+        indices = np.asarray(self.train_indices)
+        if indices.size == 0:
+            raise ValueError("train_indices is empty; pass at least one training row position.")
+        if indices.ndim != 1 or not np.issubdtype(indices.dtype, np.integer):
+            raise ValueError(
+                f"train_indices must be a 1-d array of integer row positions of the training "
+                f"data, got an array of dtype {indices.dtype} and shape {indices.shape}."
+            )
+        if indices.min() < 0 or indices.max() >= n_train:
+            raise ValueError(
+                f"train_indices must lie in [0, {n_train - 1}] (the training set has {n_train} "
+                f"rows); got values from {indices.min()} to {indices.max()}."
+            )
+        if len(np.unique(indices)) != len(indices):
+            raise ValueError("train_indices contains duplicates; pass each row position once.")
+        return indices.astype(np.intp)
+
+    def _query_tensors(self, X, y_test):
+        """Query inputs and measurement targets (the prediction when ``y_test`` is None)."""
+        if isinstance(self._model_container(), Pipeline):
+            validate_data(self, X, reset=False, dtype=None, ensure_all_finite=False)
+        else:
+            X = validate_data(self, X, reset=False)
+        problem = self._problem
+        inputs = problem.adapter.inputs(X)
+        targets = None
+        if y_test is not None:
+            y_test = np.asarray(y_test)
+            if len(y_test) != len(inputs):
+                raise ValueError(
+                    f"y_test has {len(y_test)} rows but X has {len(inputs)}; pass one target "
+                    "per query."
+                )
+            targets = problem.adapter.targets(y_test)
+        return inputs, resolve_query_targets(problem.adapter, problem.theta, inputs, targets)
+
+
+def _pearson(first, second):
+    """Pearson correlation; nan with a warning when either side is constant."""
+    first, second = np.asarray(first, float), np.asarray(second, float)
+    if len(first) < 2 or np.std(first) == 0 or np.std(second) == 0:
+        warnings.warn(
+            "One side of the correlation is constant (or has fewer than two entries), so it "
+            "is undefined and nan is returned. Use more removed points or queries on which "
+            "the removed points matter.",
+            UserWarning,
+            stacklevel=3,
+        )
+        return float("nan")
+    return float(np.corrcoef(first, second)[0, 1])
+
+
+class _BaseResponse(
+    _FittedModelMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator
+):
+    """fit / transform / score shared by the response estimators."""
+
+    _parameter_constraints = {
+        "estimator": [HasMethods(["fit"])],
+        "damping": [Interval(Real, 0, None, closed="left")],
+        "train_indices": ["array-like", None],
+        "n_points": [Interval(Integral, 1, None, closed="left")],
+        "device": [str],
+        "random_state": ["random_state"],
+    }
+
+    @_fit_context(prefer_skip_nested_validation=False)
+    def fit(self, X, y):
+        """Fit the model (unless frozen) and compute the responses to removing each point.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Training inputs.
+        y : array-like of shape (n_samples,) or (n_samples, n_targets)
+            Training targets.
+
+        Returns
+        -------
+        self : object
+            The fitted estimator.
+        """
+        X, y = self._validate_training_data(X, y)
+        device = resolve_device(self.device)
+        indices = self._removed_points(len(y))
+        with seeded_torch(self.random_state) as seed:
+            problem = self._fit_model(X, y, device)
+            result = self._responses(problem, indices, seed)
+        self._problem = problem
+        self._shifts = {}
+        self.train_indices_ = indices
+        self.n_train_ = problem.n_train
+        self.reference_parameters_ = to_numpy(problem.theta)
+        self.parameters_ = to_numpy(result.parameters)
+        self._n_features_out = len(indices)
+        self._record(result)
+        return self
+
+    def _responses(self, problem, indices, seed):
+        raise NotImplementedError
+
+    def _record(self, result):
+        """Store what the method knows about convergence (fitted attributes)."""
+
+    def transform(self, X, y_test=None):
+        """Actual change of each query's measurement when each point is removed.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_queries, n_features)
+            Query inputs.
+        y_test : array-like of shape (n_queries,) or (n_queries, n_targets), default=None
+            Query targets: the measurement is the query's loss. Without them it is the loss
+            at the predicted class (classifiers) or the prediction (single-output
+            regressors), as in :class:`~sklearn_influence.InfluenceFunction`.
+
+        Returns
+        -------
+        changes : ndarray of shape (n_queries, n_points)
+            ``changes[q, j] = f_q(θ_j) − f_q(θˢ)`` for the response θ_j to removing training
+            point ``train_indices_[j]``. Positive: removing that point raises the query's
+            loss (it helped the query), the sign convention of influence estimates.
+        """
+        check_is_fitted(self, "parameters_")
+        inputs, targets = self._query_tensors(X, y_test)
+        problem = self._problem
+        thetas = torch.as_tensor(self.parameters_, dtype=problem.theta.dtype).to(
+            problem.theta.device
+        )
+        return to_numpy(
+            measurement_changes(problem.adapter, problem.theta, thetas, inputs, targets)
+        )
+
+    def score(self, X, y):
+        """How well influence estimates predict these responses on (X, y).
+
+        The actual change of the mean loss on (X, y) under each removal (from
+        :meth:`transform`) is correlated, across the removed points, with the first-order
+        influence prediction (1/N) ∇f̄(θˢ)ᵀ(G + λI)⁻¹∇L_m at the fitted ``damping``.
+        Higher is better; 1 means influence estimates rank and scale the removals exactly
+        as this response does.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_queries, n_features)
+        y : array-like of shape (n_queries,) or (n_queries, n_targets)
+
+        Returns
+        -------
+        score : float
+            Pearson correlation (nan with a warning when undefined).
+        """
+        actual = self.transform(X, y).mean(0)
+        inputs, targets = self._query_tensors(X, y)
+        problem = self._problem
+        query_gradient = per_example_gradients(problem.adapter, problem.theta, inputs, targets)
+        predicted = to_numpy(self._linearized_shift() @ query_gradient.mean(0))
+        return _pearson(predicted, actual)
+
+    def _linearized_shift(self):
+        """ε (G + λI)⁻¹ ∇L_m for the removed points at the fitted damping (cached)."""
+        damping = self._fitted_damping
+        if damping not in self._shifts:
+            result = linearized_pbrf(self._problem, self.train_indices_, damping=damping)
+            self._shifts[damping] = result.parameters - self._problem.theta
+        return self._shifts[damping]
+
+    @property
+    def _fitted_damping(self):
+        return self.damping
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.required = True
+        return tags
+
+
+class LeaveOneOut(_BaseResponse):
+    """Leave-one-out retraining: the model refit without each removed training point.
+
+    ``warm_start=False`` (cold start) refits from the original initialisation with the
+    original data order (a linear model is simply refit by scikit-learn to a tight
+    tolerance); ``warm_start=True`` starts at the fitted parameters θˢ (for linear models
+    the leave-one-out objective is then minimised exactly by Newton's method).
+
+    Parameters
+    ----------
+    estimator : estimator object
+        A supported model, a :class:`~sklearn.pipeline.Pipeline` ending in one, or a
+        :class:`~sklearn.frozen.FrozenEstimator` around one. Cold starts of neural nets
+        need the original initialisation, so pass them unfrozen.
+    warm_start : bool, default=False
+        Start the refits at θˢ instead of at the initialisation.
+    train_indices : array-like of int, default=None
+        Training row positions to remove, one at a time. None draws ``n_points`` of them
+        with ``random_state``.
+    n_points : int, default=20
+        Number of points drawn when ``train_indices`` is None.
+    damping : float, default=1e-3
+        λ of the influence estimate that :meth:`score` compares the refits with.
+    device : str, default="cpu"
+        ``"cpu"``, ``"cuda"`` or ``"auto"``; results are returned as numpy on the CPU.
+    n_jobs : int, default=None
+        Parallel refits through :mod:`sklearn.utils.parallel` (the joblib backend, for
+        example Dask, is chosen by the caller).
+    random_state : int, RandomState instance or None, default=None
+        Draws the removed points; seeds torch inside a forked RNG.
+    verbose : int, default=0
+        Progress over the refits (joblib's messages).
+
+    Attributes
+    ----------
+    estimator_ : estimator object
+        The fitted model.
+    train_indices_ : ndarray of shape (n_points,)
+        The removed training points, in the column order of :meth:`transform`.
+    parameters_ : ndarray of shape (n_points, n_parameters)
+        Refit parameters, one row per removed point.
+    reference_parameters_ : ndarray of shape (n_parameters,)
+        θˢ, the parameters of the model fit on all points.
+    n_train_ : int
+        Number of training points N.
+    n_features_in_ : int
+        Number of features seen during ``fit``.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Names of features seen during ``fit``, when X has string column names.
+
+    See Also
+    --------
+    PBRF : The proximal Bregman response function, what influence estimates approximate.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_diabetes
+    >>> from sklearn.linear_model import Ridge
+    >>> from sklearn_influence import LeaveOneOut
+    >>> X, y = load_diabetes(return_X_y=True)
+    >>> loo = LeaveOneOut(Ridge(alpha=1.0), train_indices=[0, 1, 2]).fit(X[:300], y[:300])
+    >>> loo.transform(X[300:305], y[300:305]).shape
+    (5, 3)
+    """
+
+    _parameter_constraints = {
+        **_BaseResponse._parameter_constraints,
+        "warm_start": ["boolean"],
+        "n_jobs": [Integral, None],
+        "verbose": ["verbose"],
+    }
+
+    def __init__(
+        self,
+        estimator,
+        *,
+        warm_start=False,
+        train_indices=None,
+        n_points=20,
+        damping=1e-3,
+        device="cpu",
+        n_jobs=None,
+        random_state=None,
+        verbose=0,
+    ):
+        self.estimator = estimator
+        self.warm_start = warm_start
+        self.train_indices = train_indices
+        self.n_points = n_points
+        self.damping = damping
+        self.device = device
+        self.n_jobs = n_jobs
+        self.random_state = random_state
+        self.verbose = verbose
+
+    def _responses(self, problem, indices, seed):
+        if self.warm_start:
+            return warm_leave_one_out(problem, indices, n_jobs=self.n_jobs, verbose=self.verbose)
+        return cold_leave_one_out(problem, indices, n_jobs=self.n_jobs, verbose=self.verbose)
+
+
+_OPTIMIZER_DOC = """
+    method : {"auto", "newton", "optimizer"}, default="auto"
+        ``"newton"`` minimises the (convex) objectives exactly — only for models linear in
+        their parameters; ``"optimizer"`` runs ``optimizer`` from θˢ; ``"auto"`` picks
+        Newton for linear models and the optimizer otherwise.
+    optimizer : {"sgd", "adam"}, default="sgd"
+        First-order optimizer of the objectives. SGD uses Nesterov momentum.
+    learning_rate : float or "auto", default="auto"
+        Step size. ``"auto"``: 1/L for SGD, where L is the largest eigenvalue of G + λI
+        (estimated by power iteration at θˢ), which is stable for the objective's
+        curvature near θˢ; for Adam, 0.1·ε·‖θˢ‖_∞ per step.
+    n_iter : int, default=1000
+        Maximum number of optimizer steps per removed point.
+    batch_size : int, default=None
+        Training rows per step (mini-batches in a seeded order); None uses all rows.
+    tol : float, default=1e-4
+        A removed point's optimisation stops when its full-batch gradient norm falls below
+        ``tol`` times its value at θˢ; ``converged_`` records which did.
+    optimizer_options : dict, default=None
+        SGD: ``momentum`` (default ``"auto"``: (√κ − 1)/(√κ + 1) for the condition number
+        κ = L/(λ + min r) of the damped objective, at most 0.99) and ``nesterov`` (True);
+        Adam: ``betas`` and ``eps``.
+"""
+
+
+class _ProximalBase(_BaseResponse):
+    _objective = None
+
+    _parameter_constraints = {
+        **_BaseResponse._parameter_constraints,
+        "method": [StrOptions(set(METHODS))],
+        "optimizer": [StrOptions(set(OPTIMIZERS))],
+        "learning_rate": [Interval(Real, 0, None, closed="neither"), StrOptions({"auto"})],
+        "n_iter": [Interval(Integral, 1, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left"), None],
+        "tol": [Interval(Real, 0, None, closed="left")],
+        "optimizer_options": [dict, None],
+        "n_jobs": [Integral, None],
+        "verbose": ["verbose"],
+    }
+
+    def __init__(
+        self,
+        estimator,
+        *,
+        damping=1e-3,
+        train_indices=None,
+        n_points=20,
+        method="auto",
+        optimizer="sgd",
+        learning_rate="auto",
+        n_iter=1000,
+        batch_size=None,
+        tol=1e-4,
+        optimizer_options=None,
+        device="cpu",
+        n_jobs=None,
+        random_state=None,
+        verbose=0,
+    ):
+        self.estimator = estimator
+        self.damping = damping
+        self.train_indices = train_indices
+        self.n_points = n_points
+        self.method = method
+        self.optimizer = optimizer
+        self.learning_rate = learning_rate
+        self.n_iter = n_iter
+        self.batch_size = batch_size
+        self.tol = tol
+        self.optimizer_options = optimizer_options
+        self.device = device
+        self.n_jobs = n_jobs
+        self.random_state = random_state
+        self.verbose = verbose
+
+    def _optimizer_settings(self, seed):
+        return {
+            "optimizer": self.optimizer,
+            "learning_rate": self.learning_rate,
+            "n_iter": self.n_iter,
+            "batch_size": self.batch_size,
+            "tol": self.tol,
+            "seed": seed,
+            "optimizer_options": self.optimizer_options,
+        }
+
+    def _responses(self, problem, indices, seed):
+        return proximal_response(
+            problem,
+            self._objective,
+            indices,
+            damping=self.damping,
+            method=self.method,
+            n_jobs=self.n_jobs,
+            verbose=self.verbose,
+            name=type(self).__name__,
+            **self._optimizer_settings(seed),
+        )
+
+    def _record(self, result):
+        self.method_ = self._problem.method(self.method)
+        self.converged_ = np.asarray(result.converged, dtype=bool)
+        self.gradient_norm_ = np.asarray(result.relative_gradient_norm, dtype=float)
+        self.n_iter_ = np.asarray(result.n_iter)
+
+
+class ProximalResponse(_ProximalBase):
+    __doc__ = (
+        """Proximal response function (PRF): warm-started removal with a proximity term.
+
+    For each removed point m the PRF minimises, from θˢ,
+
+    .. math:: J(\\theta) - \\varepsilon L_m(\\theta)
+              + \\frac{\\lambda}{2}\\|\\theta - \\theta^s\\|^2
+
+    with ε = 1/N: leave-one-out training kept close to the fitted parameters.
+
+    Parameters
+    ----------
+    estimator : estimator object
+        A supported model, a :class:`~sklearn.pipeline.Pipeline` ending in one, or a
+        :class:`~sklearn.frozen.FrozenEstimator` around one.
+    damping : float, default=1e-3
+        λ, the weight of the proximity term (the same λ as the damping of
+        :class:`~sklearn_influence.InfluenceFunction`).
+    train_indices : array-like of int, default=None
+        Training row positions to remove, one at a time. None draws ``n_points`` of them.
+    n_points : int, default=20
+        Number of points drawn when ``train_indices`` is None."""
+        + _OPTIMIZER_DOC
+        + """    device : str, default="cpu"
+        ``"cpu"``, ``"cuda"`` or ``"auto"``; results are returned as numpy on the CPU.
+    n_jobs : int, default=None
+        The removed points are split into one chunk per worker; each chunk is one batched
+        (vmap) optimisation. Uses :mod:`sklearn.utils.parallel`.
+    random_state : int, RandomState instance or None, default=None
+        Draws the removed points and the mini-batch order; seeds torch in a forked RNG.
+    verbose : int, default=0
+        Progress messages of the optimisation.
+
+    Attributes
+    ----------
+    estimator_ : estimator object
+        The fitted model.
+    train_indices_ : ndarray of shape (n_points,)
+        The removed training points, in the column order of :meth:`transform`.
+    parameters_ : ndarray of shape (n_points, n_parameters)
+        Response parameters, one row per removed point.
+    reference_parameters_ : ndarray of shape (n_parameters,)
+        θˢ.
+    converged_ : ndarray of bool, shape (n_points,)
+        Whether each optimisation reached ``tol`` (Newton: gradient norm ≤ 1e-12).
+    gradient_norm_ : ndarray of shape (n_points,)
+        Final gradient norm of each objective relative to its value at θˢ.
+    n_iter_ : ndarray of shape (n_points,)
+        Steps (or Newton iterations) per removed point.
+    method_ : str
+        ``"newton"`` or ``"optimizer"``.
+    n_train_ : int
+        Number of training points N.
+    n_features_in_ : int
+        Number of features seen during ``fit``.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Names of features seen during ``fit``, when X has string column names.
+
+    See Also
+    --------
+    PBRF : The same with the training loss replaced by its Bregman divergence from θˢ.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_breast_cancer
+    >>> from sklearn.linear_model import LogisticRegression
+    >>> from sklearn.pipeline import make_pipeline
+    >>> from sklearn.preprocessing import StandardScaler
+    >>> from sklearn_influence import ProximalResponse
+    >>> X, y = load_breast_cancer(return_X_y=True)
+    >>> model = make_pipeline(StandardScaler(), LogisticRegression())
+    >>> prf = ProximalResponse(model, n_points=4, random_state=0).fit(X[:400], y[:400])
+    >>> prf.transform(X[400:403], y[400:403]).shape
+    (3, 4)
+    >>> bool(prf.converged_.all())
+    True
+    """
+    )
+
+    _objective = "prf"
+
+
+class PBRF(_ProximalBase):
+    __doc__ = (
+        """Proximal Bregman response function: what influence estimates approximate.
+
+    For each removed point m the PBRF minimises, from θˢ,
+
+    .. math:: \\frac{1}{N}\\sum_i D_L(h(\\theta, x_i), h(\\theta^s, x_i)) + D_R(\\theta,
+              \\theta^s) - \\varepsilon L_m(\\theta) + \\frac{\\lambda}{2}
+              \\|\\theta - \\theta^s\\|^2
+
+    with ε = 1/N, the output-space Bregman divergence D_L of the loss (MSE: squared
+    distance; softmax cross-entropy: KL divergence; binary log-loss: Bernoulli KL) and
+    D_R = ½Σ r_j(θ_j − θˢ_j)² of the L2 regularizer (Bae et al., NeurIPS 2022). θˢ is its
+    minimiser at ε = 0 even when training did not converge, and its Hessian there is
+    G + λI, so the influence estimate of :class:`~sklearn_influence.InfluenceFunction`
+    (Gauss-Newton, same damping) is its first-order approximation.
+
+    Parameters
+    ----------
+    estimator : estimator object
+        A supported model, a :class:`~sklearn.pipeline.Pipeline` ending in one, or a
+        :class:`~sklearn.frozen.FrozenEstimator` around one.
+    damping : float, default=1e-3
+        λ, the weight of the proximity term (the damping of the influence estimate).
+    train_indices : array-like of int, default=None
+        Training row positions to remove, one at a time. None draws ``n_points`` of them.
+    n_points : int, default=20
+        Number of points drawn when ``train_indices`` is None."""
+        + _OPTIMIZER_DOC
+        + """    device : str, default="cpu"
+        ``"cpu"``, ``"cuda"`` or ``"auto"``; results are returned as numpy on the CPU.
+    n_jobs : int, default=None
+        The removed points are split into one chunk per worker; each chunk is one batched
+        (vmap) optimisation. Uses :mod:`sklearn.utils.parallel`.
+    random_state : int, RandomState instance or None, default=None
+        Draws the removed points and the mini-batch order; seeds torch in a forked RNG.
+    verbose : int, default=0
+        Progress messages of the optimisation.
+
+    Attributes
+    ----------
+    estimator_ : estimator object
+        The fitted model.
+    train_indices_ : ndarray of shape (n_points,)
+        The removed training points, in the column order of :meth:`transform`.
+    parameters_ : ndarray of shape (n_points, n_parameters)
+        Response parameters, one row per removed point.
+    reference_parameters_ : ndarray of shape (n_parameters,)
+        θˢ.
+    converged_ : ndarray of bool, shape (n_points,)
+        Whether each optimisation reached ``tol`` (Newton: gradient norm ≤ 1e-12).
+    gradient_norm_ : ndarray of shape (n_points,)
+        Final gradient norm of each objective relative to its value at θˢ.
+    n_iter_ : ndarray of shape (n_points,)
+        Steps (or Newton iterations) per removed point.
+    method_ : str
+        ``"newton"`` or ``"optimizer"``.
+    n_train_ : int
+        Number of training points N.
+    n_features_in_ : int
+        Number of features seen during ``fit``.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Names of features seen during ``fit``, when X has string column names.
+
+    See Also
+    --------
+    LinearizedPBRF : Its closed-form first-order approximation.
+    InfluenceDecomposition : All response functions side by side.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn.datasets import load_diabetes
+    >>> from sklearn.linear_model import Ridge
+    >>> from sklearn_influence import PBRF, InfluenceFunction
+    >>> X, y = load_diabetes(return_X_y=True)
+    >>> pbrf = PBRF(Ridge(alpha=1.0), train_indices=[0, 1, 2]).fit(X[:300], y[:300])
+    >>> changes = pbrf.transform(X[300:302], y[300:302])
+    >>> influence = InfluenceFunction(Ridge(alpha=1.0)).fit(X[:300], y[:300])
+    >>> predicted = influence.transform(X[300:302], y[300:302])[:, [0, 1, 2]]
+    >>> bool(np.corrcoef(changes.ravel(), predicted.ravel())[0, 1] > 0.99)
+    True
+    """
+    )
+
+    _objective = "pbrf"
+
+
+class LinearizedPBRF(_BaseResponse):
+    """Linearized PBRF: the closed form θˢ + ε (G + λI)⁻¹ ∇L_m(θˢ) with ε = 1/N.
+
+    The parameters that first-order influence estimates move to, solved by the package's
+    solvers (``"direct"``: an exact eigendecomposition of the Gauss-Newton matrix G).
+    :meth:`transform` evaluates the measurement there, so comparing it with
+    :class:`~sklearn_influence.InfluenceFunction` isolates the solver error and comparing
+    it with :class:`PBRF` the linearization error.
+
+    Parameters
+    ----------
+    estimator : estimator object
+        A supported model, a :class:`~sklearn.pipeline.Pipeline` ending in one, or a
+        :class:`~sklearn.frozen.FrozenEstimator` around one.
+    damping : float, default=1e-3
+        λ.
+    train_indices : array-like of int, default=None
+        Training row positions to remove, one at a time. None draws ``n_points`` of them.
+    n_points : int, default=20
+        Number of points drawn when ``train_indices`` is None.
+    solver : str, default="auto"
+        A solver of the package (``"auto"`` picks the exact direct solver while the dense
+        matrix is small).
+    solver_options : dict, default=None
+        Extra settings of the solver.
+    device : str, default="cpu"
+        ``"cpu"``, ``"cuda"`` or ``"auto"``; results are returned as numpy on the CPU.
+    random_state : int, RandomState instance or None, default=None
+        Draws the removed points; seeds torch in a forked RNG.
+
+    Attributes
+    ----------
+    estimator_ : estimator object
+        The fitted model.
+    train_indices_ : ndarray of shape (n_points,)
+        The removed training points, in the column order of :meth:`transform`.
+    parameters_ : ndarray of shape (n_points, n_parameters)
+        Linearized responses, one row per removed point.
+    reference_parameters_ : ndarray of shape (n_parameters,)
+        θˢ.
+    solver_ : str
+        The solver used.
+    n_train_ : int
+        Number of training points N.
+    n_features_in_ : int
+        Number of features seen during ``fit``.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Names of features seen during ``fit``, when X has string column names.
+
+    See Also
+    --------
+    PBRF : The response this linearizes.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_diabetes
+    >>> from sklearn.linear_model import Ridge
+    >>> from sklearn_influence import LinearizedPBRF
+    >>> X, y = load_diabetes(return_X_y=True)
+    >>> linear = LinearizedPBRF(Ridge(alpha=1.0), n_points=5, random_state=0)
+    >>> linear.fit(X[:300], y[:300]).transform(X[300:304], y[300:304]).shape
+    (4, 5)
+    """
+
+    _parameter_constraints = {
+        **_BaseResponse._parameter_constraints,
+        "solver": [StrOptions({"auto", *SOLVERS})],
+        "solver_options": [dict, None],
+    }
+
+    def __init__(
+        self,
+        estimator,
+        *,
+        damping=1e-3,
+        train_indices=None,
+        n_points=20,
+        solver="auto",
+        solver_options=None,
+        device="cpu",
+        random_state=None,
+    ):
+        self.estimator = estimator
+        self.damping = damping
+        self.train_indices = train_indices
+        self.n_points = n_points
+        self.solver = solver
+        self.solver_options = solver_options
+        self.device = device
+        self.random_state = random_state
+
+    def _responses(self, problem, indices, seed):
+        return linearized_pbrf(
+            problem,
+            indices,
+            damping=self.damping,
+            solver=self.solver,
+            solver_options={"seed": seed, **(self.solver_options or {})},
+        )
+
+    def _record(self, result):
+        self.solver_ = result.solver
