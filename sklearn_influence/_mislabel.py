@@ -9,11 +9,13 @@ from sklearn.frozen import FrozenEstimator
 from sklearn.pipeline import Pipeline
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
+from torch.func import vmap
 
 from ._adapters import check_supported, fit_estimator, make_adapter
 from ._curvature import CURVATURES
 from ._gradients import measure
 from ._influence import InfluenceFunction
+from ._response_estimators import PBRF
 from ._solvers import SOLVERS
 from ._torch_utils import resolve_device, seeded_torch, to_numpy
 
@@ -73,7 +75,79 @@ class _LossScore:
             return to_numpy(measure(adapter, theta, inputs, targets))
 
 
-_SCORES = {"self_influence": _InfluenceScore, "loss": _LossScore}
+class _PBRFScore:
+    """PBRF self-influence: L_m(θ_m) − L_m(θˢ) for the PBRF response θ_m to removing m.
+
+    The responses come from :class:`~sklearn_influence.PBRF` with every training point
+    removed in turn; to first order the value is the influence self-influence. It is defined
+    for training points only, so :meth:`scores` looks the queried pairs up in the training set.
+    """
+
+    #: PBRF parameters the detector sets itself
+    _OWN = ("estimator", "damping", "device", "n_jobs", "random_state", "train_indices")
+
+    def __init__(self, detector, X, y):
+        options = dict(detector.response_options or {})
+        allowed = sorted(set(PBRF(None).get_params()) - set(self._OWN) - {"n_points"})
+        unknown = sorted(set(options) - set(allowed))
+        if unknown:
+            raise ValueError(
+                f"response_options has unknown key(s) {unknown}; the PBRF responses accept "
+                f"{allowed} (damping, device, n_jobs and random_state come from the detector)."
+            )
+        self.response = PBRF(
+            detector.estimator,
+            damping=detector.damping,
+            train_indices=np.arange(len(y)),
+            device=detector.device,
+            n_jobs=detector.n_jobs,
+            random_state=detector.random_state,
+            **options,
+        ).fit(X, y)
+        self.estimator = self.response.estimator_
+        problem = self.response._problem
+        self.adapter = problem.adapter
+        self._training = (problem.inputs, problem.targets)
+        thetas = torch.as_tensor(
+            self.response.parameters_, dtype=problem.theta.dtype, device=problem.theta.device
+        )
+        own_loss = vmap(lambda theta, x, t: measure(self.adapter, theta, x[None], t[None])[0])
+        with torch.no_grad():
+            changed = own_loss(thetas, problem.inputs, problem.targets)
+            reference = measure(self.adapter, problem.theta, problem.inputs, problem.targets)
+        self._training_scores = to_numpy(changed - reference)
+
+    def training_scores(self):
+        return self._training_scores
+
+    def scores(self, inputs, targets):
+        if targets is None:
+            adapter = self.adapter
+            with torch.no_grad():
+                outputs = adapter.outputs(adapter.parameters(), inputs)
+            targets = adapter.loss.predicted_targets(outputs)
+        return self._training_scores[self._training_positions(inputs, targets)]
+
+    def _training_positions(self, inputs, targets):
+        """Position in the training set of each (input, target) pair; refuse any other pair."""
+        train = torch.cat(self._training, dim=1).cpu().numpy()
+        query = torch.cat([inputs, targets], dim=1).cpu().numpy()
+        _, first, inverse = np.unique(
+            np.concatenate([train, query]), axis=0, return_index=True, return_inverse=True
+        )
+        positions = first[inverse.ravel()[len(train) :]]
+        unknown = positions >= len(train)
+        if np.any(unknown):
+            raise ValueError(
+                f"{int(unknown.sum())} of {len(query)} labelled points are not in the training "
+                "set. PBRF self-influence is the response to removing a training point, so "
+                "only training points (with their training labels) can be scored; use "
+                "method='self_influence', its first-order approximation, for other points."
+            )
+        return positions
+
+
+_SCORES = {"self_influence": _InfluenceScore, "loss": _LossScore, "pbrf_self_influence": _PBRFScore}
 
 
 class MislabelDetector(OutlierMixin, BaseEstimator):
@@ -90,9 +164,10 @@ class MislabelDetector(OutlierMixin, BaseEstimator):
     so :meth:`predict`, :meth:`score_samples` and :meth:`decision_function` take ``(X, y)``.
     Their primary use is on the training set itself; :meth:`fit_predict` and the fitted
     ``mislabel_scores_`` and ``ranking_`` give that directly. Other labelled points are
-    scored by the self-influence they would have as training points (the model is not
-    refit). Without ``y`` the model's predicted class is used as the label: the score then
-    says how much the prediction relies on the training set, not whether a label is wrong.
+    scored by the self-influence (or loss) they would have as training points, without
+    refitting; PBRF self-influence is defined for training points only. Without ``y`` the
+    model's predicted class is used as the label: the score then says how much the
+    prediction relies on the training set, not whether a label is wrong.
 
     **Orientation** follows scikit-learn's outlier detectors: :meth:`score_samples` is
     *higher for more normal points* (it is minus the suspicion), :meth:`decision_function`
@@ -106,9 +181,11 @@ class MislabelDetector(OutlierMixin, BaseEstimator):
         linear model, a skorch net, a pipeline ending in one, or a ``FrozenEstimator``).
     method : {"self_influence", "pbrf_self_influence", "loss"}, default="self_influence"
         The suspicion score. ``"self_influence"``: the influence estimate above.
-        ``"pbrf_self_influence"``: the change of point m's own loss under the proximal
-        Bregman response function for removing m (the object influence estimates
-        approximate; one optimisation per point, far more expensive).
+        ``"pbrf_self_influence"``: the change L_m(θ_m) − L_m(θˢ) of point m's own loss
+        at the proximal Bregman response θ_m to removing m (:class:`~sklearn_influence.PBRF`,
+        the object influence estimates approximate to first order). It needs one
+        optimisation per training point — exact Newton for linear models, a first-order
+        optimiser for networks — and is defined for training points only.
         ``"loss"``: the training loss of each point (a baseline).
     contamination : float in (0, 0.5], default=0.1
         Expected fraction of mislabeled points: the fraction of training points with the
@@ -126,9 +203,12 @@ class MislabelDetector(OutlierMixin, BaseEstimator):
     solver_options : dict, default=None
         Extra settings of the solver.
     response_options : dict, default=None
-        Extra settings of the PBRF responses (``method="pbrf_self_influence"`` only).
+        Settings of the PBRF responses (``method="pbrf_self_influence"`` only), passed to
+        :class:`~sklearn_influence.PBRF`: ``method``, ``optimizer``, ``learning_rate``,
+        ``n_iter``, ``batch_size``, ``tol``, ``optimizer_options``, ``verbose``.
     n_jobs : int, default=None
-        Parallel workers for the PBRF responses, through :mod:`sklearn.utils.parallel`.
+        Parallel workers, through :mod:`sklearn.utils.parallel`, for the PBRF responses and
+        the influence computations that support it.
     random_state : int, RandomState instance or None, default=None
         Seeds model fitting and any stochastic solver inside a forked torch RNG.
 
@@ -138,6 +218,9 @@ class MislabelDetector(OutlierMixin, BaseEstimator):
         The fitted model.
     influence_ : InfluenceFunction or None
         The fitted influence transformer (``method="self_influence"``), else None.
+    response_ : PBRF or None
+        The fitted PBRF responses to removing each training point
+        (``method="pbrf_self_influence"``; see its ``converged_``), else None.
     mislabel_scores_ : ndarray of shape (n_train,)
         Suspicion of each training point (higher = more likely mislabeled); equal to
         ``-score_samples(X_train, y_train)``.
@@ -239,6 +322,7 @@ class MislabelDetector(OutlierMixin, BaseEstimator):
         self._score = _SCORES[self.method](self, X, y)
         self.estimator_ = self._score.estimator
         self.influence_ = getattr(self._score, "influence", None)
+        self.response_ = getattr(self._score, "response", None)
         self.mislabel_scores_ = self._score.training_scores()
         self.ranking_ = np.argsort(-self.mislabel_scores_, kind="stable")
         self.offset_ = float(np.percentile(-self.mislabel_scores_, 100.0 * self.contamination))

@@ -3,6 +3,7 @@ contract, and (reduced) the mislabel-detection figures of issue 5 on digits."""
 
 import numpy as np
 import pytest
+import torch
 from sklearn.datasets import load_iris
 from sklearn.exceptions import NotFittedError
 from sklearn.frozen import FrozenEstimator
@@ -11,6 +12,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 from sklearn.utils.estimator_checks import parametrize_with_checks
+from skorch import NeuralNetClassifier
 
 from sklearn_influence import InfluenceFunction, MislabelDetector
 from sklearn_influence.datasets import load_digits_split
@@ -85,6 +87,82 @@ def test_loss_baseline_is_the_log_loss(noisy_iris):
 
 
 @pytest.mark.parametrize("method", ["self_influence", "loss"])
+def numpy_pbrf_self_influence(model, X, y, damping, indices):
+    """L_m(θ_m) − L_m(θˢ) with θ_m the PBRF minimiser for removing m, by scipy's BFGS.
+
+    Binary logistic regression, h = wᵀx + b, L = softplus(h) − t·h; the PBRF objective is
+    (1/N) Σ_i KL(σ(hˢ_i) ‖ σ(h_i)) + ½ r ‖w − wˢ‖² − (1/N) L_m + ½ λ ‖θ − θˢ‖², r = 1/(C·N).
+    """
+    from scipy.optimize import minimize
+    from scipy.special import expit
+
+    n = len(X)
+    Z = np.column_stack([X, np.ones(n)])
+    theta_s = np.r_[model.coef_.ravel(), model.intercept_]
+    h_s = Z @ theta_s
+    p_s = expit(h_s)
+    r = np.r_[np.full(X.shape[1], 1.0 / (model.C * n)), 0.0]
+
+    def loss(theta, i):
+        h = Z[i] @ theta
+        return np.logaddexp(0, h) - y[i] * h
+
+    def objective(theta, m):
+        h = Z @ theta
+        shift = theta - theta_s
+        bregman = np.logaddexp(0, h) - np.logaddexp(0, h_s) - p_s * (h - h_s)
+        value = bregman.mean() + 0.5 * (r * shift**2).sum() + 0.5 * damping * (shift**2).sum()
+        gradient = Z.T @ (expit(h) - p_s) / n + (r + damping) * shift
+        value -= loss(theta, m) / n
+        gradient -= (expit(Z[m] @ theta) - y[m]) * Z[m] / n
+        return value, gradient
+
+    changes = []
+    for m in indices:
+        result = minimize(objective, theta_s, args=(m,), jac=True, method="BFGS", tol=1e-14)
+        changes.append(loss(result.x, m) - loss(theta_s, m))
+    return np.array(changes)
+
+
+def test_pbrf_self_influence_matches_scipy_and_the_pbrf_estimator():
+    rng = np.random.RandomState(0)
+    X = rng.normal(size=(60, 3))
+    y = (X @ np.array([1.5, -1.0, 0.5]) + 0.5 * rng.normal(size=60) > 0).astype(int)
+    y[:6] = 1 - y[:6]
+    model = LogisticRegression(C=0.5, tol=1e-12, max_iter=10_000)
+    detector = MislabelDetector(model, method="pbrf_self_influence", damping=1e-2).fit(X, y)
+    expected = numpy_pbrf_self_influence(detector.estimator_, X, y, 1e-2, range(10))
+    np.testing.assert_allclose(detector.mislabel_scores_[:10], expected, rtol=1e-5)
+    # the PBRF estimator's own measurement of each removed point's loss gives the same
+    pbrf = detector.response_
+    np.testing.assert_allclose(
+        detector.mislabel_scores_, np.diag(pbrf.transform(X, y)), rtol=1e-10, atol=1e-14
+    )
+    assert pbrf.converged_.all()
+    # the influence self-influence is its first-order approximation: same ranking here
+    # (values differ by the higher-order terms, up to ~35% for the strongest points at N = 60)
+    influence = MislabelDetector(model, damping=1e-2).fit(X, y).mislabel_scores_
+    assert np.corrcoef(detector.mislabel_scores_, influence)[0, 1] > 0.99
+
+
+def test_pbrf_scores_only_training_points(noisy_iris):
+    X, noisy, _ = noisy_iris
+    detector = MislabelDetector(
+        LogisticRegression(max_iter=5000), method="pbrf_self_influence", damping=1e-2
+    ).fit(X[:100], noisy[:100])
+    # training points (in any order, with their training labels) are looked up
+    order = np.random.RandomState(0).permutation(100)
+    np.testing.assert_array_equal(
+        -detector.score_samples(X[order], noisy[order]), detector.mislabel_scores_[order]
+    )
+    with pytest.raises(ValueError, match="1 of 2 labelled points are not in the training set"):
+        detector.score_samples(X[[0, 120]], noisy[[0, 120]])
+    with pytest.raises(ValueError, match="response_options has unknown key"):
+        MislabelDetector(
+            LogisticRegression(), method="pbrf_self_influence", response_options={"lr": 1.0}
+        ).fit(X, noisy)
+
+
 def test_outlier_detector_conventions_with_labels(noisy_iris, method):
     X, noisy, _ = noisy_iris
     detector = MislabelDetector(LogisticRegression(max_iter=5000), method=method)
@@ -165,6 +243,66 @@ def test_logistic_regression_finds_flipped_digit_labels():
     assert recall[0] >= 0.85
     assert recall[1] >= 0.95
     assert mislabel_detection_auc(is_flipped, detector.mislabel_scores_) > 0.9
+
+
+class MLP(torch.nn.Module):
+    """64 → hidden (tanh) → 10 logits."""
+
+    def __init__(self, hidden=12):
+        super().__init__()
+        self.layers = torch.nn.Sequential(
+            torch.nn.Linear(64, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, 10)
+        )
+
+    def forward(self, x):
+        return self.layers(x)
+
+
+@pytest.fixture(scope="module")
+def overfit_mlp():
+    """A small MLP trained (full batch, 400 epochs) until it fits the flipped labels, and its
+    influence self-influence (damping 1e-2)."""
+    data = load_digits_split(n_train=300, flip_fraction=0.1, random_state=0)
+    y = data.y_train.astype(np.int64)
+    net = NeuralNetClassifier(
+        MLP,
+        criterion=torch.nn.CrossEntropyLoss,
+        optimizer=torch.optim.Adam,
+        lr=2e-2,
+        optimizer__weight_decay=1e-4,
+        max_epochs=400,
+        batch_size=300,
+        train_split=None,
+        verbose=0,
+    )
+    detector = MislabelDetector(net, damping=1e-2, random_state=0).fit(data.X_train, y)
+    return data, y, detector
+
+
+def test_mlp_fitting_the_flipped_labels_is_caught_by_self_influence(overfit_mlp):
+    """Issue 5: an MLP that fits the flipped labels, ≥ 80% of them within 20% inspected, with
+    influence and with PBRF self-influence.
+
+    Reduced from the benchmark (benchmarks/bench_mislabel.py: more images, 32 hidden units,
+    several seeds) to 300 images and 12 hidden units; the threshold is the issue's.
+    """
+    data, y, detector = overfit_mlp
+    is_flipped = data.y_train != data.y_train_clean
+    fitted = detector.estimator_.predict(data.X_train.astype(np.float32)) == y
+    assert fitted[is_flipped].mean() == 1.0  # the network memorised the wrong labels
+    assert mislabel_detection_recall(is_flipped, detector.mislabel_scores_, fraction=0.2) >= 0.8
+
+    frozen = FrozenEstimator(detector.estimator_)
+    pbrf = MislabelDetector(frozen, method="pbrf_self_influence", damping=1e-2, random_state=0)
+    pbrf.fit(data.X_train, y)
+    assert pbrf.response_.converged_.all()
+    assert mislabel_detection_recall(is_flipped, pbrf.mislabel_scores_, fraction=0.2) >= 0.8
+    # same network, same θˢ: the influence estimate is the PBRF's first-order approximation
+    assert np.corrcoef(pbrf.mislabel_scores_, detector.mislabel_scores_)[0, 1] > 0.8
+
+    # the loss baseline on the same network, for comparison (no threshold in the issue)
+    loss = MislabelDetector(frozen, method="loss").fit(data.X_train, y).mislabel_scores_
+    assert mislabel_detection_recall(is_flipped, loss, fraction=0.2) > 0.2
 
 
 # -- scikit-learn's estimator checks ---------------------------------------------------------
