@@ -359,8 +359,8 @@ class InfluenceDecomposition(_FittedModelMixin, BaseEstimator):
                     targets,
                 )
             )
-        estimate = self.influence_._engine.influence(inputs, targets, self.damping)
-        changes["influence"] = to_numpy(estimate)[:, self.train_indices_]
+        estimate = self.influence_.transform(X, y_test)
+        changes["influence"] = estimate[:, self.train_indices_]
         return changes
 
     def decompose(self, X, y_test=None):

@@ -62,7 +62,7 @@ def response_objective(adapter, kind, reference, *, damping, epsilon):
     """
     if kind not in OBJECTIVES:
         raise ValueError(f"Unknown response objective {kind!r}; choose one of {OBJECTIVES}.")
-    reg = adapter.regularizer_diagonal()
+    reg = adapter.regularizer_diagonal().to(reference.dtype)
     loss = adapter.loss
 
     def objective(theta, removed_input, removed_target, inputs, targets, reference_outputs):

@@ -13,6 +13,8 @@ linearized PBRF        θˢ + ε (G + λI)⁻¹ ∇L_m(θˢ) through the solver 
 Removal is down-weighting by ε = 1/N; Δf = f(θ_resp) − f(θˢ) (:func:`measurement_changes`).
 """
 
+import warnings
+
 import numpy as np
 import torch
 from joblib import effective_n_jobs
@@ -58,6 +60,12 @@ def measurement_changes(adapter, reference_theta, thetas, inputs, targets):
 class ResponseProblem:
     """What every response of one fitted model shares: θˢ, the training data and ε = 1/N.
 
+    Responses are computed in float64 even for a float32 model: they are changes of order
+    ε = 1/N, and the gradients of the response objectives near θˢ are differences of
+    nearly equal terms, which float32 resolves to only a few digits. When the model cannot
+    be evaluated in float64 (for example float32 buffers of a batch-norm layer) its own
+    dtype is kept, with a warning.
+
     Parameters
     ----------
     adapter : ModelAdapter
@@ -68,13 +76,20 @@ class ResponseProblem:
     def __init__(self, adapter, X, y):
         self.adapter = adapter
         self.X, self.y = X, y
-        self.inputs = adapter.inputs(X)
-        self.targets = adapter.targets(y)
-        self.theta = adapter.parameters().detach()
+        self.dtype = _working_dtype(adapter, X)
+        self.inputs = self.tensor(adapter.inputs(X))
+        self.targets = self.tensor(adapter.targets(y))
+        self.theta = self.tensor(adapter.parameters().detach())
         self.n_train = len(self.inputs)
         self.epsilon = 1.0 / self.n_train
         with torch.no_grad():
             self.reference_outputs = adapter.outputs(self.theta, self.inputs)
+
+    def tensor(self, value):
+        """``value`` in the working dtype (floating tensors only) on the adapter's device."""
+        if value is None or not torch.is_floating_point(value):
+            return value
+        return value.to(device=self.adapter.device, dtype=self.dtype)
 
     def method(self, method):
         """Resolve ``"auto"``: exact Newton for models linear in θ, else the optimizer."""
@@ -98,6 +113,26 @@ class ResponseProblem:
         return torch.cat(blocks) if blocks else self.reference_outputs.new_zeros((0,))
 
 
+def _working_dtype(adapter, X):
+    """float64 when the model evaluates in it, else the adapter's own dtype (warned)."""
+    if adapter.dtype == torch.float64:
+        return torch.float64
+    probe = adapter.inputs(X[:1] if hasattr(X, "__getitem__") else X)
+    try:
+        with torch.no_grad():
+            adapter.outputs(adapter.parameters().double(), probe.double())
+    except (RuntimeError, TypeError) as error:
+        warnings.warn(
+            f"The model cannot be evaluated in float64 ({error}); response functions are "
+            f"computed in {adapter.dtype}, which resolves changes of order 1/N to only a few "
+            "digits. Convert the model to float64 (module.double()) for exact responses.",
+            UserWarning,
+            stacklevel=4,
+        )
+        return adapter.dtype
+    return torch.float64
+
+
 def cold_leave_one_out(problem, indices, *, n_jobs=None, verbose=0):
     """Retrain from the original initialisation without each point (cold-start LOO)."""
     thetas = leave_one_out_parameters(
@@ -109,7 +144,7 @@ def cold_leave_one_out(problem, indices, *, n_jobs=None, verbose=0):
         n_jobs=n_jobs,
         verbose=verbose,
     )
-    return Bunch(parameters=thetas, converged=None)
+    return Bunch(parameters=problem.tensor(thetas), converged=None)
 
 
 def warm_leave_one_out(problem, indices, *, method="auto", n_jobs=None, verbose=0, **settings):
@@ -138,7 +173,7 @@ def warm_leave_one_out(problem, indices, *, method="auto", n_jobs=None, verbose=
         n_jobs=n_jobs,
         verbose=verbose,
     )
-    return Bunch(parameters=thetas, converged=None)
+    return Bunch(parameters=problem.tensor(thetas), converged=None)
 
 
 def proximal_response(

@@ -105,7 +105,7 @@ class _FittedModelMixin:
         else:
             X = validate_data(self, X, reset=False)
         problem = self._problem
-        inputs = problem.adapter.inputs(X)
+        inputs = problem.tensor(problem.adapter.inputs(X))
         targets = None
         if y_test is not None:
             y_test = np.asarray(y_test)
@@ -114,7 +114,7 @@ class _FittedModelMixin:
                     f"y_test has {len(y_test)} rows but X has {len(inputs)}; pass one target "
                     "per query."
                 )
-            targets = problem.adapter.targets(y_test)
+            targets = problem.tensor(problem.adapter.targets(y_test))
         return inputs, resolve_query_targets(problem.adapter, problem.theta, inputs, targets)
 
 
