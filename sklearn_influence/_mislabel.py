@@ -13,7 +13,7 @@ from torch.func import vmap
 
 from ._adapters import check_supported, fit_estimator, make_adapter
 from ._curvature import CURVATURES
-from ._gradients import measure
+from ._gradients import batch_slices, measure
 from ._influence import InfluenceFunction
 from ._response_estimators import PBRF
 from ._solvers import SOLVERS
@@ -69,10 +69,15 @@ class _LossScore:
 
     def scores(self, inputs, targets):
         adapter, theta = self.adapter, self.adapter.parameters()
+        blocks = []
         with torch.no_grad():
-            if targets is None:
-                targets = adapter.loss.predicted_targets(adapter.outputs(theta, inputs))
-            return to_numpy(measure(adapter, theta, inputs, targets))
+            for rows in batch_slices(len(inputs), self.batch_size):
+                outputs = adapter.outputs(theta, inputs[rows])
+                block_targets = (
+                    adapter.loss.predicted_targets(outputs) if targets is None else targets[rows]
+                )
+                blocks.append(adapter.loss(outputs, block_targets))
+        return to_numpy(torch.cat(blocks)) if blocks else np.zeros(0)
 
 
 class _PBRFScore:

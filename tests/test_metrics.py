@@ -11,10 +11,12 @@ import sys
 import joblib
 import numpy as np
 import pytest
+import torch
 from scipy import stats
 from sklearn.datasets import load_diabetes, load_iris
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.metrics import roc_auc_score
+from skorch import NeuralNetRegressor
 
 from sklearn_influence import InfluenceFunction, MislabelDetector
 from sklearn_influence.metrics import (
@@ -240,6 +242,44 @@ def test_lds_classifier_matches_scikit_learn_refits_and_is_parallel_invariant():
     expected = [stats.spearmanr(p, a)[0] for p, a in zip(predicted, actual, strict=True)]
     np.testing.assert_allclose(per_query, expected, atol=1e-6)
     assert lds == pytest.approx(np.mean(expected), abs=1e-6)
+
+
+class SmallRegressor(torch.nn.Module):
+    """3 → 8 (tanh) → 1."""
+
+    def __init__(self):
+        super().__init__()
+        self.layers = torch.nn.Sequential(
+            torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1)
+        )
+
+    def forward(self, x):
+        return self.layers(x)
+
+
+def test_lds_of_a_network_retrains_through_its_adapter():
+    """Networks are retrained by their adapter (cold start from θ⁰, seeded data order), so
+    the LDS is reproducible and independent of n_jobs."""
+    rng = np.random.RandomState(0)
+    X = rng.normal(size=(60, 3)).astype(np.float32)
+    y = (np.sin(X[:, 0]) + 0.5 * X[:, 1]).astype(np.float32).reshape(-1, 1)
+    net = NeuralNetRegressor(
+        SmallRegressor,
+        optimizer=torch.optim.Adam,
+        lr=0.05,
+        max_epochs=20,
+        batch_size=60,
+        train_split=None,
+        verbose=0,
+    )
+    influence = InfluenceFunction(net, damping=1e-2, random_state=0).fit(X[:50], y[:50])
+    kwargs = dict(train_fraction=0.7, n_subsets=3, random_state=0, return_per_query=True)
+    lds, per_query = linear_datamodeling_score(influence, X[50:], y[50:], **kwargs)
+    with joblib.parallel_config(backend="threading"):
+        _, again = linear_datamodeling_score(influence, X[50:], y[50:], n_jobs=2, **kwargs)
+    np.testing.assert_array_equal(per_query, again)
+    assert per_query.shape == (10,) and np.all(np.abs(per_query) <= 1)
+    assert np.isfinite(lds)
 
 
 def test_lds_scores_given_attributions_and_rejects_bad_input():

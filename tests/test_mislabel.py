@@ -86,7 +86,6 @@ def test_loss_baseline_is_the_log_loss(noisy_iris):
     assert detector.influence_ is None
 
 
-@pytest.mark.parametrize("method", ["self_influence", "loss"])
 def numpy_pbrf_self_influence(model, X, y, damping, indices):
     """L_m(θ_m) − L_m(θˢ) with θ_m the PBRF minimiser for removing m, by scipy's BFGS.
 
@@ -163,6 +162,7 @@ def test_pbrf_scores_only_training_points(noisy_iris):
         ).fit(X, noisy)
 
 
+@pytest.mark.parametrize("method", ["self_influence", "loss"])
 def test_outlier_detector_conventions_with_labels(noisy_iris, method):
     X, noisy, _ = noisy_iris
     detector = MislabelDetector(LogisticRegression(max_iter=5000), method=method)
