@@ -43,7 +43,7 @@ class InfluenceFunctionCV(InfluenceFunction):
     correlation : {"pearson", "spearman"}, default="pearson"
         Agreement measure between predicted and actual loss changes.
     curvature, solver, device, batch_size, solver_options, n_score_points, score_target,
-    memory, n_jobs, random_state :
+    score_damping, memory, n_jobs, random_state :
         As in :class:`InfluenceFunction`.
 
     Attributes
@@ -91,6 +91,7 @@ class InfluenceFunctionCV(InfluenceFunction):
         solver_options=None,
         n_score_points=30,
         score_target="loo",
+        score_damping=1e-3,
         memory=None,
         n_jobs=None,
         random_state=None,
@@ -106,6 +107,7 @@ class InfluenceFunctionCV(InfluenceFunction):
         self.solver_options = solver_options
         self.n_score_points = n_score_points
         self.score_target = score_target
+        self.score_damping = score_damping
         self.memory = memory
         self.n_jobs = n_jobs
         self.random_state = random_state
@@ -183,7 +185,7 @@ class InfluenceFunctionCV(InfluenceFunction):
             X_train,
             y_train,
             removed,
-            self.score_target,
+            (self.score_target, self.score_damping),
             self.n_jobs,
             X_query,
             y_query,

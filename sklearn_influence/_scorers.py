@@ -5,7 +5,7 @@ from ._targets import SCORE_TARGETS
 CORRELATIONS = ("pearson", "spearman")
 
 
-def make_influence_scorer(target="loo", correlation="pearson"):
+def make_influence_scorer(target="loo", correlation="pearson", pbrf_damping=1e-3):
     """A scorer ``scorer(estimator, X, y) -> float`` for a fitted ``InfluenceFunction``.
 
     It removes the estimator's ``n_score_points`` training points one at a time, retrains as
@@ -15,10 +15,12 @@ def make_influence_scorer(target="loo", correlation="pearson"):
 
     Parameters
     ----------
-    target : {"loo", "warm_loo"}, default="loo"
+    target : {"loo", "warm_loo", "pbrf"}, default="loo"
         The retraining the estimates are compared with (see ``InfluenceFunction``'s
         ``score_target``).
     correlation : {"pearson", "spearman"}, default="pearson"
+    pbrf_damping : float, default=1e-3
+        Proximity damping of the ``"pbrf"`` target.
 
     Returns
     -------
@@ -45,7 +47,9 @@ def make_influence_scorer(target="loo", correlation="pearson"):
         raise ValueError(f"correlation must be one of {CORRELATIONS}, got {correlation!r}.")
 
     def influence_scorer(estimator, X, y):
-        return estimator._agreement(X, y, target=target, correlation=correlation)
+        return estimator._agreement(
+            X, y, target=target, correlation=correlation, pbrf_damping=pbrf_damping
+        )
 
     influence_scorer.__name__ = f"influence_{target}_{correlation}_scorer"
     return influence_scorer

@@ -10,15 +10,20 @@
   the cold retrain on all points.
 * ``"warm_loo"`` — retraining started from θˢ; the reference is the same warm retraining on
   all points, so that the drift of extra training cancels.
+* ``"pbrf"`` — the proximal Bregman response function at a fixed reference damping, the
+  object influence estimates approximate best for networks (Bae et al., 2022); the
+  reference is θˢ.
 """
 
 from ._convex import leave_one_out_optima, minimize_convex
-from ._response import leave_one_out_parameters
+from ._response import ResponseProblem, leave_one_out_parameters, proximal_response
 
-SCORE_TARGETS = ("loo", "warm_loo")
+SCORE_TARGETS = ("loo", "warm_loo", "pbrf")
 
 
-def removal_parameters(adapter, theta, X, y, removed, *, kind="loo", n_jobs=None):
+def removal_parameters(
+    adapter, theta, X, y, removed, *, kind="loo", pbrf_damping=1e-3, n_jobs=None
+):
     """``(reference, thetas)`` for the removal of each training point in ``removed``.
 
     Parameters
@@ -28,12 +33,18 @@ def removal_parameters(adapter, theta, X, y, removed, *, kind="loo", n_jobs=None
         The fitted parameters θˢ.
     X, y : the training data passed to ``fit``.
     removed : sequence of int
-    kind : {"loo", "warm_loo"}
+    kind : {"loo", "warm_loo", "pbrf"}
+    pbrf_damping : float
+        The proximity damping of the PBRF target.
     n_jobs : int or None
         Parallel retraining through :mod:`sklearn.utils.parallel` (non-convex models).
     """
     if kind not in SCORE_TARGETS:
         raise ValueError(f"Unknown score target {kind!r}; choose one of {SCORE_TARGETS}.")
+    if kind == "pbrf":
+        problem = ResponseProblem(adapter, X, y)
+        result = proximal_response(problem, "pbrf", removed, damping=pbrf_damping, n_jobs=n_jobs)
+        return problem.theta, result.parameters
     if adapter.linear_layout:
         inputs, targets = adapter.inputs(X), adapter.targets(y)
         reference = minimize_convex(adapter, theta, inputs, targets)

@@ -223,3 +223,16 @@ def _mean_log_loss_without(influence, X, y, X_test, y_test, removed):
     keep = np.arange(len(y)) != removed
     probabilities = model.fit(X[keep], y[keep]).predict_proba(X_test)
     return -np.log(probabilities[np.arange(len(y_test)), y_test]).mean()
+
+
+def test_pbrf_score_target_at_matching_damping_is_near_perfect(wine):
+    """The influence estimate is the linearisation of the PBRF at the same damping."""
+    X, y, X_test, y_test = wine
+    X, X_test = StandardScaler().fit(X).transform(X), StandardScaler().fit(X).transform(X_test)
+    model = LogisticRegression(C=0.5, tol=1e-10, max_iter=5000)
+    settings = {"n_score_points": 15, "random_state": 0, "score_target": "pbrf"}
+    matching = InfluenceFunction(model, damping=0.1, score_damping=0.1, **settings).fit(X, y)
+    assert matching.score(X_test, y_test) > 0.999
+    # a far-off damping predicts the same PBRF target worse
+    far = InfluenceFunction(model, damping=30.0, score_damping=0.1, **settings).fit(X, y)
+    assert far.score(X_test, y_test) < matching.score(X_test, y_test)
