@@ -4,7 +4,7 @@ Sign convention: ``InfluenceFunction(...).transform(X)[q, m] > 0`` means removin
 point m is predicted to raise query q's loss (m helps q).
 """
 
-from . import metrics
+from . import datasets, metrics
 from ._cv import InfluenceFunctionCV
 from ._decomposition import InfluenceDecomposition, InfluenceDecompositionDisplay
 from ._display import MislabelRecallDisplay
@@ -27,6 +27,7 @@ __all__ = [
     "MislabelRecallDisplay",
     "ProximalResponse",
     "__version__",
+    "datasets",
     "make_influence_scorer",
     "metrics",
 ]

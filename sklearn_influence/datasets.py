@@ -1,0 +1,136 @@
+"""Small bundled data sets for examples, the command line and tests (no download).
+
+Every loader returns a :class:`~sklearn.utils.Bunch` with a fixed train/test split, so that
+influence matrices (rows: test queries, columns: training points) can be indexed back to the
+images they describe.
+"""
+
+from numbers import Integral, Real
+
+import numpy as np
+from sklearn.datasets import load_digits
+from sklearn.utils import Bunch, check_random_state
+
+__all__ = ["load_digits_split"]
+
+#: the largest pixel value of scikit-learn's digits (4-bit grey levels)
+_DIGITS_MAX_PIXEL = 16.0
+
+
+def _check_count(name, value, low, high, n_total):
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}.")
+    if not low <= value <= high:
+        raise ValueError(
+            f"{name}={value} is out of range: the digits data set has {n_total} images in all, "
+            f"so {name} must be between {low} and {high} here. Lower n_train or n_test."
+        )
+
+
+def _flip_labels(y, fraction, classes, rng):
+    """Give round(fraction·n) labels, drawn without replacement, another class at random."""
+    n_flipped = round(fraction * len(y))
+    flipped = np.sort(rng.choice(len(y), size=n_flipped, replace=False))
+    positions = np.searchsorted(classes, y[flipped])
+    # an offset in 1..n_classes-1 always lands on a different class, uniformly
+    offsets = rng.randint(1, len(classes), size=n_flipped)
+    noisy = y.copy()
+    noisy[flipped] = classes[(positions + offsets) % len(classes)]
+    return noisy, flipped
+
+
+def load_digits_split(*, n_train=1500, n_test=None, flip_fraction=0.0, random_state=0):
+    """scikit-learn's 8×8 digits, split at random into a training and a test set.
+
+    The 1,797 bundled images (no download) are shuffled with ``random_state``; the first
+    ``n_train`` form the training set and the next ``n_test`` the test set. Pixel values are
+    scaled from 0..16 to [0, 1]. Optionally a fraction of the *training* labels is flipped
+    to another class, chosen uniformly at random, for mislabel-detection experiments.
+
+    Parameters
+    ----------
+    n_train : int, default=1500
+        Number of training images (1 to 1,796).
+    n_test : int or None, default=None
+        Number of test images; None takes all images not used for training.
+    flip_fraction : float, default=0.0
+        Fraction of training labels, in [0, 1), replaced by a different class at random.
+        ``round(flip_fraction * n_train)`` labels are flipped.
+    random_state : int, RandomState instance or None, default=0
+        Seeds the shuffle and the label flips.
+
+    Returns
+    -------
+    data : :class:`~sklearn.utils.Bunch`
+        With the fields:
+
+        ``X_train``, ``X_test`` : ndarray of shape (n, 64)
+            Flattened images, values in [0, 1].
+        ``y_train``, ``y_test`` : ndarray of shape (n,)
+            Integer labels 0–9; ``y_train`` includes the flipped labels.
+        ``images_train``, ``images_test`` : ndarray of shape (n, 8, 8)
+            The same pixels as 8×8 images, for plotting.
+        ``y_train_clean`` : ndarray of shape (n_train,)
+            The training labels before flipping.
+        ``flipped_indices`` : ndarray of shape (n_flipped,)
+            Sorted positions in the training set whose label was flipped (empty when
+            ``flip_fraction=0``).
+        ``train_indices``, ``test_indices`` : ndarray
+            Positions of the images in :func:`sklearn.datasets.load_digits`.
+        ``target_names`` : ndarray of shape (10,)
+            The classes 0–9.
+
+    See Also
+    --------
+    sklearn.datasets.load_digits : The full data set without a split.
+
+    Examples
+    --------
+    >>> from sklearn_influence.datasets import load_digits_split
+    >>> data = load_digits_split(n_train=500, n_test=100, flip_fraction=0.1, random_state=0)
+    >>> data.X_train.shape, data.X_test.shape, data.images_train.shape
+    ((500, 64), (100, 64), (500, 8, 8))
+    >>> float(data.X_train.min()), float(data.X_train.max())
+    (0.0, 1.0)
+    >>> len(data.flipped_indices)
+    50
+    >>> bool((data.y_train != data.y_train_clean).sum() == 50)
+    True
+    """
+    digits = load_digits()
+    n_total = len(digits.target)
+    _check_count("n_train", n_train, 1, n_total - 1, n_total)
+    _check_count("n_test", n_test, 1, n_total - n_train, n_total)
+    if (
+        isinstance(flip_fraction, bool)
+        or not isinstance(flip_fraction, Real)
+        or not 0.0 <= flip_fraction < 1.0
+    ):
+        raise ValueError(
+            f"flip_fraction must be a number in [0, 1), got {flip_fraction!r}; for example "
+            "flip_fraction=0.1 flips 10% of the training labels."
+        )
+    n_test = n_total - n_train if n_test is None else n_test
+    rng = check_random_state(random_state)
+    order = rng.permutation(n_total)
+    train, test = order[:n_train], order[n_train : n_train + n_test]
+    images = digits.images / _DIGITS_MAX_PIXEL
+    X = images.reshape(n_total, -1)
+    y = digits.target
+    classes = np.unique(y)
+    y_train, flipped = _flip_labels(y[train], flip_fraction, classes, rng)
+    return Bunch(
+        X_train=X[train],
+        y_train=y_train,
+        X_test=X[test],
+        y_test=y[test],
+        images_train=images[train],
+        images_test=images[test],
+        y_train_clean=y[train],
+        flipped_indices=flipped,
+        train_indices=train,
+        test_indices=test,
+        target_names=digits.target_names,
+    )
