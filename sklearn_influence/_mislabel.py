@@ -196,7 +196,7 @@ class MislabelDetector(OutlierMixin, BaseEstimator):
         Expected fraction of mislabeled points: the fraction of training points with the
         highest suspicion that :meth:`predict` flags as −1.
     damping : float, default=1e-3
-        λ ≥ 0 added to the curvature (and the proximity weight of the PBRF).
+        The damping λ ≥ 0 added to the curvature (and the proximity weight of the PBRF).
     curvature : {"gauss_newton", "hessian", "identity"}, default="gauss_newton"
         Curvature of the influence estimate, see :class:`InfluenceFunction`.
     solver : str, default="auto"
@@ -387,11 +387,15 @@ class MislabelDetector(OutlierMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
+            Inputs, usually the training inputs.
         y : array-like of shape (n_samples,), default=None
+            Their labels. None uses the model's predicted labels.
 
         Returns
         -------
         decision : ndarray of shape (n_samples,)
+            Negative for points more suspicious than the ``contamination`` quantile of the
+            training set.
         """
         return self.score_samples(X, y) - self.offset_
 
@@ -401,11 +405,14 @@ class MislabelDetector(OutlierMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
+            Inputs, usually the training inputs.
         y : array-like of shape (n_samples,), default=None
+            Their labels. None uses the model's predicted labels.
 
         Returns
         -------
         labels : ndarray of shape (n_samples,)
+            −1 where ``decision_function`` is negative (suspected mislabeled), else 1.
         """
         return np.where(self.decision_function(X, y) < 0, -1, 1)
 
@@ -417,11 +424,14 @@ class MislabelDetector(OutlierMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
+            Training inputs.
         y : array-like of shape (n_samples,)
+            Training labels, possibly wrong.
 
         Returns
         -------
         labels : ndarray of shape (n_samples,)
+            −1 for the ``contamination`` fraction of most suspicious training points, else 1.
         """
         self.fit(X, y)
         return np.where(-self.mislabel_scores_ - self.offset_ < 0, -1, 1)

@@ -283,7 +283,7 @@ def test_mlp_fitting_the_flipped_labels_is_caught_by_self_influence(overfit_mlp)
     """Issue 5: an MLP that fits the flipped labels, ≥ 80% of them within 20% inspected, with
     influence and with PBRF self-influence.
 
-    Reduced from the benchmark (benchmarks/bench_mislabel.py: more images, 32 hidden units,
+    Reduced from the benchmark (benchmarks/bench_mislabel.py: 1,500 images, 64 hidden units,
     several seeds) to 300 images and 12 hidden units; the threshold is the issue's.
     """
     data, y, detector = overfit_mlp
