@@ -366,3 +366,19 @@ def test_most_influential_returns_extremes_of_each_row():
         np.testing.assert_allclose(top.helpful_values[row], matrix[row, top.helpful_indices[row]])
     assert np.all(np.diff(top.helpful_values, axis=1) <= 0)
     assert np.all(np.diff(top.harmful_values, axis=1) >= 0)
+
+
+def test_cholesky_solver_equals_direct_and_refuses_singular_curvature():
+    X, y, X_test, y_test = _standardized(load_wine, 120)
+    model = FrozenEstimator(LogisticRegression(C=0.5, max_iter=1000).fit(X, y))
+    direct = InfluenceFunction(model, damping=1e-3, solver="direct").fit(X, y)
+    cholesky = InfluenceFunction(model, damping=1e-3, solver="cholesky").fit(X, y)
+    np.testing.assert_allclose(
+        cholesky.transform(X_test, y_test), direct.transform(X_test, y_test), rtol=1e-9
+    )
+    np.testing.assert_allclose(cholesky.self_influence(), direct.self_influence(), rtol=1e-9)
+    # softmax logits are invariant to a shift of all intercepts: without damping the
+    # Gauss-Newton matrix is singular, which the pseudo-inverse handles and Cholesky refuses
+    with pytest.raises(ValueError, match="singular or not positive definite.*solver='direct'"):
+        cholesky.set_params(damping=0.0).transform(X_test, y_test)
+    assert np.all(np.isfinite(direct.set_params(damping=0.0).transform(X_test, y_test)))
