@@ -132,6 +132,22 @@ def _sgd_update(state, gradients, lr, options):
 _UPDATES = {"adam": _adam_update, "sgd": _sgd_update}
 
 
+def _safeguard(state, values, gradients, active):
+    """Per-copy safeguards of full-batch SGD on objectives that are not quadratic.
+
+    A copy whose objective rose since the previous step halves its step size; a copy whose
+    gradient points along its last move (gᵀΔθ > 0, the adaptive restart of O'Donoghue &
+    Candès) has overshot and drops its momentum. Both act per copy only, so a copy's
+    trajectory does not depend on the others.
+    """
+    slack = 64 * torch.finfo(values.dtype).eps * values.abs().clamp_min(1.0)
+    rose = active & (values > state["value"] + slack)
+    state["lr"] = torch.where(rose, 0.5 * state["lr"], state["lr"])
+    overshot = rose | ((gradients * state["move"]).sum(1) > 0)
+    state["m"][overshot] = 0.0
+    state["value"] = torch.where(active, values, state["value"])
+
+
 def _check_optimizer_options(optimizer, options):
     allowed = {"adam": {"betas", "eps"}, "sgd": {"momentum", "nesterov"}}[optimizer]
     unknown = set(options) - allowed
@@ -207,54 +223,61 @@ def optimize_responses(
     _check_optimizer_options(optimizer, options)
     update = _UPDATES[optimizer]
     k = len(removed_inputs)
-    gradient = batched_gradient(objective)
+    value_and_gradient = batched_value_and_gradient(objective)
 
-    def full_gradient_norms(thetas):
-        return gradient(
+    def full(thetas):
+        return value_and_gradient(
             thetas, removed_inputs, removed_targets, inputs, targets, reference_outputs
-        ).norm(dim=1)
+        )
 
     thetas = reference.detach().unsqueeze(0).repeat(k, 1)
-    initial = full_gradient_norms(thetas)
+    values, gradients = full(thetas)
+    initial = gradients.norm(dim=1)
     # a copy whose gradient at θˢ is zero up to rounding (ε = 0 for the PBRF, or a point
     # with zero loss gradient) is already at its optimum
     floor = 10 * torch.finfo(thetas.dtype).eps
     threshold = torch.clamp(tol * initial, min=floor)
     active = initial > floor
     n_steps = torch.zeros(k, dtype=torch.long)
-    state = {"step": 0, "m": torch.zeros_like(thetas), "v": torch.zeros_like(thetas)}
+    state = {
+        "step": 0,
+        "m": torch.zeros_like(thetas),
+        "v": torch.zeros_like(thetas),
+        "lr": torch.full((k,), float(learning_rate), dtype=thetas.dtype),
+        "move": torch.zeros_like(thetas),
+        "value": values,
+    }
     schedule = BatchSchedule(len(inputs), batch_size, seed)
+    safeguarded = optimizer == "sgd" and schedule.full
     check_every = schedule.steps_per_epoch
-    norms = initial
     for step, rows in zip(range(1, n_iter + 1), schedule, strict=False):
         if not bool(active.any()):
             break
-        step_gradients = gradient(
-            thetas,
-            removed_inputs,
-            removed_targets,
-            inputs[rows],
-            targets[rows],
-            reference_outputs[rows],
-        )
+        if step > 1:  # at step 1 the full-batch values and gradients at θˢ are known
+            values, gradients = value_and_gradient(
+                thetas, removed_inputs, removed_targets, inputs[rows], targets[rows],
+                reference_outputs[rows],
+            )  # fmt: skip
         if schedule.full:
-            norms = step_gradients.norm(dim=1)
-            active &= norms > threshold
-        moves = update(state, step_gradients, learning_rate, options)
-        thetas = thetas - moves * active.unsqueeze(1)
+            active &= gradients.norm(dim=1) > threshold
+        if safeguarded:
+            _safeguard(state, values, gradients, active)
+        # the step size is applied per copy: 1 inside the update, then state["lr"]
+        moves = update(state, gradients, 1.0, options) * (state["lr"] * active).unsqueeze(1)
+        thetas = thetas - moves
+        state["move"] = -moves
         n_steps += active
         if not schedule.full and step % check_every == 0:
-            norms = full_gradient_norms(thetas)
-            active &= norms > threshold
+            active &= full(thetas)[1].norm(dim=1) > threshold
         if progress is not None and (step % max(check_every, 100) == 0 or step == n_iter):
             progress(step, int(k - active.sum()))
-    norms = full_gradient_norms(thetas)
+    norms = full(thetas)[1].norm(dim=1)
     relative = torch.where(initial > floor, norms / initial, torch.zeros_like(norms))
     return thetas, norms <= threshold, relative, n_steps
 
 
-def batched_gradient(objective):
-    """Gradients of k independent copies of ``objective`` at once, shape (k, p).
+def batched_value_and_gradient(objective):
+    """Values (k,) and gradients (k, p) of k independent copies of ``objective`` at once.
 
     The forward pass is :func:`torch.func.vmap`-ed over the copies (one batched evaluation
     of the model) and the backward pass is ordinary reverse mode on the sum of the copies'
@@ -263,12 +286,13 @@ def batched_gradient(objective):
     """
     values = vmap(objective, in_dims=(0, 0, 0, None, None, None))
 
-    def gradient(thetas, *args):
+    def value_and_gradient(thetas, *args):
         with torch.enable_grad():
             thetas = thetas.detach().requires_grad_(True)
-            return torch.autograd.grad(values(thetas, *args).sum(), thetas)[0]
+            value = values(thetas, *args)
+            return value.detach(), torch.autograd.grad(value.sum(), thetas)[0]
 
-    return gradient
+    return value_and_gradient
 
 
 def warn_not_converged(name, converged, relative, n_iter):

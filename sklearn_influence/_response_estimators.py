@@ -365,7 +365,10 @@ _OPTIMIZER_DOC = """
         their parameters; ``"optimizer"`` runs ``optimizer`` from θˢ; ``"auto"`` picks
         Newton for linear models and the optimizer otherwise.
     optimizer : {"sgd", "adam"}, default="sgd"
-        First-order optimizer of the objectives. SGD uses Nesterov momentum.
+        First-order optimizer of the objectives. SGD uses Nesterov momentum; with full
+        batches each removed point's step is halved whenever its objective rises and its
+        momentum is dropped when it overshoots (adaptive restart), which keeps SGD stable
+        where the objective is far from quadratic.
     learning_rate : float or "auto", default="auto"
         Step size. ``"auto"``: 1/L for SGD, where L is the largest eigenvalue of G + λI
         (estimated by power iteration at θˢ), which is stable for the objective's

@@ -304,6 +304,8 @@ def test_converged_logistic_cold_and_warm_loo_agree(logistic_problem):
 def test_batched_optimisation_equals_one_at_a_time(net_problem, batch_size):
     indices = [1, 4, 9, 30]
     settings = {"damping": 0.01, "n_iter": 150, "batch_size": batch_size, "seed": 3}
+    if batch_size is not None:  # fixed settings: the automatic ones are covered above
+        settings.update(n_iter=60, learning_rate=0.1, optimizer_options={"momentum": 0.9})
     batched = proximal_response(net_problem, "pbrf", indices, **settings)
     singles = [proximal_response(net_problem, "pbrf", [m], **settings) for m in indices]
     torch.testing.assert_close(
@@ -333,6 +335,24 @@ def test_optimizer_reaches_the_exact_newton_solution(logistic_problem, kind):
     )  # fmt: skip
     adam_error = (adam.parameters - exact.parameters).norm(dim=1)
     assert float((adam_error / shift).max()) < 0.05
+
+
+def test_too_large_steps_are_halved(logistic_problem):
+    """SGD halves a copy's step whenever its objective rises, so a step 100 times too large
+    still reaches the exact solution instead of diverging."""
+    indices = [0, 10]
+    exact = proximal_response(logistic_problem, "pbrf", indices, damping=1e-2, method="newton")
+    settings = {"damping": 1e-2, "method": "optimizer", "tol": 1e-8, "n_iter": 3000}
+    largest = curvature_scale(
+        logistic_problem.adapter, logistic_problem.theta, logistic_problem.inputs,
+        logistic_problem.targets, logistic_problem.reference_outputs, damping=1e-2,
+    )[0]  # fmt: skip
+    wild = proximal_response(
+        logistic_problem, "pbrf", indices, learning_rate=100 / largest, **settings
+    )
+    assert wild.converged.all()
+    shift = (exact.parameters - logistic_problem.theta).norm(dim=1)
+    assert float(((wild.parameters - exact.parameters).norm(dim=1) / shift).max()) < 1e-5
 
 
 def test_non_convergence_is_reported(net_problem):

@@ -1,0 +1,177 @@
+"""Benchmark: PBRF for k removed points in one batched (vmap) optimisation vs one at a time.
+
+A skorch MLP (64 → hidden → 10, tanh) is trained on ``--n-train`` digits images; the PBRF of
+``--k`` removed training points is optimised from θˢ for exactly ``--steps`` full-batch SGD
+steps (``tol=0``, so both variants do the same work), either as one optimisation of k
+parameter copies (:func:`torch.func.vmap` forward, one reverse pass) or as k separate
+optimisations of one copy. Both must give the same responses; the table reports the median
+wall and CPU seconds of ``--repeats`` runs after a warm-up, the speed-up and the largest
+difference of the responses relative to their size.
+
+Run ``python benchmarks/bench_pbrf_batched.py`` (``--threads 1`` pins torch and BLAS to one
+thread). It prints a table and writes ``benchmarks/results/bench_pbrf_batched.md``.
+"""
+
+import argparse
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import sklearn
+import skorch
+import torch
+from threadpoolctl import threadpool_limits
+
+import sklearn_influence
+from sklearn_influence._adapters import fit_estimator, make_adapter
+from sklearn_influence._proximal import auto_settings
+from sklearn_influence._response import ResponseProblem, proximal_response
+from sklearn_influence.datasets import load_digits_split
+
+RESULTS = Path(__file__).resolve().parent / "results" / "bench_pbrf_batched.md"
+
+
+class MLP(torch.nn.Module):
+    """64 → hidden → 10 with a tanh hidden layer (logits out)."""
+
+    def __init__(self, hidden=32):
+        super().__init__()
+        self.layers = torch.nn.Sequential(
+            torch.nn.Linear(64, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, 10)
+        )
+
+    def forward(self, X):
+        return self.layers(X)
+
+
+def trained_problem(n_train, hidden, epochs):
+    """Fit the skorch net the way the estimators do and wrap it as a response problem."""
+    from skorch import NeuralNetClassifier
+
+    data = load_digits_split(n_train=n_train, n_test=10, random_state=0)
+    X, y = data.X_train.astype(np.float32), data.y_train
+    net = NeuralNetClassifier(
+        MLP,
+        module__hidden=hidden,
+        criterion=torch.nn.CrossEntropyLoss,
+        optimizer=torch.optim.SGD,
+        lr=0.1,
+        optimizer__momentum=0.9,
+        optimizer__weight_decay=1e-3,
+        max_epochs=epochs,
+        batch_size=64,
+        train_split=None,
+        verbose=0,
+    )
+    torch.manual_seed(0)
+    state = fit_estimator(net, X, y)
+    return ResponseProblem(make_adapter(net, len(y), torch.device("cpu"), state), X, y)
+
+
+def timed(function, repeats):
+    """Median (wall, CPU) seconds over ``repeats`` runs after one warm-up; last result."""
+    result = function()
+    walls, cpus = [], []
+    for _ in range(repeats):
+        wall, cpu = time.perf_counter(), time.process_time()
+        result = function()
+        walls.append(time.perf_counter() - wall)
+        cpus.append(time.process_time() - cpu)
+    return statistics.median(walls), statistics.median(cpus), result
+
+
+def environment(threads):
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return [
+        f"* machine: {platform.machine()}, {os.cpu_count()} logical CPUs, "
+        f"{platform.system()} {platform.release()}; load average at start {load:.2f}",
+        f"* threads: {'default' if threads is None else threads} (torch {torch.get_num_threads()})",
+        f"* versions: python {platform.python_version()}, torch {torch.__version__}, "
+        f"scikit-learn {sklearn.__version__}, skorch {skorch.__version__}, "
+        f"sklearn_influence {sklearn_influence.__version__}",
+    ]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--k", type=int, default=64, help="removed points")
+    parser.add_argument("--steps", type=int, default=100, help="SGD steps per response")
+    parser.add_argument("--n-train", type=int, default=500)
+    parser.add_argument("--hidden", type=int, default=32)
+    parser.add_argument("--epochs", type=int, default=30, help="training epochs of the net")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per entry (median)")
+    parser.add_argument("--threads", type=int, default=None, help="pin torch and BLAS")
+    parser.add_argument("--output", type=Path, default=RESULTS, help="markdown file to write")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    with threadpool_limits(limits=args.threads):
+        problem = trained_problem(args.n_train, args.hidden, args.epochs)
+        indices = np.random.RandomState(0).choice(problem.n_train, args.k, replace=False)
+        # the automatic step and momentum once, so that both variants time only the steps
+        learning_rate, options = auto_settings(
+            problem.adapter, problem.theta, problem.inputs, problem.targets,
+            problem.reference_outputs, damping=1e-3, epsilon=problem.epsilon, optimizer="sgd",
+            learning_rate="auto", optimizer_options=None,
+        )  # fmt: skip
+        settings = {
+            "damping": 1e-3,
+            "n_iter": args.steps,
+            "tol": 0.0,
+            "learning_rate": learning_rate,
+            "optimizer_options": options,
+        }
+
+        def batched():
+            return proximal_response(problem, "pbrf", indices, **settings).parameters
+
+        def one_at_a_time():
+            return torch.cat(
+                [proximal_response(problem, "pbrf", [m], **settings).parameters for m in indices]
+            )
+
+        batched_wall, batched_cpu, batched_thetas = timed(batched, args.repeats)
+        single_wall, single_cpu, single_thetas = timed(one_at_a_time, args.repeats)
+    shift = (single_thetas - problem.theta).norm(dim=1)
+    difference = float(((batched_thetas - single_thetas).norm(dim=1) / shift).max())
+    n_params = problem.theta.numel()
+    rows = [
+        ("one at a time (k optimisations of 1 copy)", single_wall, single_cpu),
+        ("batched (1 optimisation of k copies, vmap)", batched_wall, batched_cpu),
+    ]
+    lines = [
+        "| variant | wall s | CPU s |",
+        "|---|---:|---:|",
+        *[f"| {name} | {wall:.3f} | {cpu:.3f} |" for name, wall, cpu in rows],
+    ]
+    text = "\n".join(
+        [
+            "# bench_pbrf_batched",
+            "",
+            f"PBRF of k = {args.k} removed points, skorch MLP 64-{args.hidden}-10 ({n_params} "
+            f"parameters) trained {args.epochs} epochs on {problem.n_train} digits images; "
+            f"{args.steps} full-batch SGD steps per response (auto step and momentum, "
+            f"tol=0), responses in float64, CPU; median of {args.repeats} runs after a "
+            "warm-up.",
+            "",
+            *environment(args.threads),
+            "",
+            *lines,
+            "",
+            f"* speed-up (wall): **{single_wall / batched_wall:.1f}x**; "
+            f"(CPU): {single_cpu / batched_cpu:.1f}x",
+            f"* largest difference of the responses, relative to ‖θ_resp − θˢ‖: {difference:.2e}",
+            "",
+        ]
+    )
+    print(text)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
