@@ -295,20 +295,18 @@ class InfluenceDecomposition(_FittedModelMixin, BaseEstimator):
             "seed": seed,
             "optimizer_options": self.optimizer_options,
         }
+        self._say(f"cold-start leave-one-out: {len(indices)} refits")
         cold = cold_leave_one_out(problem, indices, **common)
+        self._say(f"warm-start leave-one-out: {len(indices)} refits")
         warm = warm_leave_one_out(problem, indices, **common)
-        proximal = {
-            kind: proximal_response(
-                problem,
-                kind,
-                indices,
-                damping=self.damping,
-                method=self.method,
-                **common,
+        proximal = {}
+        for kind in ("prf", "pbrf"):
+            self._say(f"{kind.upper()}: {len(indices)} batched optimisations")
+            proximal[kind] = proximal_response(
+                problem, kind, indices, damping=self.damping, method=self.method, **common,
                 **settings,
-            )
-            for kind in ("prf", "pbrf")
-        }
+            )  # fmt: skip
+        self._say("linearized PBRF")
         linear = linearized_pbrf(problem, indices, damping=self.damping)
         self.converged_ = {kind: np.asarray(proximal[kind].converged) for kind in proximal}
         return {
@@ -318,6 +316,10 @@ class InfluenceDecomposition(_FittedModelMixin, BaseEstimator):
             "pbrf": proximal["pbrf"].parameters,
             "linearized_pbrf": linear.parameters,
         }
+
+    def _say(self, message):
+        if self.verbose:
+            print(f"[InfluenceDecomposition] {message}", flush=True)
 
     @staticmethod
     def _output_distances(problem, results):

@@ -238,12 +238,12 @@ def optimize_responses(
     floor = 10 * torch.finfo(thetas.dtype).eps
     threshold = torch.clamp(tol * initial, min=floor)
     active = initial > floor
-    n_steps = torch.zeros(k, dtype=torch.long)
+    n_steps = torch.zeros(k, dtype=torch.long, device=thetas.device)
     state = {
         "step": 0,
         "m": torch.zeros_like(thetas),
         "v": torch.zeros_like(thetas),
-        "lr": torch.full((k,), float(learning_rate), dtype=thetas.dtype),
+        "lr": torch.full((k,), float(learning_rate), dtype=thetas.dtype, device=thetas.device),
         "move": torch.zeros_like(thetas),
         "value": values,
     }

@@ -454,6 +454,16 @@ def test_bad_query_targets(regression_data):
         pbrf.transform(X_test, y_test[:3])
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_matches_cpu(regression_data):
+    X, y, X_test, y_test = regression_data
+    on_cpu = PBRF(Ridge(), n_points=3, random_state=0).fit(X, y)
+    on_gpu = PBRF(Ridge(), n_points=3, random_state=0, device="cuda").fit(X, y)
+    np.testing.assert_allclose(on_gpu.parameters_, on_cpu.parameters_, rtol=1e-9, atol=1e-12)
+    iterative = PBRF(Ridge(), n_points=3, random_state=0, device="cuda", method="optimizer")
+    assert iterative.fit(X, y).transform(X_test, y_test).shape == (len(X_test), 3)
+
+
 ESTIMATORS = [
     LeaveOneOut(Ridge(), n_points=3, random_state=0),
     LeaveOneOut(LogisticRegression(), warm_start=True, n_points=3, random_state=0),
