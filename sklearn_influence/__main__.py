@@ -1,8 +1,19 @@
 """Command line: ``python -m sklearn_influence`` (or the ``sklearn-influence`` script).
 
-The default subcommand, ``explain``, fits a model on scikit-learn's bundled digits, shows the
-most helpful and most harmful training images for a few test images, and checks the
-influence estimates against actual leave-one-out retraining.
+Subcommands, each on scikit-learn's bundled digits by default or on a user CSV file
+(``--csv PATH --target COLUMN``):
+
+* ``explain`` (the default) fits a model, shows the most helpful and most harmful training
+  examples for a few test examples, and checks the influence estimates against actual
+  leave-one-out retraining;
+* ``decompose`` prints the five-term decomposition of the gap between influence estimates and
+  leave-one-out retraining (:class:`~sklearn_influence.InfluenceDecomposition`) and saves its
+  bar plot;
+* ``mislabeled`` flips a fraction of the training labels, ranks the training points with
+  :class:`~sklearn_influence.MislabelDetector`, prints the suspects and the recall against
+  the loss baseline and random inspection, and can save the recall curves.
+
+Progress of long steps goes to stderr (``--quiet`` turns it off); results go to stdout.
 
 The command line is built from two registries so that it grows without rewrites:
 
@@ -14,6 +25,8 @@ All output is plain ASCII so that it prints on any terminal.
 """
 
 import argparse
+import csv
+import os
 import sys
 import time
 
@@ -21,13 +34,17 @@ import numpy as np
 import torch
 from scipy.stats import pearsonr, spearmanr
 from sklearn.linear_model import LogisticRegression
+from sklearn.utils import Bunch
 from threadpoolctl import threadpool_limits
 
+from ._decomposition import InfluenceDecomposition, InfluenceDecompositionDisplay
 from ._influence import InfluenceFunction
+from ._mislabel import MislabelDetector
 from ._response import measurement_changes
 from ._targets import removal_parameters
 from ._torch_utils import resolve_device
 from .datasets import load_digits_split
+from .metrics import mislabel_detection_auc, mislabel_detection_recall
 
 # -- models ---------------------------------------------------------------------------------
 
@@ -41,8 +58,59 @@ def _logistic(args):
     return LogisticRegression(C=1.0, solver="newton-cholesky", tol=1e-10, max_iter=1000)
 
 
+class _MLPModule(torch.nn.Module):
+    """One hidden layer with tanh: smooth, so its Gauss-Newton matrix is well defined."""
+
+    def __init__(self, in_features=64, hidden=32, out_features=10):
+        super().__init__()
+        self.hidden = torch.nn.Linear(in_features, hidden)
+        self.output = torch.nn.Linear(hidden, out_features)
+
+    def forward(self, X):
+        return self.output(torch.tanh(self.hidden(X)))
+
+
+def _skorch_available():
+    """Whether this installation has the skorch adapter (it registers ``SkorchAdapter``)."""
+    from . import _adapters
+
+    return hasattr(_adapters, "SkorchAdapter")
+
+
+def _mlp(args):
+    """A small skorch MLP trained with full-batch Adam and weight decay (L2 in the objective).
+
+    ``args.n_features`` and ``args.n_classes`` are set from the data before this is called.
+    """
+    from skorch import NeuralNetClassifier
+
+    return NeuralNetClassifier(
+        _MLPModule,
+        module__in_features=args.n_features,
+        module__out_features=args.n_classes,
+        criterion=torch.nn.CrossEntropyLoss,
+        optimizer=torch.optim.Adam,
+        optimizer__weight_decay=1e-3,
+        lr=1e-2,
+        max_epochs=300,
+        batch_size=-1,
+        train_split=None,
+        verbose=0,
+    )
+
+
 #: ``--model`` choices: name -> function building the unfitted estimator from the arguments
-_MODELS = {"logistic": _logistic}
+_MODELS = {"logistic": _logistic, "mlp": _mlp}
+
+#: ``--model`` choices -> why they cannot run here, or a missing key when they can
+_MODEL_REQUIREMENTS = {
+    "mlp": (
+        _skorch_available,
+        "--model mlp needs the skorch adapter (sklearn_influence._adapters._skorch), which "
+        "this installation of sklearn_influence does not have; use --model logistic, or "
+        "install a version of sklearn_influence with skorch support",
+    )
+}
 
 
 # -- argument types -------------------------------------------------------------------------
@@ -105,46 +173,209 @@ def _print_image_row(panels, width=11, file=None):
         print("".join(f"{lines[row]:<{width}}" for lines in rendered).rstrip(), file=file)
 
 
-# -- explain --------------------------------------------------------------------------------
+# -- data -----------------------------------------------------------------------------------
+
+#: number of images in scikit-learn's digits
+_N_DIGITS = 1797
+
+#: fewest rows a CSV file may have: a few training rows per class and some test rows
+_MIN_CSV_ROWS = 10
 
 
-def _add_explain_arguments(parser):
+class _DataError(ValueError):
+    """A problem with the user's data; the command line reports it as a usage error."""
+
+
+def _read_csv(path, target):
+    """Numeric features, labels and feature names of a CSV file with a header row."""
+    if not os.path.isfile(path):
+        raise _DataError(f"--csv {path!r}: no such file; check the path")
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = [row for row in csv.reader(handle) if any(cell.strip() for cell in row)]
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise _DataError(
+            f"--csv {path!r} cannot be read as a UTF-8 CSV file ({error}); "
+            "export it as comma-separated text with a header row"
+        ) from None
+    if not rows:
+        raise _DataError(f"--csv {path!r} is empty; it needs a header row and data rows")
+    header, rows = [name.strip() for name in rows[0]], rows[1:]
+    if target not in header:
+        raise _DataError(
+            f"--target {target!r} is not a column of {path!r}; its columns are "
+            f"{', '.join(repr(name) for name in header)}"
+        )
+    if len(rows) < _MIN_CSV_ROWS:
+        raise _DataError(
+            f"--csv {path!r} has {len(rows)} data rows; at least {_MIN_CSV_ROWS} are needed "
+            "(training rows plus test rows)"
+        )
+    ragged = [number + 2 for number, row in enumerate(rows) if len(row) != len(header)]
+    if ragged:
+        raise _DataError(
+            f"--csv {path!r}: line(s) {', '.join(map(str, ragged[:5]))} have a different number "
+            f"of fields than the header ({len(header)}); fix or remove them"
+        )
+    column = header.index(target)
+    names = [name for position, name in enumerate(header) if position != column]
+    if not names:
+        raise _DataError(f"--csv {path!r} has no feature columns besides the target {target!r}")
+    X = np.empty((len(rows), len(names)))
+    bad, missing = [], []
+    for position, name in enumerate(names):
+        source = position + (position >= column)
+        cells = [row[source].strip() for row in rows]
+        if any(cell == "" or cell.lower() == "nan" for cell in cells):
+            missing.append(name)
+            continue
+        try:
+            X[:, position] = [float(cell) for cell in cells]
+        except ValueError:
+            bad.append(name)
+    if bad:
+        raise _DataError(
+            f"--csv {path!r}: non-numeric feature column(s) {', '.join(map(repr, bad))}; "
+            "encode them as numbers (for example one-hot columns) or drop them"
+        )
+    if missing:
+        raise _DataError(
+            f"--csv {path!r}: missing values in column(s) {', '.join(map(repr, missing))}; "
+            "fill them in or drop those rows"
+        )
+    if not np.isfinite(X).all():
+        raise _DataError(f"--csv {path!r}: infinite feature values; replace or drop them")
+    y = np.array([row[column].strip() for row in rows])
+    if (y == "").any():
+        raise _DataError(
+            f"--csv {path!r}: missing values in the target {target!r}; drop those rows"
+        )
+    return X, y, names
+
+
+def _flip_labels(y, fraction, rng):
+    """Replace ``round(fraction * n)`` labels by another class drawn uniformly."""
+    n_classes = int(y.max()) + 1
+    flipped = np.sort(rng.choice(len(y), size=round(fraction * len(y)), replace=False))
+    y = y.copy()
+    y[flipped] = (y[flipped] + rng.randint(1, n_classes, size=len(flipped))) % n_classes
+    return y, flipped
+
+
+def _load_data(args, default_n_train, *, flip_fraction=0.0, n_test=None):
+    """The split as a Bunch with the fields of :func:`load_digits_split` plus ``source``.
+
+    Labels are integers 0..k-1 (``target_names`` maps them back); CSV features are
+    standardized with the training rows' mean and standard deviation.
+    """
+    n_train = default_n_train if args.n_train is None else args.n_train
+    if args.csv is None:
+        if n_train > _N_DIGITS - 1:
+            raise _DataError(
+                f"--n-train must be at most {_N_DIGITS - 1} (digits has {_N_DIGITS} images)"
+            )
+        data = load_digits_split(
+            n_train=n_train,
+            n_test=n_test,
+            flip_fraction=flip_fraction,
+            random_state=args.random_state,
+        )
+        data.source = "scikit-learn's digits"
+        data.unit = "images"
+        return data
+    X, labels, names = _read_csv(args.csv, args.target)
+    n_rows = len(labels)
+    n_train = round(0.75 * n_rows) if args.n_train is None else args.n_train
+    if n_train > n_rows - 1:
+        raise _DataError(f"--n-train must be at most {n_rows - 1} ({args.csv!r} has {n_rows} rows)")
+    rng = np.random.RandomState(args.random_state)
+    order = rng.permutation(n_rows)
+    train, test = order[:n_train], order[n_train:]
+    test = test if n_test is None else test[:n_test]
+    target_names, y = np.unique(labels, return_inverse=True)
+    if len(np.unique(y[train])) < 2:
+        raise _DataError(
+            f"the training rows of {args.csv!r} have fewer than 2 classes in {args.target!r}; "
+            "the target must be a class label with at least 2 classes"
+        )
+    mean, scale = X[train].mean(0), X[train].std(0)
+    X = (X - mean) / np.where(scale > 0, scale, 1.0)
+    y_train_clean = y[train]
+    y_train, flipped = y_train_clean, np.array([], dtype=int)
+    if flip_fraction:
+        y_train, flipped = _flip_labels(y_train_clean, flip_fraction, rng)
+    return Bunch(
+        X_train=X[train],
+        X_test=X[test],
+        y_train=y_train,
+        y_test=y[test],
+        y_train_clean=y_train_clean,
+        flipped_indices=flipped,
+        images_train=None,
+        images_test=None,
+        target_names=target_names,
+        feature_names=names,
+        source=repr(os.path.basename(args.csv)),
+        unit="rows",
+    )
+
+
+def _prepare(parser, args, default_n_train, **load_options):
+    """Shared checks of every subcommand; loads the data into ``args.data``."""
+    requirement = _MODEL_REQUIREMENTS.get(args.model)
+    if requirement is not None and not requirement[0]():
+        parser.error(requirement[1])
+    if args.csv is None and args.target is not None:
+        parser.error("--target names a column of --csv; give --csv PATH too")
+    if args.csv is not None and args.target is None:
+        parser.error("--csv needs --target COLUMN, the column that holds the labels")
+    try:
+        resolve_device(args.device)
+    except (ValueError, RuntimeError) as error:
+        parser.error(f"--device {args.device!r}: {error}")
+    try:
+        args.data = _load_data(args, default_n_train, **load_options)
+    except _DataError as error:
+        parser.error(str(error))
+    args.n_features = args.data.X_train.shape[1]
+    args.n_classes = int(max(args.data.y_train.max(), args.data.y_test.max(initial=0))) + 1
+    if args.model == "mlp":  # torch modules take float32 inputs and int64 labels
+        for name in ("X_train", "X_test"):
+            args.data[name] = args.data[name].astype(np.float32)
+        for name in ("y_train", "y_test"):
+            args.data[name] = args.data[name].astype(np.int64)
+
+
+def _add_common_arguments(parser, *, n_train, damping):
     parser.add_argument(
-        "--model", choices=sorted(_MODELS), default="logistic", help="model to explain"
+        "--model",
+        choices=sorted(_MODELS),
+        default="logistic",
+        help="logistic: multinomial logistic regression; mlp: a one-hidden-layer skorch "
+        "network (needs the skorch adapter) (default logistic)",
     )
     parser.add_argument(
-        "--n-queries", type=_positive_int, default=3, help="test images to explain (default 3)"
+        "--csv",
+        metavar="PATH",
+        help="a CSV file with a header row, numeric feature columns and a label column, "
+        "instead of scikit-learn's bundled digits",
     )
+    parser.add_argument("--target", metavar="COLUMN", help="the label column of --csv")
     parser.add_argument(
-        "--k",
+        "--n-train",
         type=_positive_int,
-        default=3,
-        help="helpful and harmful training images shown per test image (default 3)",
+        default=None,
+        help=f"training rows; the rest are test rows (default {n_train} of the 1797 digits, "
+        "or 75%% of the rows of --csv)",
     )
     parser.add_argument(
         "--damping",
         type=_non_negative_float,
-        default=1e-4,
-        help="damping lambda added to the curvature (default 1e-4)",
-    )
-    parser.add_argument(
-        "--n-removed",
-        type=_non_negative_int,
-        default=40,
-        help="training images removed one at a time and actually refit to check the "
-        "estimates; 0 skips the check (default 40)",
-    )
-    parser.add_argument(
-        "--n-train",
-        type=_positive_int,
-        default=1500,
-        help="training images drawn from the 1797 digits; the rest are test images (default 1500)",
+        default=damping,
+        help=f"damping lambda added to the curvature (default {damping:g})",
     )
     parser.add_argument(
         "--device", default="cpu", help="torch device for the math: cpu, cuda or auto (default cpu)"
-    )
-    parser.add_argument(
-        "--no-images", action="store_true", help="do not draw the 8x8 images as ASCII art"
     )
     parser.add_argument(
         "--n-threads",
@@ -157,47 +388,90 @@ def _add_explain_arguments(parser):
         "--random-state",
         type=_non_negative_int,
         default=0,
-        help="seed of the train/test split and of the removed images (default 0)",
+        help="seed of the split and of every random choice (default 0)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
+
+
+class _Progress:
+    """One stderr line per long step, with the time the previous step took."""
+
+    def __init__(self, quiet):
+        self.quiet = quiet
+        self.start = time.perf_counter()
+
+    def __call__(self, message):
+        if not self.quiet:
+            elapsed = time.perf_counter() - self.start
+            print(f"[{elapsed:6.1f} s] {message}", file=sys.stderr, flush=True)
+
+
+def _label(data, value):
+    """The original label of an encoded class (CSV) or the digit itself."""
+    names = data.get("target_names")
+    return str(names[value]) if names is not None else str(value)
+
+
+def _build_estimator(args):
+    estimator = _MODELS[args.model](args)
+    return estimator
+
+
+# -- explain --------------------------------------------------------------------------------
+
+
+def _add_explain_arguments(parser):
+    _add_common_arguments(parser, n_train=1500, damping=1e-4)
+    parser.add_argument(
+        "--n-queries", type=_positive_int, default=3, help="test examples to explain (default 3)"
+    )
+    parser.add_argument(
+        "--k",
+        type=_positive_int,
+        default=3,
+        help="helpful and harmful training examples shown per test example (default 3)",
+    )
+    parser.add_argument(
+        "--n-removed",
+        type=_non_negative_int,
+        default=40,
+        help="training examples removed one at a time and actually refit to check the "
+        "estimates; 0 skips the check (default 40)",
+    )
+    parser.add_argument(
+        "--no-images", action="store_true", help="do not draw the 8x8 images as ASCII art"
     )
 
 
-#: number of images in scikit-learn's digits
-_N_DIGITS = 1797
-
-
 def _check_explain_arguments(parser, args):
-    n_total = _N_DIGITS
-    if args.n_train > n_total - 1:
-        parser.error(f"--n-train must be at most {n_total - 1} (digits has {n_total} images)")
-    n_test = n_total - args.n_train
+    _prepare(parser, args, 1500)
+    n_train, n_test = len(args.data.y_train), len(args.data.y_test)
     if args.n_queries > n_test:
         parser.error(
-            f"--n-queries {args.n_queries} is more than the {n_test} test images; "
+            f"--n-queries {args.n_queries} is more than the {n_test} test {args.data.unit}; "
             "lower it or lower --n-train"
         )
-    if args.k > args.n_train:
-        parser.error(f"--k {args.k} is more than the {args.n_train} training images; lower it")
-    if args.n_removed > args.n_train:
+    if args.k > n_train:
+        parser.error(f"--k {args.k} is more than the {n_train} training {args.data.unit}; lower it")
+    if args.n_removed > n_train:
         parser.error(
-            f"--n-removed {args.n_removed} is more than the {args.n_train} training images; "
-            "lower it"
+            f"--n-removed {args.n_removed} is more than the {n_train} training "
+            f"{args.data.unit}; lower it"
         )
     if args.n_removed == 1:
         parser.error("--n-removed must be 0 (skip the check) or at least 2 to correlate")
-    try:
-        resolve_device(args.device)
-    except (ValueError, RuntimeError) as error:
-        parser.error(f"--device {args.device!r}: {error}")
 
 
 def _explain_queries(args, data, influence, out):
     queries = np.arange(args.n_queries)
     X_query, y_query = data.X_test[queries], data.y_test[queries]
     top = influence.most_influential(X_query, y_query, k=args.k)
-    predicted = influence.estimator_.predict(X_query)
+    predicted = np.asarray(influence.estimator_.predict(X_query)).astype(int)
+    unit = data.unit[:-1]
     for row, query in enumerate(queries):
         print(
-            f"\nTest image {query}: label {y_query[row]}, predicted {predicted[row]}",
+            f"\nTest {unit} {query}: label {_label(data, y_query[row])}, "
+            f"predicted {_label(data, predicted[row])}",
             file=out,
         )
         print(f"  {'':9}{'index':>6} {'label':>6} {'influence':>11}", file=out)
@@ -207,8 +481,11 @@ def _explain_queries(args, data, influence, out):
         ):
             for rank, (index, value) in enumerate(zip(indices, values, strict=True)):
                 label = kind if rank == 0 else ""
-                print(f"  {label:9}{index:>6} {data.y_train[index]:>6} {value:>+11.3e}", file=out)
-        if not args.no_images:
+                print(
+                    f"  {label:9}{index:>6} {_label(data, data.y_train[index]):>6} {value:>+11.3e}",
+                    file=out,
+                )
+        if not args.no_images and data.images_train is not None:
             _print_images(data, query, top, row, out)
 
 
@@ -242,9 +519,9 @@ def _check_against_retraining(args, data, influence, matrix, out):
     elapsed = time.perf_counter() - start
     predicted = matrix[:, removed].mean(0)
     print(
-        f"\nAgreement with actual leave-one-out retraining ({len(removed)} training images "
+        f"\nAgreement with actual leave-one-out retraining ({len(removed)} training {data.unit} "
         f"removed one at a time and refit, {elapsed:.1f} s).\nMeasurement: mean test loss over "
-        f"{len(data.y_test)} test images; predicted = mean influence over the test images.",
+        f"{len(data.y_test)} test {data.unit}; predicted = mean influence over them.",
         file=out,
     )
     if np.ptp(predicted) == 0 or np.ptp(actual) == 0:
@@ -262,27 +539,30 @@ def _check_against_retraining(args, data, influence, matrix, out):
     for position in shown:
         index = removed[position]
         print(
-            f"  {index:>6} {data.y_train[index]:>6} {predicted[position]:>+11.3e} "
+            f"  {index:>6} {_label(data, data.y_train[index]):>6} {predicted[position]:>+11.3e} "
             f"{actual[position]:>+11.3e}",
             file=out,
         )
-    print("  (the 5 removed images with the largest predicted effect)", file=out)
+    print(f"  (the 5 removed {data.unit} with the largest predicted effect)", file=out)
 
 
 def _run_explain(args, out):
-    data = load_digits_split(n_train=args.n_train, random_state=args.random_state)
-    estimator = _MODELS[args.model](args)
+    data = args.data
+    progress = _Progress(args.quiet)
+    estimator = _build_estimator(args)
     influence = InfluenceFunction(
         estimator, damping=args.damping, device=args.device, random_state=args.random_state
     )
     start = time.perf_counter()
+    progress(f"fitting {type(estimator).__name__} and the influence matrix")
     influence.fit(data.X_train, data.y_train)
     matrix = influence.transform(data.X_test, data.y_test)
     elapsed = time.perf_counter() - start
     accuracy = influence.estimator_.score(data.X_test, data.y_test)
     print(
-        f"sklearn-influence explain: {type(estimator).__name__} on scikit-learn's digits "
-        f"({len(data.y_train)} training / {len(data.y_test)} test images of 8x8 pixels)\n"
+        f"sklearn-influence explain: {type(estimator).__name__} on {data.source} "
+        f"({len(data.y_train)} training / {len(data.y_test)} test {data.unit}"
+        f"{' of 8x8 pixels' if data.images_train is not None else ''})\n"
         f"Fit model + influence matrix ({matrix.shape[0]} x {matrix.shape[1]}) in "
         f"{elapsed:.1f} s; test accuracy {accuracy:.3f}; damping {args.damping:g}.\n"
         "influence[q, m] = (1/N) grad f_q^T (C + damping I)^-1 grad L_m: the predicted rise "
@@ -292,12 +572,254 @@ def _run_explain(args, out):
     )
     _explain_queries(args, data, influence, out)
     if args.n_removed:
+        progress(f"refitting without each of {args.n_removed} training {data.unit}")
         _check_against_retraining(args, data, influence, matrix, out)
     return 0
 
 
-#: subcommand -> (help, add_arguments, check_arguments, run); ``decompose`` and ``mislabeled``
-#: are planned (issue 5) and will be added here
+# -- figures --------------------------------------------------------------------------------
+
+#: file types the figures can be saved as
+_FIGURE_TYPES = (".png", ".pdf", ".svg")
+
+
+def _check_output(parser, path):
+    """A figure path with a known extension in an existing directory, and matplotlib."""
+    if path is None:
+        return
+    if os.path.splitext(path)[1].lower() not in _FIGURE_TYPES:
+        parser.error(f"--output {path!r}: the file name must end in {', '.join(_FIGURE_TYPES)}")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        parser.error(f"--output {path!r}: the folder {folder!r} does not exist; create it first")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        parser.error("--output needs matplotlib: pip install matplotlib")
+
+
+def _new_axes(figsize):
+    """Axes of a figure outside pyplot: no GUI backend, nothing left open."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=figsize, layout="constrained").subplots()
+
+
+# -- decompose ------------------------------------------------------------------------------
+
+
+def _add_decompose_arguments(parser):
+    _add_common_arguments(parser, n_train=200, damping=1e-3)
+    parser.add_argument(
+        "--n-points",
+        type=_positive_int,
+        default=5,
+        help="training examples removed one at a time; each costs a refit and two proximal "
+        "optimisations (default 5)",
+    )
+    parser.add_argument(
+        "--n-test",
+        type=_positive_int,
+        default=200,
+        help="test examples on which the objects are compared (default 200)",
+    )
+    parser.add_argument(
+        "--output",
+        default="decomposition.png",
+        help="figure file of the five terms: .png, .pdf or .svg (default decomposition.png)",
+    )
+
+
+def _check_decompose_arguments(parser, args):
+    _check_output(parser, args.output)
+    _prepare(parser, args, 200, n_test=args.n_test)
+    if args.n_points > len(args.data.y_train):
+        parser.error(
+            f"--n-points {args.n_points} is more than the {len(args.data.y_train)} training "
+            f"{args.data.unit}; lower it"
+        )
+    if args.n_points == 1:
+        parser.error("--n-points must be at least 2 to correlate the objects")
+
+
+def _table_rows(table):
+    """Rows of :meth:`InfluenceDecomposition.decompose` as dicts (a DataFrame or a dict)."""
+    if isinstance(table, dict):  # without pandas: column name -> list of values
+        return [
+            dict(zip(table, values, strict=True)) for values in zip(*table.values(), strict=True)
+        ]
+    return [{"term": term, **row} for term, row in table.to_dict("index").items()]
+
+
+def _run_decompose(args, out):
+    data = args.data
+    progress = _Progress(args.quiet)
+    estimator = _build_estimator(args)
+    parts = InfluenceDecomposition(
+        estimator,
+        damping=args.damping,
+        n_points=args.n_points,
+        device=args.device,
+        random_state=args.random_state,
+    )
+    progress(
+        f"fitting {type(estimator).__name__}; for each of {args.n_points} removed training "
+        f"{data.unit}: cold and warm refits, PRF, PBRF, linearized PBRF and influence"
+    )
+    parts.fit(data.X_train, data.y_train)
+    progress(f"comparing them on {len(data.y_test)} test {data.unit}")
+    table = parts.decompose(data.X_test, data.y_test)
+    print(
+        f"sklearn-influence decompose: {type(estimator).__name__} on {data.source} "
+        f"({len(data.y_train)} training / {len(data.y_test)} test {data.unit}), damping "
+        f"{args.damping:g}, {args.n_points} training {data.unit} removed one at a time.\n"
+        "Each term compares two consecutive objects of Bae et al. (2022), from cold-start "
+        "leave-one-out retraining to the influence estimate:\n"
+        "output_distance = mean |h(theta_from, x) - h(theta_to, x)| over training inputs; "
+        "pearson/spearman = correlation of the two objects' test-loss changes.\n",
+        file=out,
+    )
+    print(
+        f"{'term':<21}{'from':>17}{'to':>17}{'output_distance':>17}{'pearson':>9}{'spearman':>9}",
+        file=out,
+    )
+    for row in _table_rows(table):
+        print(
+            f"{row['term']:<21}{row['from']:>17}{row['to']:>17}{row['output_distance']:>17.3e}"
+            f"{row['pearson']:>9.4f}{row['spearman']:>9.4f}",
+            file=out,
+        )
+    display = InfluenceDecompositionDisplay(table, estimator_name=type(estimator).__name__)
+    display.plot(ax=_new_axes((7, 3.5)))
+    display.figure_.savefig(args.output)
+    print(f"\nFigure of the five terms saved to {args.output}", file=out)
+    return 0
+
+
+# -- mislabeled -----------------------------------------------------------------------------
+
+
+def _fraction(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= value < 0.5:
+        raise argparse.ArgumentTypeError(f"must be in [0, 0.5), got {text}")
+    return value
+
+
+#: inspected fractions at which recall is reported
+_INSPECTED = (0.1, 0.2)
+
+
+def _add_mislabeled_arguments(parser):
+    _add_common_arguments(parser, n_train=1000, damping=1e-3)
+    parser.add_argument(
+        "--flip-fraction",
+        type=_fraction,
+        default=None,
+        help="fraction of the training labels flipped to another class at random, so that "
+        "the recall of the ranking can be measured (default 0.1 on digits, 0 on --csv: a "
+        "CSV file's own suspects are listed without a recall)",
+    )
+    parser.add_argument(
+        "--method",
+        choices=("self_influence", "pbrf_self_influence"),
+        default="self_influence",
+        help="suspicion score of MislabelDetector; the loss is always shown as the baseline "
+        "(default self_influence)",
+    )
+    parser.add_argument("--k", type=_positive_int, default=10, help="suspects listed (default 10)")
+    parser.add_argument(
+        "--output",
+        default=None,
+        help="figure file of the recall curves (.png, .pdf or .svg); needs flipped labels",
+    )
+
+
+def _check_mislabeled_arguments(parser, args):
+    _check_output(parser, args.output)
+    if args.flip_fraction is None:
+        args.flip_fraction = 0.1 if args.csv is None else 0.0
+    _prepare(parser, args, 1000, flip_fraction=args.flip_fraction)
+    n_train = len(args.data.y_train)
+    if args.flip_fraction and len(args.data.flipped_indices) == 0:
+        parser.error(
+            f"--flip-fraction {args.flip_fraction:g} of {n_train} training {args.data.unit} "
+            "flips no label; raise it or raise --n-train"
+        )
+    if args.output is not None and not args.flip_fraction:
+        parser.error("--output draws recall curves, which need flipped labels: --flip-fraction")
+    if args.k > n_train:
+        parser.error(f"--k {args.k} is more than the {n_train} training {args.data.unit}; lower it")
+
+
+def _run_mislabeled(args, out):
+    data = args.data
+    progress = _Progress(args.quiet)
+    estimator = _build_estimator(args)
+    common = dict(damping=args.damping, device=args.device, random_state=args.random_state)
+    progress(f"fitting {type(estimator).__name__} and ranking by {args.method}")
+    detector = MislabelDetector(estimator, method=args.method, **common)
+    detector.fit(data.X_train, data.y_train)
+    progress("ranking by the training loss (baseline)")
+    baseline = MislabelDetector(estimator, method="loss", **common).fit(data.X_train, data.y_train)
+    n_flipped = len(data.flipped_indices)
+    print(
+        f"sklearn-influence mislabeled: {type(estimator).__name__} on {data.source} "
+        f"({len(data.y_train)} training {data.unit}, {n_flipped} labels flipped at random), "
+        f"ranked by {args.method} (damping {args.damping:g}); higher = more suspicious.\n",
+        file=out,
+    )
+    flipped = np.zeros(len(data.y_train), dtype=bool)
+    flipped[data.flipped_indices] = True
+    header = f"{'rank':>5} {'index':>6} {'label':>8} {'score':>11}"
+    print(header + ("  flipped (true label)" if n_flipped else ""), file=out)
+    for rank, index in enumerate(detector.ranking_[: args.k], start=1):
+        line = (
+            f"{rank:>5} {index:>6} {_label(data, data.y_train[index]):>8} "
+            f"{detector.mislabel_scores_[index]:>+11.3e}"
+        )
+        if flipped[index]:
+            line += f"  yes ({_label(data, data.y_train_clean[index])})"
+        print(line.rstrip(), file=out)
+    if not n_flipped:
+        return 0
+    scores = {args.method: detector.mislabel_scores_, "loss": baseline.mislabel_scores_}
+    print(
+        f"\nRecall of the {n_flipped} flipped labels after inspecting the most suspicious:",
+        file=out,
+    )
+    print(
+        f"{'score':<21}"
+        + "".join(f"{f'{f:.0%} inspected':>15}" for f in _INSPECTED)
+        + f"{'AUC':>8}",
+        file=out,
+    )
+    for name, values in scores.items():
+        recalls = mislabel_detection_recall(flipped, values, fraction=list(_INSPECTED))
+        auc = mislabel_detection_auc(flipped, values)
+        print(f"{name:<21}" + "".join(f"{r:>15.3f}" for r in recalls) + f"{auc:>8.3f}", file=out)
+    # a random inspection order finds, in expectation, the inspected fraction of them
+    print(
+        f"{'random (expected)':<21}" + "".join(f"{f:>15.3f}" for f in _INSPECTED) + f"{0.5:>8.3f}",
+        file=out,
+    )
+    if args.output is not None:
+        from ._display import MislabelRecallDisplay
+
+        ax = _new_axes((5, 4))
+        for position, (name, values) in enumerate(scores.items()):
+            MislabelRecallDisplay.from_predictions(
+                flipped, values, name=name, ax=ax, plot_chance_level=position == 0
+            )
+        ax.figure.savefig(args.output)
+        print(f"\nRecall curves saved to {args.output}", file=out)
+    return 0
+
+
+#: subcommand -> (help, add_arguments, check_arguments, run)
 _COMMANDS = {
     "explain": (
         "most helpful and harmful training images for test images, checked against "
@@ -305,6 +827,20 @@ _COMMANDS = {
         _add_explain_arguments,
         _check_explain_arguments,
         _run_explain,
+    ),
+    "decompose": (
+        "five-term decomposition of the gap between influence estimates and leave-one-out "
+        "retraining (table + figure file)",
+        _add_decompose_arguments,
+        _check_decompose_arguments,
+        _run_decompose,
+    ),
+    "mislabeled": (
+        "rank training points by how likely their label is wrong; with flipped labels, "
+        "the recall against the loss baseline and random",
+        _add_mislabeled_arguments,
+        _check_mislabeled_arguments,
+        _run_mislabeled,
     ),
 }
 

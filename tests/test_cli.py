@@ -10,9 +10,15 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
 from threadpoolctl import threadpool_limits
 
-from sklearn_influence import InfluenceFunction, __version__
-from sklearn_influence.__main__ import _MODELS, main
+from sklearn_influence import (
+    InfluenceDecomposition,
+    InfluenceFunction,
+    MislabelDetector,
+    __version__,
+)
+from sklearn_influence.__main__ import _MODEL_REQUIREMENTS, _MODELS, _skorch_available, main
 from sklearn_influence.datasets import load_digits_split
+from sklearn_influence.metrics import mislabel_detection_recall
 
 SMALL = ["--n-train", "300", "--n-queries", "2", "--k", "2", "--n-removed", "12"]
 
@@ -192,7 +198,15 @@ def test_help_and_version(capsys):
         (["--model", "svm"], "argument --model: invalid choice: 'svm'"),
         (["--random-state", "-1"], "argument --random-state: must be 0 or more"),
         (["--bogus"], "unrecognized arguments: --bogus"),
-        (["decompose"], "invalid choice: 'decompose'"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+        (["mislabeled", "--flip-fraction", "0.7"], "--flip-fraction: must be in [0, 0.5)"),
+        (["mislabeled", "--n-train", "5", "--flip-fraction", "0.05"], "flips no label"),
+        (["mislabeled", "--output", "curves.txt"], "must end in .png, .pdf, .svg"),
+        (["decompose", "--output", "/no/such/folder/d.png"], "does not exist; create it"),
+        (["decompose", "--n-points", "1"], "--n-points must be at least 2"),
+        (["decompose", "--n-points", "300", "--n-train", "200"], "--n-points 300 is more"),
+        (["--csv", "data.csv"], "--csv needs --target COLUMN"),
+        (["--target", "label"], "--target names a column of --csv; give --csv PATH too"),
     ],
 )
 def test_bad_arguments_exit_with_a_clear_message(argv, message, capsys):
@@ -218,3 +232,249 @@ def test_main_docstring_example_runs():
 
     results = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert results.attempted >= 1 and results.failed == 0
+
+
+# -- decompose ------------------------------------------------------------------------------
+
+
+def _decomposition_rows(text):
+    return {
+        match[1]: (match[2], match[3], float(match[4]), float(match[5]), float(match[6]))
+        for match in re.finditer(r"^(\w+)\s+(\w+)\s+(\w+)\s+(\S+)\s+(\S+)\s+(\S+)$", text, re.M)
+        if match[1].endswith(("_gap", "_error"))
+    }
+
+
+def test_decompose_prints_the_five_terms_and_saves_the_figure(tmp_path):
+    # a small CSV problem (4 parameters) keeps the refits and proximal optimisations cheap
+    path = _write_csv(tmp_path / "pets.csv", n_rows=80)
+    figure = tmp_path / "parts.png"
+    argv = ["decompose", "--csv", str(path), "--target", "species", "--n-points", "6"]
+    status, text = run([*argv, "--quiet", "--output", str(figure)])
+    assert status == 0
+    assert "on 'pets.csv' (60 training / 20 test rows)" in text
+    rows = _decomposition_rows(text)
+    assert list(rows) == [
+        "warm_start_gap",
+        "proximity_gap",
+        "non_convergence_gap",
+        "linearization_error",
+        "solver_error",
+    ]
+    assert [row[:2] for row in rows.values()] == [
+        ("cold_loo", "warm_loo"),
+        ("warm_loo", "prf"),
+        ("prf", "pbrf"),
+        ("pbrf", "linearized_pbrf"),
+        ("linearized_pbrf", "influence"),
+    ]
+    # the same numbers as the library computes on the same rows (standardized, split as
+    # the command line documents: shuffled with the seed, the first 75% for training)
+    X = np.loadtxt(path, delimiter=",", skiprows=1, usecols=(0, 1, 2))
+    labels = np.loadtxt(path, delimiter=",", skiprows=1, usecols=3, dtype=str)
+    order = np.random.RandomState(0).permutation(80)
+    train, test = order[:60], order[60:]
+    X = (X - X[train].mean(0)) / X[train].std(0)
+    y = (labels == "dog").astype(int)
+    parts = InfluenceDecomposition(
+        _MODELS["logistic"](None), damping=1e-3, n_points=6, random_state=0
+    ).fit(X[train], y[train])
+    table = parts.decompose(X[test], y[test])
+    for term, row in rows.items():
+        np.testing.assert_allclose(
+            row[2], table.loc[term, "output_distance"], rtol=2e-3, atol=1e-14
+        )
+        np.testing.assert_allclose(row[3:], table.loc[term, ["pearson", "spearman"]], atol=1e-4)
+    # a converged convex model: warm and cold leave-one-out are the same optimum
+    assert rows["warm_start_gap"][2] < 1e-6
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"saved to {figure}" in text
+
+
+# -- mislabeled -----------------------------------------------------------------------------
+
+MISLABELED = ["mislabeled", "--n-train", "400", "--k", "8", "--quiet"]
+
+
+def test_mislabeled_lists_flipped_labels_first_and_beats_random(tmp_path):
+    figure = tmp_path / "recall.svg"
+    status, text = run([*MISLABELED, "--output", str(figure)])
+    assert status == 0
+    # independent truth: the labels load_digits_split flips with the same seed
+    data = load_digits_split(n_train=400, flip_fraction=0.1, random_state=0)
+    assert len(data.flipped_indices) == 40 and "40 labels flipped" in text
+    suspects = re.findall(r"^\s+(\d+)\s+(\d+)\s+(\d+)\s+([+-]\S+)(.*)$", text, re.M)
+    assert [int(rank) for rank, *_ in suspects] == list(range(1, 9))
+    for _, index, label, _, flag in suspects:
+        index = int(index)
+        assert int(label) == data.y_train[index]
+        assert ("yes" in flag) == (index in data.flipped_indices)
+        if "yes" in flag:
+            assert f"({data.y_train_clean[index]})" in flag
+    # the printed ranking is the detector's
+    detector = MislabelDetector(_MODELS["logistic"](None), damping=1e-3, random_state=0)
+    detector.fit(data.X_train, data.y_train)
+    assert [int(index) for _, index, *_ in suspects] == list(detector.ranking_[:8])
+    recall = {
+        name: tuple(map(float, values))
+        for name, *values in re.findall(
+            r"^(self_influence|loss|random \(expected\))\s+(\S+)\s+(\S+)\s+(\S+)$", text, re.M
+        )
+    }
+    assert set(recall) == {"self_influence", "loss", "random (expected)"}
+    is_flipped = np.isin(np.arange(400), data.flipped_indices)
+    expected = mislabel_detection_recall(is_flipped, detector.mislabel_scores_, fraction=[0.1, 0.2])
+    np.testing.assert_allclose(recall["self_influence"][:2], expected, atol=5e-4)
+    assert recall["random (expected)"] == (0.1, 0.2, 0.5)
+    # the issue's bar for a logistic regression on digits with 10% flipped
+    assert recall["self_influence"][0] >= 0.85 and recall["self_influence"][1] >= 0.95
+    assert figure.read_text().lstrip().startswith("<?xml")
+
+
+# -- CSV files ------------------------------------------------------------------------------
+
+
+def _write_csv(path, n_rows=60, *, header=None, extra=None):
+    """Two well separated classes with string labels, from a seeded generator."""
+    rng = np.random.RandomState(0)
+    labels = np.where(np.arange(n_rows) % 2 == 0, "cat", "dog")
+    X = rng.normal(size=(n_rows, 3)) + np.where(labels == "cat", 2.0, -2.0)[:, None]
+    header = header or ["a", "b", "c", "species"]
+    lines = [",".join(header)]
+    for row, label in zip(X, labels, strict=True):
+        lines.append(",".join([*(f"{v:.6f}" for v in row), label]))
+    if extra:
+        lines = extra(lines)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_explain_and_mislabeled_run_on_a_csv_file(tmp_path):
+    path = _write_csv(tmp_path / "pets.csv")
+    status, text = run(
+        [
+            "explain",
+            "--csv",
+            str(path),
+            "--target",
+            "species",
+            "--n-queries",
+            "1",
+            "--k",
+            "2",
+            "--n-removed",
+            "5",
+            "--quiet",
+        ]
+    )
+    assert status == 0
+    assert "on 'pets.csv' (45 training / 15 test rows)" in text
+    assert re.search(r"Test row 0: label (cat|dog), predicted (cat|dog)", text)
+    assert "Pearson" in text
+    status, text = run(
+        [
+            "mislabeled",
+            "--csv",
+            str(path),
+            "--target",
+            "species",
+            "--flip-fraction",
+            "0.1",
+            "--k",
+            "3",
+            "--quiet",
+        ]
+    )
+    assert status == 0 and "(45 training rows, 4 labels flipped at random)" in text
+    # the flipped labels of two well separated clusters are the most suspicious points
+    assert text.count("yes (") == 3
+
+
+@pytest.mark.parametrize(
+    "make, target, message",
+    [
+        (None, "species", "no such file; check the path"),
+        (lambda p: _write_csv(p), "kind", "--target 'kind' is not a column of"),
+        (
+            lambda p: _write_csv(
+                p,
+                header=["a", "b", "colour", "species"],
+                extra=lambda lines: (
+                    [lines[0]] + [line.replace(line.split(",")[2], "red", 1) for line in lines[1:]]
+                ),
+            ),
+            "species",
+            "non-numeric feature column(s) 'colour'; encode them as numbers",
+        ),
+        (lambda p: _write_csv(p, n_rows=6), "species", "has 6 data rows; at least 10 are needed"),
+        (
+            lambda p: _write_csv(p, extra=lambda lines: [*lines[:3], ",2,3,cat", *lines[4:]]),
+            "species",
+            "missing values in column(s) 'a'",
+        ),
+        (
+            lambda p: _write_csv(
+                p,
+                extra=lambda lines: (
+                    [lines[0]] + [line.rsplit(",", 1)[0] + ",cat" for line in lines[1:]]
+                ),
+            ),
+            "species",
+            "fewer than 2 classes",
+        ),
+        (lambda p: p.write_text(""), "species", "is empty; it needs a header row"),
+    ],
+    ids=[
+        "missing-file",
+        "missing-target",
+        "non-numeric",
+        "too-few-rows",
+        "missing-value",
+        "one-class",
+        "empty",
+    ],
+)
+def test_bad_csv_files_exit_with_a_clear_message(tmp_path, make, target, message, capsys):
+    path = tmp_path / "data.csv"
+    if make is not None:
+        make(path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["mislabeled", "--csv", str(path), "--target", target])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+# -- models and progress --------------------------------------------------------------------
+
+
+def test_mlp_without_the_skorch_adapter_is_a_clear_error(monkeypatch, capsys):
+    _, message = _MODEL_REQUIREMENTS["mlp"]
+    monkeypatch.setitem(_MODEL_REQUIREMENTS, "mlp", (lambda: False, message))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["mislabeled", "--model", "mlp"])
+    assert exit_info.value.code == 2
+    assert "--model mlp needs the skorch adapter" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not _skorch_available(), reason="the skorch adapter is not installed")
+def test_mlp_runs_through_the_skorch_adapter():
+    status, text = run(["mislabeled", "--model", "mlp", "--n-train", "100", "--k", "3", "--quiet"])
+    assert status == 0 and "NeuralNetClassifier on scikit-learn's digits" in text
+
+
+def test_progress_goes_to_stderr_and_quiet_silences_it(capsys):
+    argv = ["mislabeled", "--n-train", "100", "--k", "1"]
+    run(argv)
+    err = capsys.readouterr().err
+    assert re.search(r"^\[\s*\d+\.\d s\] fitting LogisticRegression", err, re.M)
+    assert "ranking by the training loss" in err
+    run([*argv, "--quiet"])
+    assert capsys.readouterr().err == ""
+
+
+def test_help_lists_every_subcommand(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    help_text = capsys.readouterr().out
+    for command in ("explain", "decompose", "mislabeled"):
+        assert command in help_text
