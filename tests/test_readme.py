@@ -4,6 +4,7 @@ import re
 import shlex
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from threadpoolctl import threadpool_limits
@@ -52,6 +53,13 @@ def test_readme_python_blocks_run(capsys):
     assert (namespace["self_influence"] >= 0).all()
     assert namespace["agreement"] > 0.9
     assert namespace["search"].best_params_["damping"] in (1e-4, 1e-2, 1.0)
+    # the workflow blocks: damping selection, mislabel detection, PBRF, decomposition, Dask
+    assert namespace["selected"].damping_ in (1e-4, 1e-2, 1.0)
+    assert namespace["recall"][0] >= 0.85 and namespace["recall"][1] >= 0.95
+    assert np.corrcoef(namespace["actual"].ravel(), namespace["predicted"].ravel())[0, 1] > 0.99
+    assert namespace["table"].index[0] == "warm_start_gap"
+    np.testing.assert_allclose(namespace["matrix_dask"], namespace["matrix"], rtol=1e-10, atol=0)
+    assert "same as n_jobs=1: True" in printed
 
 
 def test_readme_command_lines_parse():
