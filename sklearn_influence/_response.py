@@ -204,8 +204,8 @@ def proximal_response(
     method = problem.method(method)
     epsilon = problem.epsilon if epsilon is None else float(epsilon)
     indices = np.asarray(indices, dtype=int)
-    n_chunks = max(1, min(len(indices), effective_n_jobs(n_jobs)))
-    chunks = [chunk for chunk in np.array_split(indices, n_chunks) if len(chunk)]
+    n_chunks = max(effective_n_jobs(n_jobs), -(-len(indices) // _copies_per_chunk(problem)))
+    chunks = [chunk for chunk in np.array_split(indices, min(n_chunks, len(indices))) if len(chunk)]
     if method == "optimizer":
         optimizer_settings = _resolve_auto(problem, damping, epsilon, optimizer_settings)
     run = _newton_chunk if method == "newton" else _optimizer_chunk
@@ -243,6 +243,23 @@ def proximal_response(
             optimizer_settings.get("n_iter"),
         )
     return result
+
+
+#: memory allowed for one batched optimisation's per-copy tensors (bytes)
+RESPONSE_MEMORY_BYTES = 2 * 1024**3
+
+
+def _copies_per_chunk(problem):
+    """How many parameter copies one batched optimisation may hold.
+
+    Each copy keeps about six p-vectors (parameters, gradient, optimizer state, last move)
+    and its outputs on the training rows for the forward and backward pass; chunks of
+    removed points are sized to keep that under :data:`RESPONSE_MEMORY_BYTES`. (Hidden
+    activations are not counted: lower ``batch_size`` if a large network runs out of memory.)
+    """
+    itemsize = torch.empty((), dtype=problem.dtype).element_size()
+    per_copy = itemsize * (6 * problem.theta.numel() + 4 * problem.reference_outputs.numel())
+    return max(1, RESPONSE_MEMORY_BYTES // per_copy)
 
 
 def _resolve_auto(problem, damping, epsilon, settings):

@@ -317,6 +317,25 @@ def test_batched_optimisation_equals_one_at_a_time(net_problem, batch_size):
     torch.testing.assert_close(chunked.parameters, batched.parameters, rtol=0, atol=1e-12)
 
 
+def test_large_batches_of_copies_are_split_to_fit_memory(net_problem, monkeypatch):
+    from sklearn_influence import _response
+
+    settings = {"damping": 0.01, "n_iter": 20, "tol": 0.0}
+    whole = proximal_response(net_problem, "pbrf", [0, 1, 2], **settings)
+    per_copy = 8 * (6 * net_problem.theta.numel() + 4 * net_problem.reference_outputs.numel())
+    monkeypatch.setattr(_response, "RESPONSE_MEMORY_BYTES", per_copy)  # one copy per chunk
+    calls, original = [], _response._optimizer_chunk
+
+    def recording_chunk(problem, kind, chunk, *args):
+        calls.append(list(chunk))
+        return original(problem, kind, chunk, *args)
+
+    monkeypatch.setattr(_response, "_optimizer_chunk", recording_chunk)
+    split = proximal_response(net_problem, "pbrf", [0, 1, 2], **settings)
+    assert calls == [[0], [1], [2]]
+    torch.testing.assert_close(split.parameters, whole.parameters, rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize("kind", ["pbrf", "prf"])
 def test_optimizer_reaches_the_exact_newton_solution(logistic_problem, kind):
     indices = [0, 10, 20]
