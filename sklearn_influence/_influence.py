@@ -339,6 +339,10 @@ class InfluenceFunction(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
             ``influence[q, m]``: predicted change of query q's measurement when training
             point m is removed. Positive means m helps q.
         """
+        return self._influence_matrix(X, y_test)
+
+    def _influence_matrix(self, X, y_test):
+        """The influence matrix as numpy, whatever ``set_output`` says about ``transform``."""
         self._check_ready()
         inputs, targets = self._query_tensors(X, y_test)
         return to_numpy(self._engine.influence(inputs, targets, self._damping(), self.n_jobs))
@@ -375,7 +379,9 @@ class InfluenceFunction(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         """
         if not isinstance(k, Integral) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}.")
-        helpful, helpful_values, harmful, harmful_values = top_k(self.transform(X, y_test), k)
+        helpful, helpful_values, harmful, harmful_values = top_k(
+            self._influence_matrix(X, y_test), k
+        )
         return Bunch(
             helpful_indices=helpful,
             helpful_values=helpful_values,
@@ -412,7 +418,7 @@ class InfluenceFunction(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         self._check_ready()
         n_train = self.n_train_
         removed = _score_points(n_train, self.n_score_points, self.random_state)
-        predicted = self.transform(X, y)[:, removed].mean(0)
+        predicted = self._influence_matrix(X, y)[:, removed].mean(0)
         if not isinstance(self._model_container(), Pipeline):
             X = validate_data(self, X, reset=False)
         # the retraining targets do not depend on damping: cache them with the fit

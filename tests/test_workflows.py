@@ -127,12 +127,17 @@ def test_clone_and_pickle_round_trip(wine):
 
 def test_set_output_pandas_gives_one_column_per_training_point(wine):
     pandas = pytest.importorskip("pandas")
-    X, y, X_test, _ = wine
-    influence = InfluenceFunction(make_pipeline(StandardScaler(), LogisticRegression()))
+    X, y, X_test, y_test = wine
+    influence = InfluenceFunction(
+        make_pipeline(StandardScaler(), LogisticRegression()), n_score_points=5
+    )
     frame = influence.set_output(transform="pandas").fit(X, y).transform(X_test)
     assert isinstance(frame, pandas.DataFrame)
     assert frame.shape == (len(X_test), len(X))
     assert list(frame.columns[:2]) == ["influencefunction0", "influencefunction1"]
+    # the other methods keep working with pandas output switched on
+    assert np.isfinite(influence.score(X_test, y_test))
+    assert influence.most_influential(X_test[:2], k=3).helpful_indices.shape == (2, 3)
 
 
 # -- the objective mapping: each fitted estimator minimises the adapter's objective --------
