@@ -1,12 +1,15 @@
 """Benchmark: PBRF for k removed points in one batched (vmap) optimisation vs one at a time.
 
-A skorch MLP (64 → hidden → 10, tanh) is trained on ``--n-train`` digits images; the PBRF of
+For each N of ``--n-train`` (default 200 and 500) a skorch MLP (64 → hidden → 10, tanh) is
+trained on N digits images; the PBRF of
 ``--k`` removed training points is optimised from θˢ for exactly ``--steps`` full-batch SGD
 steps (``tol=0``, so both variants do the same work), either as one optimisation of k
 parameter copies (:func:`torch.func.vmap` forward, one reverse pass) or as k separate
 optimisations of one copy. Both must give the same responses; the table reports the median
 wall and CPU seconds of ``--repeats`` runs after a warm-up, the speed-up and the largest
-difference of the responses relative to their size.
+difference of the responses relative to their size. One step of one copy costs a fixed
+overhead (dispatch, autograd, optimizer bookkeeping) plus arithmetic proportional to N; the
+batched run pays the overhead once for all k copies, so the speed-up is largest for small N.
 
 Run ``python benchmarks/bench_pbrf_batched.py`` (``--threads 1`` pins torch and BLAS to one
 thread). It prints a table and writes ``benchmarks/results/bench_pbrf_batched.md``.
@@ -96,11 +99,51 @@ def environment(threads):
     ]
 
 
+def compare(n_train, args):
+    """Time both variants on one trained net; return a table row."""
+    problem = trained_problem(n_train, args.hidden, args.epochs)
+    indices = np.random.RandomState(0).choice(problem.n_train, args.k, replace=False)
+    # the automatic step and momentum once, so that both variants time only the steps
+    learning_rate, options = auto_settings(
+        problem.adapter, problem.theta, problem.inputs, problem.targets,
+        problem.reference_outputs, damping=1e-3, epsilon=problem.epsilon, optimizer="sgd",
+        learning_rate="auto", optimizer_options=None,
+    )  # fmt: skip
+    settings = {
+        "damping": 1e-3,
+        "n_iter": args.steps,
+        "tol": 0.0,
+        "learning_rate": learning_rate,
+        "optimizer_options": options,
+    }
+
+    def batched():
+        return proximal_response(problem, "pbrf", indices, **settings).parameters
+
+    def one_at_a_time():
+        return torch.cat(
+            [proximal_response(problem, "pbrf", [m], **settings).parameters for m in indices]
+        )
+
+    with warnings.catch_warnings():
+        # tol=0: every response runs all its steps and reports non-convergence
+        warnings.simplefilter("ignore", UserWarning)
+        batched_wall, batched_cpu, batched_thetas = timed(batched, args.repeats)
+        single_wall, single_cpu, single_thetas = timed(one_at_a_time, args.repeats)
+    shift = (single_thetas - problem.theta).norm(dim=1)
+    difference = float(((batched_thetas - single_thetas).norm(dim=1) / shift).max())
+    return (
+        f"| {n_train} | {problem.theta.numel()} | {single_wall:.2f} | {single_cpu:.2f} | "
+        f"{batched_wall:.2f} | {batched_cpu:.2f} | **{single_wall / batched_wall:.1f}x** | "
+        f"{single_cpu / batched_cpu:.1f}x | {difference:.1e} |"
+    )
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--k", type=int, default=64, help="removed points")
     parser.add_argument("--steps", type=int, default=100, help="SGD steps per response")
-    parser.add_argument("--n-train", type=int, default=500)
+    parser.add_argument("--n-train", type=int, nargs="+", default=[200, 500])
     parser.add_argument("--hidden", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=30, help="training epochs of the net")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per entry (median)")
@@ -110,64 +153,24 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     with threadpool_limits(limits=args.threads):
-        problem = trained_problem(args.n_train, args.hidden, args.epochs)
-        indices = np.random.RandomState(0).choice(problem.n_train, args.k, replace=False)
-        # the automatic step and momentum once, so that both variants time only the steps
-        learning_rate, options = auto_settings(
-            problem.adapter, problem.theta, problem.inputs, problem.targets,
-            problem.reference_outputs, damping=1e-3, epsilon=problem.epsilon, optimizer="sgd",
-            learning_rate="auto", optimizer_options=None,
-        )  # fmt: skip
-        settings = {
-            "damping": 1e-3,
-            "n_iter": args.steps,
-            "tol": 0.0,
-            "learning_rate": learning_rate,
-            "optimizer_options": options,
-        }
-
-        def batched():
-            return proximal_response(problem, "pbrf", indices, **settings).parameters
-
-        def one_at_a_time():
-            return torch.cat(
-                [proximal_response(problem, "pbrf", [m], **settings).parameters for m in indices]
-            )
-
-        with warnings.catch_warnings():
-            # tol=0: every response runs all its steps and reports non-convergence
-            warnings.simplefilter("ignore", UserWarning)
-            batched_wall, batched_cpu, batched_thetas = timed(batched, args.repeats)
-            single_wall, single_cpu, single_thetas = timed(one_at_a_time, args.repeats)
-    shift = (single_thetas - problem.theta).norm(dim=1)
-    difference = float(((batched_thetas - single_thetas).norm(dim=1) / shift).max())
-    n_params = problem.theta.numel()
-    rows = [
-        ("one at a time (k optimisations of 1 copy)", single_wall, single_cpu),
-        ("batched (1 optimisation of k copies, vmap)", batched_wall, batched_cpu),
-    ]
-    lines = [
-        "| variant | wall s | CPU s |",
-        "|---|---:|---:|",
-        *[f"| {name} | {wall:.3f} | {cpu:.3f} |" for name, wall, cpu in rows],
-    ]
+        rows = [compare(n_train, args) for n_train in args.n_train]
     text = "\n".join(
         [
             "# bench_pbrf_batched",
             "",
-            f"PBRF of k = {args.k} removed points, skorch MLP 64-{args.hidden}-10 ({n_params} "
-            f"parameters) trained {args.epochs} epochs on {problem.n_train} digits images; "
-            f"{args.steps} full-batch SGD steps per response (auto step and momentum, "
-            f"tol=0), responses in float64, CPU; median of {args.repeats} runs after a "
-            "warm-up.",
+            f"PBRF of k = {args.k} removed points of a skorch MLP 64-{args.hidden}-10 trained "
+            f"{args.epochs} epochs on N digits images; {args.steps} full-batch SGD steps per "
+            "response (auto step and momentum, tol=0, so both variants do the same steps), "
+            "responses in float64, CPU; seconds are medians of "
+            f"{args.repeats} runs after a warm-up. 'difference' is the largest "
+            "‖θ_batched − θ_single‖ / ‖θ_single − θˢ‖ over the removed points.",
             "",
             *environment(args.threads),
             "",
-            *lines,
-            "",
-            f"* speed-up (wall): **{single_wall / batched_wall:.1f}x**; "
-            f"(CPU): {single_cpu / batched_cpu:.1f}x",
-            f"* largest difference of the responses, relative to ‖θ_resp − θˢ‖: {difference:.2e}",
+            "| N | parameters | one at a time: wall s | CPU s | batched (vmap): wall s | "
+            "CPU s | speed-up wall | speed-up CPU | difference |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            *rows,
             "",
         ]
     )
