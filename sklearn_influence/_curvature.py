@@ -6,7 +6,7 @@ Dense matrices are built in batches of training points; their size is checked fi
 """
 
 import torch
-from torch.func import hessian, jacrev, vmap
+from torch.func import grad, hessian, jacrev, jvp, vjp, vmap
 
 from ._gradients import batch_slices
 
@@ -54,18 +54,27 @@ def dense_curvature(adapter, theta, inputs, targets, kind, batch_size=1024, weig
 
 
 def _linear_gauss_newton(adapter, theta, inputs, weights, batch_size):
-    """Σ_i H_i ⊗ z̃_i z̃_iᵀ for h = W̃ z̃ — the Kronecker structure makes it one matmul."""
+    """Σ_i H_i ⊗ z̃_i z̃_iᵀ for h = W̃ z̃ — the Kronecker structure makes it one matmul.
+
+    Only the output pairs a ≤ b are computed (H_i is symmetric); the other half of the
+    blocks are their transposes.
+    """
     k, width = adapter.n_outputs, inputs.shape[1]
-    total = theta.new_zeros((width, k * k * width))
+    first, second = torch.triu_indices(k, k, device=inputs.device)
+    total = theta.new_zeros((width, len(first) * width))
     for rows in batch_slices(len(inputs), batch_size):
         Z = inputs[rows]
         H = adapter.loss.output_hessian(adapter.outputs(theta, Z))  # (b, k, k)
         if weights is not None:
             H = H * weights[rows].reshape(-1, 1, 1)
-        weighted = (H.reshape(len(Z), k * k, 1) * Z.unsqueeze(1)).reshape(len(Z), -1)
+        weighted = (H[:, first, second].unsqueeze(2) * Z.unsqueeze(1)).reshape(len(Z), -1)
         total += Z.T @ weighted
-    # total[e, (a, b, f)] = Σ H[a, b] z_e z_f  →  G[(a, e), (b, f)]
-    return total.reshape(width, k, k, width).permute(1, 0, 2, 3).reshape(k * width, k * width)
+    # total[e, (pair, f)] = Σ_i H_i[a, b] z_e z_f for pair = (a, b), a ≤ b
+    blocks = total.reshape(width, len(first), width).transpose(0, 1)
+    matrix = theta.new_zeros((k, k, width, width))
+    matrix[first, second] = blocks
+    matrix[second, first] = blocks.transpose(1, 2)
+    return matrix.permute(0, 2, 1, 3).reshape(k * width, k * width)
 
 
 def output_jacobians(adapter, theta, inputs):
@@ -104,3 +113,158 @@ def _data_hessian(adapter, theta, inputs, targets, weights, batch_size):
 
         total += hessian(batch_loss)(theta)
     return total
+
+
+# -- matrix-free products -----------------------------------------------------------------
+def gauss_newton_products(adapter, theta, inputs, vectors, batch_size=1024, weights=None):
+    """Rows of V G for a block of vectors V (m, p), without forming G.
+
+    G = (1/N) Σ_i w_i J_iᵀ H_h,i J_i + diag(r). Per batch of training rows: one forward
+    pass, the output Jacobian applied to all m vectors at once (forward mode, vmapped), the
+    output Hessians, and the transposed Jacobian (reverse mode, vmapped over the m rows).
+    """
+    vectors = _as_block(vectors, theta)
+    total = torch.zeros_like(vectors)
+    for rows in batch_slices(len(inputs), batch_size):
+        batch = inputs[rows]
+
+        def outputs(theta_, batch=batch):
+            return adapter.outputs(theta_, batch)
+
+        values, pullback = vjp(outputs, theta)
+        pushed = vmap(lambda v, f=outputs: jvp(f, (theta,), (v,))[1])(vectors)  # (m, b, k)
+        with torch.no_grad():
+            output_hessian = adapter.loss.output_hessian(values.detach())  # (b, k, k)
+            if weights is not None:
+                output_hessian = output_hessian * weights[rows].reshape(-1, 1, 1)
+        curved = torch.einsum("bkl,mbl->mbk", output_hessian, pushed)
+        total += vmap(pullback)(curved)[0]
+    return _finish_products(adapter, total, vectors, len(inputs))
+
+
+def hessian_products(adapter, theta, inputs, targets, vectors, batch_size=1024, weights=None):
+    """Rows of V H for the Hessian H of the training objective (forward-over-reverse)."""
+    vectors = _as_block(vectors, theta)
+    total = torch.zeros_like(vectors)
+    for rows in batch_slices(len(inputs), batch_size):
+
+        def batch_loss(theta_, rows=rows):
+            losses = adapter.loss(adapter.outputs(theta_, inputs[rows]), targets[rows])
+            return losses.sum() if weights is None else (losses * weights[rows]).sum()
+
+        gradient = grad(batch_loss)
+        total += vmap(lambda v, g=gradient: jvp(g, (theta,), (v,))[1])(vectors)
+    return _finish_products(adapter, total, vectors, len(inputs))
+
+
+def gauss_newton_diagonal(adapter, theta, inputs, batch_size=1024, weights=None):
+    """diag(G), exactly, from per-example output Jacobians (batched; memory b·k·p)."""
+    total = torch.zeros_like(theta)
+    rows_per_batch = _jacobian_rows(adapter, theta, batch_size)
+    for rows in batch_slices(len(inputs), rows_per_batch):
+        jacobians = output_jacobians(adapter, theta, inputs[rows])
+        with torch.no_grad():
+            factor = adapter.loss.hessian_factor(adapter.outputs(theta, inputs[rows]))
+            if weights is not None:
+                factor = factor * weights[rows].sqrt().reshape(-1, 1, 1)
+            total += ((factor @ jacobians) ** 2).sum((0, 1))
+    return total / len(inputs) + adapter.regularizer_diagonal()
+
+
+class CurvatureOperator:
+    """The curvature C at θ on the training set as a matrix-free symmetric operator.
+
+    ``matmul(V)`` returns the rows of V C for V of shape (m, p) (or (p,)); C is the same
+    matrix as :func:`dense_curvature` of the same ``kind`` builds (data term averaged over
+    the N training rows, plus the regularizer), but it is never formed.
+
+    Parameters
+    ----------
+    adapter : ModelAdapter
+    theta : Tensor of shape (p,)
+    inputs, targets : Tensor
+        Training inputs and targets (targets are only used by ``kind="hessian"``).
+    kind : {"gauss_newton", "hessian", "identity"}
+    batch_size : int
+        Training rows per batch of a product.
+    weights : Tensor of shape (N,) or None
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn.linear_model import Ridge
+    >>> from sklearn_influence._adapters import make_adapter
+    >>> from sklearn_influence._curvature import CurvatureOperator, dense_curvature
+    >>> X, y = torch.randn(20, 3).numpy(), torch.randn(20).numpy()
+    >>> adapter = make_adapter(Ridge().fit(X, y), 20, torch.device("cpu"))
+    >>> theta, inputs = adapter.parameters(), adapter.inputs(X)
+    >>> operator = CurvatureOperator(adapter, theta, inputs, None, "gauss_newton")
+    >>> V = torch.randn(2, theta.numel(), dtype=theta.dtype)
+    >>> dense = dense_curvature(adapter, theta, inputs, None, "gauss_newton")
+    >>> bool(torch.allclose(operator.matmul(V), V @ dense))
+    True
+    """
+
+    def __init__(self, adapter, theta, inputs, targets, kind, batch_size=1024, weights=None):
+        if kind not in CURVATURES:
+            raise ValueError(f"Unknown curvature {kind!r}; choose one of {CURVATURES}.")
+        if kind == "hessian" and targets is None:
+            raise ValueError("The Hessian of the training objective needs the training targets.")
+        self.adapter = adapter
+        self.theta = theta
+        self.inputs = inputs
+        self.targets = targets
+        self.kind = kind
+        self.batch_size = batch_size
+        self.weights = weights
+        self.n_params = theta.numel()
+        self.n_products = 0  # number of curvature-vector products so far (one per vector)
+
+    def matmul(self, vectors):
+        block = _as_block(vectors, self.theta)
+        self.n_products += len(block)
+        if self.kind == "identity":
+            result = block.clone()
+        elif self.kind == "gauss_newton":
+            result = gauss_newton_products(
+                self.adapter, self.theta, self.inputs, block, self.batch_size, self.weights
+            )
+        else:
+            result = hessian_products(
+                self.adapter,
+                self.theta,
+                self.inputs,
+                self.targets,
+                block,
+                self.batch_size,
+                self.weights,
+            )
+        return result if vectors.dim() == 2 else result[0]
+
+    def subset(self, rows):
+        """The same operator on a subset of the training rows (a stochastic estimate of C)."""
+        return CurvatureOperator(
+            self.adapter,
+            self.theta,
+            self.inputs[rows],
+            None if self.targets is None else self.targets[rows],
+            self.kind,
+            self.batch_size,
+            None if self.weights is None else self.weights[rows],
+        )
+
+
+def _as_block(vectors, theta):
+    vectors = vectors.to(theta.dtype)
+    return vectors.unsqueeze(0) if vectors.dim() == 1 else vectors
+
+
+def _finish_products(adapter, total, vectors, n_train):
+    return total / n_train + vectors * adapter.regularizer_diagonal()
+
+
+def _jacobian_rows(adapter, theta, batch_size, limit_bytes=256 * 1024**2):
+    """Rows per batch so that one batch of output Jacobians (b, k, p) stays under the limit."""
+    itemsize = theta.element_size()
+    per_row = max(1, adapter.n_outputs * theta.numel() * itemsize)
+    return max(1, min(int(batch_size), limit_bytes // per_row))

@@ -109,23 +109,47 @@ class InfluenceFunction(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
     estimator : estimator object
         A supported model: ``LinearRegression``, ``Ridge``, ``LogisticRegression`` (L2 or no
         penalty), ``SGDClassifier(loss="log_loss")``, ``SGDRegressor(loss="squared_error")``,
+        a skorch ``NeuralNetClassifier`` (NLLLoss on probabilities or CrossEntropyLoss on
+        logits), ``NeuralNetBinaryClassifier`` (BCEWithLogitsLoss) or ``NeuralNetRegressor``
+        (MSELoss) with ``train_split=None`` and any module that :mod:`torch.func` can trace,
         a :class:`~sklearn.pipeline.Pipeline` ending in one of them, or a
-        :class:`~sklearn.frozen.FrozenEstimator` around any of them.
+        :class:`~sklearn.frozen.FrozenEstimator` around any of them. A skorch net's
+        ``optimizer__weight_decay`` (SGD, Adam, …) is its L2 term; AdamW's decoupled decay is
+        refused. The net is evaluated in eval mode.
     damping : float, default=1e-3
         λ ≥ 0 added to the curvature. Changing it with ``set_params`` after ``fit`` is cheap:
         the factorization is reused.
     curvature : {"gauss_newton", "hessian", "identity"}, default="gauss_newton"
         C: the Gauss-Newton matrix, the Hessian of the training objective, or the identity
         (a gradient dot-product baseline).
-    solver : {"auto", "direct"}, default="auto"
-        How (C + λI)⁻¹ is applied. ``"direct"`` eigendecomposes C once and caches it;
-        ``"auto"`` picks ``"direct"`` while the dense matrix is small.
+    solver : {"auto", "direct", "cholesky", "cg", "lissa"}, default="auto"
+        How (C + λI)⁻¹ is applied. ``"direct"`` eigendecomposes the dense C once and caches
+        it; ``"cholesky"`` factors C + λI for each damping. ``"cg"`` never forms C: block
+        conjugate gradient on all right-hand sides of a block at once, with batched
+        curvature-vector products (forward then reverse mode over the training data) and a
+        randomized Nyström preconditioner of the Gauss-Newton matrix; it warns
+        (``ConvergenceWarning``, with the residual) when ``tol`` is not reached.
+        ``"lissa"`` is the stochastic Neumann-series recursion of Agarwal et al. (2017),
+        seeded by ``random_state``; a diverging recursion raises a ``ValueError`` that names
+        ``scale``. The iterative solvers solve again for each damping and each
+        :meth:`transform`. ``"auto"`` picks ``"direct"`` when the dense matrix fits comfortably
+        in memory (three float64 p × p arrays within 2 GiB and a quarter of the free memory,
+        p ≤ 12,000), else ``"cg"``.
     device : {"cpu", "cuda", "auto"} or str, default="cpu"
         Where the heavy math runs; results are always returned as numpy arrays on the CPU.
     batch_size : int, default=512
         Rows per vectorised batch of per-example gradients.
     solver_options : dict, default=None
-        Extra settings of the solver (for the iterative solvers: tolerances, iterations).
+        Extra settings of the solver (``"cg"`` and ``"lissa"`` refuse keys they do not know).
+        ``"cg"``: ``tol`` (1e-3, relative residual of every right-hand side), ``maxiter``
+        (100), ``preconditioner`` (``"nystrom"`` or None), ``rank`` (``"auto"`` or the sketch
+        size), ``max_rank`` (512), ``sketch_coverage`` (0.95: share of the Gauss-Newton trace
+        carried by the training rows the sketch uses), ``block_size`` (128 right-hand sides
+        per block).
+        ``"lissa"``: ``scale`` (``"auto"``: 1.5 × the top eigenvalue of C + λI by power
+        iteration), ``depth`` (1000), ``repeat`` (1), ``minibatch_size`` (training rows per
+        step; default ``batch_size``), ``block_size``. The seed of the Nyström sketch and of
+        LiSSA's minibatches is drawn from ``random_state``.
     n_score_points : int, default=30
         Number of training points removed and actually refit by :meth:`score`.
     score_target : {"loo", "warm_loo", "pbrf"}, default="loo"

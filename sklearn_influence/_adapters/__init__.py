@@ -8,10 +8,13 @@ from sklearn.pipeline import Pipeline
 from ._base import ModelAdapter, fit_model
 from ._linear import SUPPORTED_LINEAR_MODELS, LinearModelAdapter, _check_linear_configuration
 from ._pipeline import unwrap
+from ._skorch import SKORCH_NETS, SkorchAdapter, check_skorch_configuration, fit_skorch
 
 SUPPORTED_ESTIMATORS_TEXT = (
     "LinearRegression, Ridge, LogisticRegression (L2 or no penalty), "
     "SGDClassifier(loss='log_loss'), SGDRegressor(loss='squared_error'), "
+    "skorch's NeuralNetClassifier, NeuralNetBinaryClassifier or NeuralNetRegressor "
+    "(with train_split=None), "
     "a Pipeline ending in one of these, or a FrozenEstimator around any of them"
 )
 
@@ -20,6 +23,7 @@ SUPPORTED_ESTIMATORS_TEXT = (
 # that fit (for example a network's initial weights), or None.
 _FAMILIES = [
     (SUPPORTED_LINEAR_MODELS, _check_linear_configuration, fit_model, LinearModelAdapter),
+    (SKORCH_NETS, check_skorch_configuration, fit_skorch, SkorchAdapter),
 ]
 
 
@@ -70,6 +74,7 @@ __all__ = [
     "SUPPORTED_ESTIMATORS_TEXT",
     "LinearModelAdapter",
     "ModelAdapter",
+    "SkorchAdapter",
     "check_supported",
     "fit_estimator",
     "make_adapter",

@@ -1,0 +1,369 @@
+"""Matrix-free curvature products and the iterative solvers (cg, lissa) against exact truth."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.frozen import FrozenEstimator
+from sklearn.linear_model import LogisticRegression
+from skorch import NeuralNetClassifier, NeuralNetRegressor
+
+from sklearn_influence import InfluenceFunction
+from sklearn_influence._adapters import make_adapter
+from sklearn_influence._adapters._skorch import fit_skorch
+from sklearn_influence._curvature import (
+    CurvatureOperator,
+    dense_curvature,
+    gauss_newton_diagonal,
+    gauss_newton_products,
+    hessian_products,
+)
+from sklearn_influence._gradients import per_example_gradients
+from sklearn_influence._solvers import (
+    SOLVERS,
+    CGSolver,
+    LissaSolver,
+    NystromPreconditioner,
+    block_conjugate_gradient,
+    resolve_solver_name,
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny nets run many small ops: one thread avoids OpenMP barrier costs (faster tests)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class SmallMLP(torch.nn.Module):
+    def __init__(self, n_in=64, hidden=16, n_out=10):
+        super().__init__()
+        self.hidden = torch.nn.Linear(n_in, hidden, dtype=torch.float64)
+        self.out = torch.nn.Linear(hidden, n_out, dtype=torch.float64)
+
+    def forward(self, X):
+        return self.out(torch.tanh(self.hidden(X)))
+
+
+@pytest.fixture(scope="module")
+def digits():
+    X, y = load_digits(return_X_y=True)
+    return X / 16.0, y
+
+
+@pytest.fixture(scope="module")
+def mlp(digits):
+    """A small MLP (1210 parameters) trained with skorch on 200 digits, float64."""
+    X, y = digits
+    torch.manual_seed(0)
+    net = NeuralNetClassifier(
+        SmallMLP,
+        criterion=torch.nn.CrossEntropyLoss,
+        optimizer__weight_decay=1e-2,
+        train_split=None,
+        max_epochs=10,
+        lr=0.3,
+        batch_size=32,
+        iterator_train__shuffle=True,
+        verbose=0,
+    )
+    state = fit_skorch(net, X[:200], y[:200])
+    adapter = make_adapter(net, 200, torch.device("cpu"), state)
+    inputs, targets = adapter.inputs(X[:200]), adapter.targets(y[:200])
+    return net, adapter, inputs, targets
+
+
+@pytest.fixture(scope="module")
+def mlp_influences(mlp, digits):
+    """Influence matrices of the MLP for 20 queries with each solver, damping 1e-3."""
+    net, X, y = mlp[0], *digits
+    queries = (X[300:320], y[300:320])
+    matrices = {}
+    options = {
+        "direct": {},
+        "cg": {},
+        "lissa": {"depth": 200, "minibatch_size": 50},
+    }
+    for solver, solver_options in options.items():
+        influence = InfluenceFunction(
+            FrozenEstimator(net),
+            solver=solver,
+            solver_options=solver_options,
+            damping=1e-3,
+            random_state=0,
+        ).fit(X[:200], y[:200])
+        matrices[solver] = influence.transform(*queries)
+        matrices[solver + "_self"] = influence.self_influence() if solver != "lissa" else None
+    return matrices
+
+
+def _pearson(a, b):
+    return float(np.corrcoef(np.ravel(a), np.ravel(b))[0, 1])
+
+
+# -- curvature products ----------------------------------------------------------------------
+def test_gauss_newton_products_equal_dense_matrix(mlp):
+    _, adapter, inputs, targets = mlp
+    theta = adapter.parameters()
+    dense = dense_curvature(adapter, theta, inputs, targets, "gauss_newton", batch_size=64)
+    vectors = torch.randn(7, theta.numel(), dtype=theta.dtype)
+    products = gauss_newton_products(adapter, theta, inputs, vectors, batch_size=64)
+    torch.testing.assert_close(products, vectors @ dense, rtol=1e-10, atol=1e-12)
+    weights = torch.rand(len(inputs), dtype=theta.dtype)
+    weighted = dense_curvature(
+        adapter, theta, inputs, targets, "gauss_newton", batch_size=50, weights=weights
+    )
+    torch.testing.assert_close(
+        gauss_newton_products(adapter, theta, inputs, vectors, batch_size=50, weights=weights),
+        vectors @ weighted,
+        rtol=1e-10,
+        atol=1e-12,
+    )
+    diagonal = gauss_newton_diagonal(adapter, theta, inputs, batch_size=64)
+    torch.testing.assert_close(diagonal, dense.diagonal(), rtol=1e-10, atol=1e-12)
+
+
+def test_dense_gauss_newton_of_a_net_matches_an_explicit_jacobian_loop(mlp):
+    _, adapter, inputs, _ = mlp
+    theta = adapter.parameters()
+    inputs = inputs[:15]
+    expected = torch.zeros(theta.numel(), theta.numel(), dtype=theta.dtype)
+    for x in inputs:
+        jacobian = torch.autograd.functional.jacobian(
+            lambda t, x=x: adapter.outputs(t, x.unsqueeze(0))[0], theta
+        )
+        output_hessian = adapter.loss.output_hessian(adapter.outputs(theta, x.unsqueeze(0))[0])
+        expected += jacobian.T @ output_hessian @ jacobian
+    expected = expected / len(inputs) + torch.diag(adapter.regularizer_diagonal())
+    dense = dense_curvature(adapter, theta, inputs, None, "gauss_newton", batch_size=4)
+    torch.testing.assert_close(dense, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_hessian_products_equal_dense_hessian(mlp):
+    _, adapter, inputs, targets = mlp
+    theta = adapter.parameters()
+    inputs, targets = inputs[:60], targets[:60]
+    dense = dense_curvature(adapter, theta, inputs, targets, "hessian", batch_size=25)
+    vectors = torch.randn(5, theta.numel(), dtype=theta.dtype)
+    products = hessian_products(adapter, theta, inputs, targets, vectors, batch_size=25)
+    torch.testing.assert_close(products, vectors @ dense, rtol=1e-9, atol=1e-11)
+    # the Hessian of a net is not its Gauss-Newton matrix
+    gauss_newton = dense_curvature(adapter, theta, inputs, targets, "gauss_newton")
+    assert float((dense - gauss_newton).abs().max()) > 1e-4
+
+
+def test_curvature_operator_kinds_and_subsets(mlp):
+    _, adapter, inputs, targets = mlp
+    theta = adapter.parameters()
+    vector = torch.randn(theta.numel(), dtype=theta.dtype)
+    for kind in ("gauss_newton", "hessian", "identity"):
+        operator = CurvatureOperator(adapter, theta, inputs[:40], targets[:40], kind, 16)
+        dense = dense_curvature(adapter, theta, inputs[:40], targets[:40], kind)
+        torch.testing.assert_close(operator.matmul(vector), dense @ vector, rtol=1e-9, atol=1e-11)
+    rows = torch.arange(10, 30)
+    subset = CurvatureOperator(adapter, theta, inputs, targets, "gauss_newton").subset(rows)
+    expected = dense_curvature(adapter, theta, inputs[rows], None, "gauss_newton") @ vector
+    torch.testing.assert_close(subset.matmul(vector), expected, rtol=1e-10, atol=1e-12)
+
+
+# -- block conjugate gradient ----------------------------------------------------------------
+def _spd(p, rank, generator):
+    factor = torch.randn(rank, p, generator=generator, dtype=torch.float64)
+    return factor.T @ factor / rank
+
+
+def test_block_cg_solves_many_right_hand_sides_including_dependent_ones():
+    generator = torch.Generator().manual_seed(0)
+    matrix = _spd(40, 60, generator) + 0.1 * torch.eye(40, dtype=torch.float64)
+    rhs = torch.randn(6, 40, generator=generator, dtype=torch.float64)
+    rhs = torch.cat([rhs, rhs[:2] * 3.0, torch.zeros(1, 40, dtype=torch.float64)])
+    solution, residuals, n_iter = block_conjugate_gradient(
+        lambda V: V @ matrix, lambda R: R, rhs, tol=1e-12, maxiter=100
+    )
+    torch.testing.assert_close(solution, torch.linalg.solve(matrix, rhs.T).T)
+    assert float(residuals.max()) <= 1e-12 and n_iter <= 40
+
+
+def test_block_cg_refuses_an_indefinite_system():
+    matrix = torch.diag(torch.tensor([2.0, 1.0, -1.0], dtype=torch.float64))
+    rhs = torch.ones(1, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match="not positive definite.*larger damping"):
+        block_conjugate_gradient(lambda V: V @ matrix, lambda R: R, rhs, tol=1e-10, maxiter=10)
+
+
+def test_nystrom_preconditioner_is_exact_for_a_low_rank_curvature(digits):
+    """A sketch larger than rank(C) recovers C exactly, so P⁻¹ = λ (C + λI)⁻¹ (L_s ≈ 0)."""
+    X, y = digits[0][:3], np.arange(3)
+    model = LogisticRegression(C=np.inf, max_iter=50).fit(X, y)  # no penalty: C = data term
+    adapter = make_adapter(model, 3, torch.device("cpu"))
+    inputs, targets = adapter.inputs(X), adapter.targets(y)
+    theta = adapter.parameters()
+    operator = CurvatureOperator(adapter, theta, inputs, targets, "gauss_newton")
+    preconditioner = NystromPreconditioner(operator, rank=40, coverage=1.0, seed=0)
+    damping = 1e-2
+    vectors = torch.randn(4, theta.numel(), dtype=theta.dtype)
+    applied = preconditioner.apply(vectors, damping)
+    dense = dense_curvature(adapter, theta, inputs, targets, "gauss_newton")
+    assert int(torch.linalg.matrix_rank(dense)) <= 6  # 3 rows × (3 − 1) softmax directions
+    damped = dense + damping * torch.eye(theta.numel(), dtype=theta.dtype)
+    expected = torch.linalg.solve(damped, vectors.T).T * damping
+    torch.testing.assert_close(applied, expected, rtol=1e-6, atol=1e-9)
+
+
+def test_nystrom_rank_grows_until_it_resolves_the_damping(mlp):
+    _, adapter, inputs, targets = mlp
+    theta = adapter.parameters()
+    operator = CurvatureOperator(adapter, theta, inputs, targets, "gauss_newton")
+    preconditioner = NystromPreconditioner(operator, max_rank=512, seed=0)
+    preconditioner.apply(torch.randn(1, theta.numel(), dtype=theta.dtype), 1.0)
+    assert preconditioner.sketch_rank == 64  # a large damping needs no more
+    preconditioner.apply(torch.randn(1, theta.numel(), dtype=theta.dtype), 1e-3)
+    assert preconditioner.sketch_rank > 64
+    # the weight decay (1e-2) puts a floor under the spectrum: L_s ≤ λ/4 + 1e-2 suffices
+    assert preconditioner._tail <= 0.25e-3 + 1e-2 or preconditioner.sketch_rank == 512
+
+
+def test_preconditioner_reduces_iterations(mlp):
+    _, adapter, inputs, targets = mlp
+    theta = adapter.parameters()
+    gradients = per_example_gradients(adapter, theta, inputs, targets)
+    rhs = gradients[:2]
+    iterations = {}
+    for preconditioner in ("nystrom", None):
+        solver = CGSolver.build(
+            adapter,
+            theta,
+            inputs,
+            targets,
+            gradients,
+            curvature="gauss_newton",
+            batch_size=256,
+            preconditioner=preconditioner,
+            tol=1e-6,
+            maxiter=500,
+            seed=0,
+        )
+        solver.solve(rhs, 1e-3)
+        iterations[preconditioner] = solver.n_iter_[0]
+    assert iterations["nystrom"] * 1.5 <= iterations[None]
+
+
+# -- solvers against the direct solver --------------------------------------------------------
+def test_cg_matches_direct_on_a_skorch_mlp(mlp_influences):
+    direct, cg = mlp_influences["direct"], mlp_influences["cg"]
+    assert _pearson(cg, direct) >= 0.999
+    np.testing.assert_allclose(cg, direct, rtol=1e-2, atol=1e-3 * np.abs(direct).max())
+    np.testing.assert_allclose(mlp_influences["cg_self"], mlp_influences["direct_self"], rtol=1e-2)
+
+
+def test_lissa_matches_direct_on_a_skorch_mlp(mlp_influences):
+    assert _pearson(mlp_influences["lissa"], mlp_influences["direct"]) >= 0.95
+
+
+def test_cg_and_lissa_on_a_linear_model_match_direct(digits):
+    X, y = digits[0][:150], digits[1][:150] % 3
+    model = FrozenEstimator(LogisticRegression(C=0.1, max_iter=500).fit(X, y))
+    matrices = {
+        solver: InfluenceFunction(
+            model, solver=solver, damping=1e-2, random_state=0, solver_options=options
+        )
+        .fit(X, y)
+        .transform(X[:10], y[:10])
+        for solver, options in [
+            ("direct", {}),
+            ("cg", {"tol": 1e-10, "maxiter": 200}),
+            ("lissa", {"depth": 400}),
+        ]
+    }
+    np.testing.assert_allclose(matrices["cg"], matrices["direct"], rtol=1e-7, atol=1e-12)
+    assert _pearson(matrices["lissa"], matrices["direct"]) > 0.99
+
+
+def test_cg_with_the_hessian_of_a_convex_model_matches_direct(digits):
+    X, y = digits[0][:100], digits[1][:100] % 2
+    model = FrozenEstimator(LogisticRegression(max_iter=500).fit(X, y))
+    results = [
+        InfluenceFunction(model, curvature="hessian", solver=solver, solver_options=options)
+        .fit(X, y)
+        .transform(X[:5], y[:5])
+        for solver, options in [("direct", {}), ("cg", {"tol": 1e-10})]
+    ]
+    np.testing.assert_allclose(results[1], results[0], rtol=1e-6, atol=1e-12)
+
+
+# -- options, warnings and errors ------------------------------------------------------------
+def test_cg_warns_with_the_residual_when_it_does_not_converge(mlp, digits):
+    X, y = digits
+    influence = InfluenceFunction(
+        FrozenEstimator(mlp[0]),
+        solver="cg",
+        solver_options={"maxiter": 1, "tol": 1e-12, "preconditioner": None},
+    ).fit(X[:200], y[:200])
+    with pytest.warns(ConvergenceWarning, match=r"largest relative residual is [0-9.e+-]+ > tol"):
+        influence.transform(X[300:302], y[300:302])
+
+
+def test_unknown_solver_options_are_refused(mlp, digits):
+    X, y = digits
+    for solver, option in (("cg", "depth"), ("lissa", "tol")):
+        with pytest.raises(TypeError, match=f"Unknown solver_options \\['{option}'\\]"):
+            InfluenceFunction(
+                FrozenEstimator(mlp[0]), solver=solver, solver_options={option: 1}
+            ).fit(X[:200], y[:200])
+
+
+def test_lissa_divergence_names_the_scale(mlp, digits):
+    X, y = digits
+    influence = InfluenceFunction(
+        FrozenEstimator(mlp[0]), solver="lissa", solver_options={"scale": 1e-3, "depth": 50}
+    ).fit(X[:200], y[:200])
+    with pytest.raises(ValueError, match=r"LiSSA diverged.*Increase solver_options\['scale'\]"):
+        influence.transform(X[300:302], y[300:302])
+
+
+def test_lissa_is_seeded_by_random_state(mlp, digits):
+    X, y = digits
+
+    def run(random_state):
+        return (
+            InfluenceFunction(
+                FrozenEstimator(mlp[0]),
+                solver="lissa",
+                solver_options={"depth": 20, "minibatch_size": 20},
+                random_state=random_state,
+            )
+            .fit(X[:200], y[:200])
+            .transform(X[300:303], y[300:303])
+        )
+
+    first, again, other = run(0), run(0), run(1)
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other)
+
+
+def test_auto_solver_choice():
+    assert resolve_solver_name("auto", 500) == "direct"
+    assert resolve_solver_name("auto", 200_000) == "cg"
+    assert resolve_solver_name("lissa", 10) == "lissa"
+    assert {"cg", "lissa"} <= set(SOLVERS)
+
+
+def test_regressor_net_with_cg(digits):
+    X, y = digits[0][:120], digits[1][:120] / 9.0
+    net = NeuralNetRegressor(
+        SmallMLP, module__n_out=1, train_split=None, max_epochs=3, lr=0.05, verbose=0
+    )
+    influence = InfluenceFunction(net, solver="cg", random_state=0).fit(X, y)
+    direct = InfluenceFunction(FrozenEstimator(influence.estimator_), solver="direct").fit(X, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        cg_matrix = influence.transform(X[:5], y[:5])
+    assert _pearson(cg_matrix, direct.transform(X[:5], y[:5])) >= 0.999
+    assert isinstance(influence._engine.solver, CGSolver)
+    assert not isinstance(influence._engine.solver, LissaSolver)
