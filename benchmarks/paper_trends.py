@@ -246,6 +246,8 @@ def figure(rows, sweeps, path):
         axes[0, column].set_yscale("log")
         for row in (0, 1):
             axes[row, column].set_xscale("log")
+            axes[row, column].minorticks_off()
+            axes[row, column].set_xticks(values, [f"{value:g}" for value in values])
             axes[row, column].set_xlabel(name)
     axes[0, 0].set_ylabel("mean ‖Δ logits‖ on training inputs")
     axes[1, 0].set_ylabel("Spearman ρ of test-loss changes")
