@@ -1,6 +1,8 @@
 """Tests of MislabelDetector: its scores against numpy closed forms, its outlier-detector
 contract, and (reduced) the mislabel-detection figures of issue 5 on digits."""
 
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -84,6 +86,8 @@ def test_loss_baseline_is_the_log_loss(noisy_iris):
     expected = -np.log(probabilities[np.arange(len(X)), noisy])
     np.testing.assert_allclose(detector.mislabel_scores_, expected, rtol=1e-10)
     assert detector.influence_ is None
+    restored = pickle.loads(pickle.dumps(detector))
+    np.testing.assert_allclose(restored.score_samples(X, noisy), -expected, rtol=1e-10)
 
 
 def numpy_pbrf_self_influence(model, X, y, damping, indices):
@@ -156,6 +160,11 @@ def test_pbrf_scores_only_training_points(noisy_iris):
     )
     with pytest.raises(ValueError, match="1 of 2 labelled points are not in the training set"):
         detector.score_samples(X[[0, 120]], noisy[[0, 120]])
+    # a fitted detector pickles with its responses
+    restored = pickle.loads(pickle.dumps(detector))
+    np.testing.assert_array_equal(
+        restored.score_samples(X[:100], noisy[:100]), -restored.mislabel_scores_
+    )
     with pytest.raises(ValueError, match="response_options has unknown key"):
         MislabelDetector(
             LogisticRegression(), method="pbrf_self_influence", response_options={"lr": 1.0}
@@ -283,7 +292,7 @@ def test_mlp_fitting_the_flipped_labels_is_caught_by_self_influence(overfit_mlp)
     """Issue 5: an MLP that fits the flipped labels, ≥ 80% of them within 20% inspected, with
     influence and with PBRF self-influence.
 
-    Reduced from the benchmark (benchmarks/bench_mislabel.py: 1,500 images, 64 hidden units,
+    Reduced from the benchmark (benchmarks/bench_mislabel.py: 600 images, 32 hidden units,
     several seeds) to 300 images and 12 hidden units; the threshold is the issue's.
     """
     data, y, detector = overfit_mlp
