@@ -54,6 +54,20 @@ class LazyTanhMLP(torch.nn.Module):
         return self.out(torch.tanh(self.hidden(X)))
 
 
+class NormDropMLP(torch.nn.Module):
+    """Batch normalisation (buffers) and dropout (training randomness)."""
+
+    def __init__(self):
+        super().__init__()
+        self.hidden = torch.nn.Linear(64, 16, dtype=torch.float64)
+        self.norm = torch.nn.BatchNorm1d(16, dtype=torch.float64)
+        self.drop = torch.nn.Dropout(0.2)
+        self.out = torch.nn.Linear(16, 10, dtype=torch.float64)
+
+    def forward(self, X):
+        return self.out(self.drop(torch.tanh(self.norm(self.hidden(X)))))
+
+
 class DataDependentModule(torch.nn.Module):
     """Python control flow on tensor values: trains with skorch, cannot be vmapped."""
 
@@ -154,6 +168,7 @@ def test_param_groups_give_per_parameter_decay(digits):
         assert torch.all(block == (0.0 if name.endswith("bias") else 1e-2))
 
 
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")  # fit for shapes only
 def test_linear_net_matches_logistic_regression(digits):
     """nn.Linear + CrossEntropyLoss + decay on the weights only is L2 logistic regression."""
     X, y = digits[0][:200], digits[1][:200] % 3
@@ -224,11 +239,22 @@ def test_linear_regressor_net_matches_ridge(digits):
 # -- retraining ----------------------------------------------------------------------------
 def test_cold_start_retrain_reproduces_the_fit_exactly(digits):
     X, y = digits[0][:120], digits[1][:120]
-    net = _net("cross_entropy", iterator_train__shuffle=True, optimizer=torch.optim.Adam, lr=1e-2)
+    net = NeuralNetClassifier(
+        NormDropMLP,
+        criterion=torch.nn.CrossEntropyLoss,
+        iterator_train__shuffle=True,
+        optimizer=torch.optim.Adam,
+        lr=1e-2,
+        batch_size=32,
+        max_epochs=3,
+        train_split=None,
+        verbose=0,
+    )
     influence = InfluenceFunction(net, random_state=3).fit(X, y)
     adapter = influence._engine.adapter
     again = adapter.retrain(X, y, exclude=(), warm_start=False)
     assert torch.equal(again, adapter.parameters())
+    assert "norm.running_mean" in adapter._constants  # eval mode uses the running statistics
     # the user's net keeps its own settings (the seeded sampler was only lent for training)
     assert "iterator_train__sampler" not in influence.estimator_.get_params()
     assert influence.estimator_.get_params()["iterator_train__shuffle"] is True

@@ -367,3 +367,17 @@ def test_regressor_net_with_cg(digits):
     assert _pearson(cg_matrix, direct.transform(X[:5], y[:5])) >= 0.999
     assert isinstance(influence._engine.solver, CGSolver)
     assert not isinstance(influence._engine.solver, LissaSolver)
+
+
+def test_direct_solver_keeps_small_eigenvalues_of_a_float32_curvature():
+    """p·ε₃₂ exceeds the damping here; the damped null space must still get 1/λ."""
+    generator = torch.Generator().manual_seed(0)
+    p, rank, damping = 1500, 40, 1e-4  # p · ε(float32) ≈ 1.8e-4 > damping
+    factor = torch.randn(rank, p, generator=generator, dtype=torch.float64) / p**0.5
+    curvature = factor.T @ factor
+    rhs = torch.randn(3, p, generator=generator, dtype=torch.float64)
+    solver = SOLVERS["direct"](curvature.float(), torch.zeros(0, p))
+    solved = solver.solve(rhs.float(), damping).double()
+    exact = torch.linalg.solve(curvature + damping * torch.eye(p, dtype=torch.float64), rhs.T).T
+    # float32 round-off, amplified by the condition number 1e4, limits the agreement
+    assert float((solved - exact).norm() / exact.norm()) < 1e-3

@@ -24,6 +24,8 @@ normalisation with its running statistics) through :func:`torch.func.functional_
 
 import copy
 import inspect
+import os
+import warnings
 
 import numpy as np
 import torch
@@ -348,20 +350,17 @@ def _flat_parameters(module):
     return torch.cat([p.detach().reshape(-1) for _, p in _trainable(module)])
 
 
-def _load_flat(module, theta):
-    with torch.no_grad():
-        offset = 0
-        for _, parameter in _trainable(module):
-            size = parameter.numel()
-            parameter.copy_(theta[offset : offset + size].view_as(parameter))
-            offset += size
+def _state(module):
+    """A CPU copy of the module's parameters and buffers (e.g. batch-norm statistics)."""
+    return {name: value.detach().cpu().clone() for name, value in module.state_dict().items()}
 
 
 def _train(net, X, y, *, seed, kept, n_original, initial=None):
-    """Initialise ``net`` (loading ``initial`` when given) and train it on (X[kept], y[kept]).
+    """Initialise ``net`` (then load the state dict ``initial`` when given) and train it on
+    (X[kept], y[kept]).
 
-    Returns the flat initial parameters θ⁰ and the prepared data. Everything random —
-    initialisation, data order, dropout — is seeded from ``seed`` in a forked RNG.
+    Returns the initial state (parameters and buffers) and the prepared data. Everything
+    random — initialisation, data order, dropout — is seeded from ``seed`` in a forked RNG.
     """
     with torch.random.fork_rng(devices=_rng_devices()):
         torch.manual_seed(seed)
@@ -370,9 +369,10 @@ def _train(net, X, y, *, seed, kept, n_original, initial=None):
         X = _as_module_array(X, dtype, _takes_indices(net.module_))
         n_outputs = _probe_outputs(net, X)  # also materialises lazy modules
         y = _prepare_targets(net, y, n_outputs, _module_dtype(net.module_))
+        module = getattr(net.module_, "_orig_mod", net.module_)  # torch.compile wrapper
         if initial is not None:
-            _load_flat(net.module_, initial.to(net.device))
-        theta0 = _flat_parameters(net.module_).cpu().clone()
+            module.load_state_dict(initial)
+        initial_state = _state(module)
         shuffle = bool(net.get_params_for("iterator_train").get("shuffle", False))
         sampler = _EpochOrderSampler(kept, n_original, seed, shuffle)
         saved = {
@@ -390,7 +390,7 @@ def _train(net, X, y, *, seed, kept, n_original, initial=None):
             for key in ("iterator_train__shuffle", "iterator_train__sampler"):
                 net.__dict__.pop(key, None)
             net.__dict__.update(saved)
-    return theta0, X, y
+    return initial_state, X, y
 
 
 def fit_skorch(net, X, y):
@@ -412,8 +412,9 @@ def fit_skorch(net, X, y):
     Returns
     -------
     fit_state : dict
-        ``seed``, ``initial_parameters`` (θ⁰, flat, on the CPU), ``n_train`` and ``probe``
-        (the first rows of X, used to check that the module can be traced).
+        ``seed``, ``initial_state`` (the module's initial state dict, on the CPU),
+        ``initial_parameters`` (θ⁰, flat), ``n_train`` and ``probe`` (the first rows of X,
+        used to check that the module can be traced).
 
     Examples
     --------
@@ -430,8 +431,17 @@ def fit_skorch(net, X, y):
     check_skorch_configuration(net)
     seed = int(torch.randint(0, 2**31 - 1, ()).item())
     n = len(X)
-    theta0, X_ready, _ = _train(net, X, y, seed=seed, kept=np.arange(n), n_original=n)
-    return {"seed": seed, "initial_parameters": theta0, "n_train": n, "probe": X_ready[:2]}
+    initial_state, X_ready, _ = _train(net, X, y, seed=seed, kept=np.arange(n), n_original=n)
+    module = getattr(net.module_, "_orig_mod", net.module_)
+    names = [name for name, _ in _trainable(module)]
+    theta0 = torch.cat([initial_state[name].reshape(-1) for name in names])
+    return {
+        "seed": seed,
+        "initial_state": initial_state,
+        "initial_parameters": theta0,
+        "n_train": n,
+        "probe": X_ready[:2],
+    }
 
 
 # -- adapter ------------------------------------------------------------------------------
@@ -462,6 +472,23 @@ def _output_head(net, criterion):
     return _OutputHead("identity"), SoftmaxCrossEntropy()
 
 
+def _warn_if_tf32(device, dtype):
+    """TF32 matrix products keep ~3 significant digits: too few for curvature at small λ."""
+    if device.type != "cuda" or dtype != torch.float32:
+        return
+    override = os.environ.get("TORCH_ALLOW_TF32_CUBLAS_OVERRIDE", "0") not in ("", "0")
+    if torch.backends.cuda.matmul.allow_tf32 or override:
+        warnings.warn(
+            "TF32 matrix products are enabled on this GPU (torch.backends.cuda.matmul."
+            "allow_tf32 or TORCH_ALLOW_TF32_CUBLAS_OVERRIDE), so float32 curvature products "
+            "carry relative errors near 1e-3, enough to spoil influence estimates at small "
+            "damping. Set torch.backends.cuda.matmul.allow_tf32 = False (and unset the "
+            "override), or use a float64 module.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
 class SkorchAdapter(ModelAdapter):
     """Functional view of a fitted skorch net (possibly after preprocessing).
 
@@ -473,9 +500,10 @@ class SkorchAdapter(ModelAdapter):
     outputs, as skorch's criteria expect.
 
     Retraining (:meth:`retrain`) clones the net and trains it again with the same settings
-    (epochs, optimizer, batch size). A cold start loads the initial weights θ⁰ recorded by
-    :func:`fit_skorch` and replays the same seeded data order with the excluded rows
-    dropped; a warm start continues from θˢ with a fresh optimizer state.
+    (epochs, optimizer, batch size). A cold start loads the initial weights θ⁰ (and buffers)
+    recorded by :func:`fit_skorch` and replays the same seeded data order with the excluded
+    rows dropped; a warm start continues from θˢ (and the fitted buffers) with a fresh
+    optimizer state.
 
     Parameters
     ----------
@@ -535,6 +563,7 @@ class SkorchAdapter(ModelAdapter):
         self.is_classifier = not isinstance(net, NeuralNetRegressor)
         self._n_outputs = None
         self.classes_ = None
+        _warn_if_tf32(self.device, self.dtype)
         if fit_state is not None and fit_state.get("probe") is not None:
             self._probe(self._as_tensor(fit_state["probe"]))
 
@@ -719,7 +748,9 @@ class SkorchAdapter(ModelAdapter):
         n = len(y)
         kept = np.setdiff1d(np.arange(n), np.asarray(exclude, dtype=np.int64))
         seed = 0 if self.fit_state is None else self.fit_state["seed"]
-        initial = self._theta.detach().cpu() if warm_start else self.fit_state["initial_parameters"]
+        # warm: the fitted parameters and buffers; cold: the recorded initial ones
+        source = getattr(self.net.module_, "_orig_mod", self.net.module_)
+        initial = _state(source) if warm_start else self.fit_state["initial_state"]
         net = clone(self.net)
         _train(net, Z, y, seed=seed, kept=kept, n_original=n, initial=initial)
         source = getattr(net.module_, "_orig_mod", net.module_)
