@@ -108,6 +108,7 @@ def run_setting(data, setting, args):
     for name in ("cold_loo", "warm_loo", "pbrf"):
         row[f"influence~{name}:spearman"] = float(agreement.loc[name, "spearman"])
     row["pbrf_converged"] = float(np.mean(parts.converged_["pbrf"]))
+    row["prf_converged"] = float(np.mean(parts.converged_["prf"]))
     row["seconds"] = time.perf_counter() - start
     return row
 
@@ -140,7 +141,7 @@ def markdown(rows, sweeps):
         lines += [f"### vs {name}", ""]
         header = [name, "test acc"] + [f"{SHORT[t]} dist" for t, _, _ in TERMS]
         header += [f"{SHORT[t]} ρ" for t, _, _ in TERMS]
-        header += ["ρ(IF, PBRF)", "ρ(IF, cold LOO)", "ρ(IF, warm LOO)", "s"]
+        header += ["ρ(IF, PBRF)", "ρ(IF, cold LOO)", "ρ(IF, warm LOO)", "conv. PRF/PBRF", "s"]
         lines += ["| " + " | ".join(header) + " |", "|" + "---:|" * len(header)]
         for value in values:
             row = next(r for r in rows if r[name] == value and _matches_base(r, name))
@@ -148,10 +149,16 @@ def markdown(rows, sweeps):
             cells += [f"{row[f'{t}:distance']:.2e}" for t, _, _ in TERMS]
             cells += [f"{row[f'{t}:spearman']:.2f}" for t, _, _ in TERMS]
             cells += [f"{row[f'influence~{n}:spearman']:.2f}" for n in ("pbrf", "cold_loo")]
-            cells += [f"{row['influence~warm_loo:spearman']:.2f}", f"{row['seconds']:.0f}"]
+            cells += [f"{row['influence~warm_loo:spearman']:.2f}", _converged(row)]
+            cells.append(f"{row['seconds']:.0f}")
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     return lines
+
+
+def _converged(row):
+    prf = row.get("prf_converged")
+    return f"{'n/a' if prf is None else f'{prf:.0%}'}/{row['pbrf_converged']:.0%}"
 
 
 def _matches_base(row, varied):
@@ -270,6 +277,18 @@ def environment(args):
     ]
 
 
+def compute(args, sweeps):
+    data = load_digits_split(n_train=args.n_train, n_test=args.n_test, random_state=0)
+    data.X_train = data.X_train.astype(np.float32)
+    data.X_test = data.X_test.astype(np.float32)
+    rows = []
+    with threadpool_limits(limits=args.threads):
+        for setting in settings(sweeps):
+            rows.append(run_setting(data, setting, args))
+            print(f"done {setting} in {rows[-1]['seconds']:.0f} s", flush=True)
+    return rows
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small smoke run")
@@ -281,22 +300,24 @@ def main(argv=None):
     parser.add_argument("--n-jobs", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None, help="pin torch and BLAS")
     parser.add_argument("--output", type=Path, default=RESULTS / "paper_trends.md")
+    parser.add_argument(
+        "--from-json", type=Path, default=None, help="re-render saved rows, computing nothing"
+    )
     args = parser.parse_args(argv)
     sweeps = QUICK_SWEEPS if args.quick else SWEEPS
     if args.quick:
         args.n_train, args.n_points, args.n_test = 200, 10, 20
     if args.threads:
         torch.set_num_threads(args.threads)
-    data = load_digits_split(n_train=args.n_train, n_test=args.n_test, random_state=0)
-    data.X_train = data.X_train.astype(np.float32)
-    data.X_test = data.X_test.astype(np.float32)
-    rows = []
-    with threadpool_limits(limits=args.threads):
-        for setting in settings(sweeps):
-            rows.append(run_setting(data, setting, args))
-            print(f"done {setting} in {rows[-1]['seconds']:.0f} s", flush=True)
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.with_suffix(".json").write_text(json.dumps(rows, indent=1))
+    if args.from_json is not None:
+        saved = json.loads(args.from_json.read_text())
+        rows, machine = saved["rows"], saved["environment"]
+    else:
+        machine = environment(args)
+        rows = compute(args, sweeps)
+        saved = {"environment": machine, "rows": rows}
+        args.output.with_suffix(".json").write_text(json.dumps(saved, indent=1))
     figure_path = figure(rows, sweeps, args.output.with_suffix(".png"))
     text = "\n".join(
         [
@@ -311,7 +332,7 @@ def main(argv=None):
             "points; 'ρ' = Spearman correlation of the test-loss changes across removed "
             "points, averaged over test points.",
             "",
-            *environment(args),
+            *machine,
             "",
             *markdown(rows, sweeps),
             "## The paper's findings",
