@@ -16,39 +16,22 @@ thread). It prints a table and writes ``benchmarks/results/bench_pbrf_batched.md
 """
 
 import argparse
-import os
-import platform
 import statistics
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
-import sklearn
-import skorch
 import torch
+from _shared import TanhMLP, environment, report
 from threadpoolctl import threadpool_limits
 
-import sklearn_influence
 from sklearn_influence._adapters import fit_estimator, make_adapter
 from sklearn_influence._proximal import auto_settings
 from sklearn_influence._response import ResponseProblem, proximal_response
 from sklearn_influence.datasets import load_digits_split
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_pbrf_batched.md"
-
-
-class MLP(torch.nn.Module):
-    """64 → hidden → 10 with a tanh hidden layer (logits out)."""
-
-    def __init__(self, hidden=32):
-        super().__init__()
-        self.layers = torch.nn.Sequential(
-            torch.nn.Linear(64, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, 10)
-        )
-
-    def forward(self, X):
-        return self.layers(X)
 
 
 def trained_problem(n_train, hidden, epochs):
@@ -58,7 +41,7 @@ def trained_problem(n_train, hidden, epochs):
     data = load_digits_split(n_train=n_train, n_test=10, random_state=0)
     X, y = data.X_train.astype(np.float32), data.y_train
     net = NeuralNetClassifier(
-        MLP,
+        TanhMLP,
         module__hidden=hidden,
         criterion=torch.nn.CrossEntropyLoss,
         optimizer=torch.optim.SGD,
@@ -85,18 +68,6 @@ def timed(function, repeats):
         walls.append(time.perf_counter() - wall)
         cpus.append(time.process_time() - cpu)
     return statistics.median(walls), statistics.median(cpus), result
-
-
-def environment(threads):
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return [
-        f"* machine: {platform.machine()}, {os.cpu_count()} logical CPUs, "
-        f"{platform.system()} {platform.release()}; load average at start {load:.2f}",
-        f"* threads: {'default' if threads is None else threads} (torch {torch.get_num_threads()})",
-        f"* versions: python {platform.python_version()}, torch {torch.__version__}, "
-        f"scikit-learn {sklearn.__version__}, skorch {skorch.__version__}, "
-        f"sklearn_influence {sklearn_influence.__version__}",
-    ]
 
 
 def compare(n_train, args):
@@ -174,9 +145,7 @@ def main(argv=None):
             "",
         ]
     )
-    print(text)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(text)
+    report(text, args.output)
     return 0
 
 

@@ -24,19 +24,15 @@ writes ``benchmarks/results/paper_trends.md`` and a figure ``paper_trends.png`` 
 
 import argparse
 import json
-import os
-import platform
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
-import sklearn
-import skorch
 import torch
+from _shared import TanhMLP, environment
 from threadpoolctl import threadpool_limits
 
-import sklearn_influence
 from sklearn_influence import InfluenceDecomposition
 from sklearn_influence._decomposition import TERMS
 from sklearn_influence.datasets import load_digits_split
@@ -51,24 +47,11 @@ SWEEPS = {
 QUICK_SWEEPS = {"epochs": [3, 10], "damping": [1e-3, 1e-1], "hidden": [8, 16]}
 
 
-class MLP(torch.nn.Module):
-    """64 → hidden → 10 with a tanh hidden layer (logits out)."""
-
-    def __init__(self, hidden=32):
-        super().__init__()
-        self.layers = torch.nn.Sequential(
-            torch.nn.Linear(64, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, 10)
-        )
-
-    def forward(self, X):
-        return self.layers(X)
-
-
 def make_net(hidden, epochs):
     from skorch import NeuralNetClassifier
 
     return NeuralNetClassifier(
-        MLP,
+        TanhMLP,
         module__hidden=hidden,
         criterion=torch.nn.CrossEntropyLoss,
         optimizer=torch.optim.SGD,
@@ -266,17 +249,6 @@ def figure(rows, sweeps, path):
     return path
 
 
-def environment(args):
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return [
-        f"* machine: {platform.machine()}, {os.cpu_count()} logical CPUs; load average at "
-        f"start {load:.2f}; threads: {args.threads or 'default'}",
-        f"* versions: python {platform.python_version()}, torch {torch.__version__}, "
-        f"scikit-learn {sklearn.__version__}, skorch {skorch.__version__}, "
-        f"sklearn_influence {sklearn_influence.__version__}",
-    ]
-
-
 def compute(args, sweeps):
     data = load_digits_split(n_train=args.n_train, n_test=args.n_test, random_state=0)
     data.X_train = data.X_train.astype(np.float32)
@@ -314,7 +286,7 @@ def main(argv=None):
         saved = json.loads(args.from_json.read_text())
         rows, machine = saved["rows"], saved["environment"]
     else:
-        machine = environment(args)
+        machine = environment(args.threads)
         rows = compute(args, sweeps)
         saved = {"environment": machine, "rows": rows}
         args.output.with_suffix(".json").write_text(json.dumps(saved, indent=1))

@@ -70,13 +70,6 @@ class _MLPModule(torch.nn.Module):
         return self.output(torch.tanh(self.hidden(X)))
 
 
-def _skorch_available():
-    """Whether this installation has the skorch adapter (it registers ``SkorchAdapter``)."""
-    from . import _adapters
-
-    return hasattr(_adapters, "SkorchAdapter")
-
-
 def _mlp(args):
     """A small skorch MLP trained with full-batch Adam and weight decay (L2 in the objective).
 
@@ -101,16 +94,6 @@ def _mlp(args):
 
 #: ``--model`` choices: name -> function building the unfitted estimator from the arguments
 _MODELS = {"logistic": _logistic, "mlp": _mlp}
-
-#: ``--model`` choices -> why they cannot run here, or a missing key when they can
-_MODEL_REQUIREMENTS = {
-    "mlp": (
-        _skorch_available,
-        "--model mlp needs the skorch adapter (sklearn_influence._adapters._skorch), which "
-        "this installation of sklearn_influence does not have; use --model logistic, or "
-        "install a version of sklearn_influence with skorch support",
-    )
-}
 
 
 # -- argument types -------------------------------------------------------------------------
@@ -322,9 +305,6 @@ def _load_data(args, default_n_train, *, flip_fraction=0.0, n_test=None):
 
 def _prepare(parser, args, default_n_train, **load_options):
     """Shared checks of every subcommand; loads the data into ``args.data``."""
-    requirement = _MODEL_REQUIREMENTS.get(args.model)
-    if requirement is not None and not requirement[0]():
-        parser.error(requirement[1])
     if args.csv is None and args.target is not None:
         parser.error("--target names a column of --csv; give --csv PATH too")
     if args.csv is not None and args.target is None:
@@ -352,7 +332,7 @@ def _add_common_arguments(parser, *, n_train, damping):
         choices=sorted(_MODELS),
         default="logistic",
         help="logistic: multinomial logistic regression; mlp: a one-hidden-layer skorch "
-        "network (needs the skorch adapter) (default logistic)",
+        "network (default logistic)",
     )
     parser.add_argument(
         "--csv",

@@ -9,8 +9,8 @@ from ._influence import (
     InfluenceFunction,
     _correlation,
     _fit_engine,
-    _removal_changes,
     _score_points,
+    cached_removal_changes,
 )
 from ._torch_utils import resolve_device, to_numpy
 
@@ -179,9 +179,10 @@ class InfluenceFunctionCV(InfluenceFunction):
 
     def _fold_scores(self, engine, X_train, y_train, X_query, y_query, dampings):
         removed = _score_points(len(y_train), self.n_score_points, self.random_state)
-        actual = check_memory(self.memory).cache(_removal_changes, ignore=["n_jobs"])(
-            engine.adapter,
-            engine.theta,
+        actual = cached_removal_changes(
+            self.memory,
+            engine,
+            self._fit_key(),
             X_train,
             y_train,
             removed,

@@ -22,6 +22,7 @@ from sklearn.frozen import FrozenEstimator
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
+from ._adapters import check_supported
 from ._curvature import CURVATURES
 from ._display import _check_matplotlib
 from ._influence import InfluenceFunction
@@ -37,6 +38,7 @@ from ._response import (
 from ._response_estimators import _FittedModelMixin
 from ._solvers import SOLVERS
 from ._torch_utils import resolve_device, seeded_torch, to_numpy
+from ._validation import validate_training_data
 
 #: the six objects, from actual retraining to the practical estimate
 OBJECTS = ("cold_loo", "warm_loo", "prf", "pbrf", "linearized_pbrf", "influence")
@@ -256,7 +258,8 @@ class InfluenceDecomposition(_FittedModelMixin, BaseEstimator):
         self : InfluenceDecomposition
             The fitted decomposition.
         """
-        X, y = self._validate_training_data(X, y)
+        check_supported(self.estimator)
+        X, y = validate_training_data(self, X, y)
         device = resolve_device(self.device)
         indices = self._removed_points(len(y))
         with seeded_torch(self.random_state) as seed:

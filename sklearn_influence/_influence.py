@@ -13,10 +13,9 @@ from sklearn.base import (
     clone,
 )
 from sklearn.frozen import FrozenEstimator
-from sklearn.pipeline import Pipeline
 from sklearn.utils import Bunch, check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
-from sklearn.utils.validation import check_is_fitted, check_memory, validate_data
+from sklearn.utils.validation import check_is_fitted, check_memory
 
 from ._adapters import check_supported, fit_estimator, make_adapter
 from ._curvature import CURVATURES
@@ -25,6 +24,7 @@ from ._scores import InfluenceEngine, top_k
 from ._solvers import SOLVERS
 from ._targets import SCORE_TARGETS, removal_parameters
 from ._torch_utils import resolve_device, seeded_torch, to_numpy
+from ._validation import query_tensors, validate_query_data, validate_training_data
 
 
 def _correlation(predicted, actual, method):
@@ -74,10 +74,11 @@ def _fit_engine(estimator, X, y, *, device, random_state, **engine_settings):
     return fitted, engine
 
 
-def _removal_changes(adapter, theta, X, y, removed, target, n_jobs, X_query, y_query):
+def _removal_changes(adapter, theta, X, y, removed, target, n_jobs, X_query, y_query, fit_key):
     """Actual change of the mean query measurement for each removed point, shape (k,).
 
-    ``target`` is ``(kind, pbrf_damping)``.
+    ``target`` is ``(kind, pbrf_damping)``. ``fit_key`` is unused here: it identifies the fit
+    in the cache key instead of ``adapter`` and ``theta`` (see :func:`cached_removal_changes`).
     """
     kind, pbrf_damping = target
     reference, thetas = removal_parameters(
@@ -87,6 +88,21 @@ def _removal_changes(adapter, theta, X, y, removed, target, n_jobs, X_query, y_q
     inputs = adapter.inputs(X_query).to(reference.dtype)
     targets = adapter.targets(y_query).to(reference.dtype)
     return to_numpy(measurement_changes(adapter, reference, thetas, inputs, targets).mean(0))
+
+
+def cached_removal_changes(
+    memory, engine, fit_key, X, y, removed, target, n_jobs, X_query, y_query
+):
+    """:func:`_removal_changes`, cached by ``memory`` across the clones of a grid search.
+
+    The adapter and θ come out of the cached fit, so they are left out of the cache key (their
+    hash is not stable from one unpickled copy to the next, which made every clone retrain);
+    ``fit_key`` (estimator, device, random_state) and the training data identify the fit.
+    """
+    cached = check_memory(memory).cache(_removal_changes, ignore=["adapter", "theta", "n_jobs"])
+    return cached(
+        engine.adapter, engine.theta, X, y, removed, target, n_jobs, X_query, y_query, fit_key
+    )
 
 
 class InfluenceFunction(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
@@ -133,8 +149,8 @@ class InfluenceFunction(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         seeded by ``random_state``; a diverging recursion raises a ``ValueError`` that names
         ``scale``. The iterative solvers solve again for each damping and each
         :meth:`transform`. ``"auto"`` picks ``"direct"`` when the dense matrix fits comfortably
-        in memory (three float64 p × p arrays within 2 GiB and a quarter of the free memory,
-        p ≤ 12,000), else ``"cg"``.
+        in memory and factorizes in seconds (p ≤ 4,000, and three float64 p × p arrays within
+        2 GiB and a quarter of the free memory), else ``"cg"``.
     device : {"cpu", "cuda", "auto"} or str, default="cpu"
         Where the heavy math runs; results are always returned as numpy arrays on the CPU.
     batch_size : int, default=512
@@ -273,7 +289,7 @@ class InfluenceFunction(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
             The fitted transformer.
         """
         check_supported(self.estimator)
-        X, y = self._validate_training_data(X, y)
+        X, y = validate_training_data(self, X, y)
         memory = check_memory(self.memory)
         self.estimator_, self._engine = memory.cache(_fit_engine)(
             self.estimator,
@@ -292,21 +308,13 @@ class InfluenceFunction(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         self.solver_ = self._engine.solver_name
         return self
 
-    def _validate_training_data(self, X, y):
-        if isinstance(self._model_container(), Pipeline):
-            # check shape and bookkeeping, but hand the pipeline X as given (its steps may
-            # need a DataFrame's columns or non-numeric values)
-            validate_data(self, X, y, dtype=None, ensure_all_finite=False, multi_output=True)
-            return X, np.asarray(y)
-        return validate_data(self, X, y, multi_output=True, y_numeric=False)
+    def _fit_key(self):
+        """What, with the training data, determines the fit (a cache key for its results)."""
+        return (self.estimator, str(resolve_device(self.device)), self.random_state)
 
     def _damping(self):
         """The damping λ in use (a subclass may select it during fit)."""
         return self.damping
-
-    def _model_container(self):
-        estimator = self.estimator
-        return estimator.estimator if isinstance(estimator, FrozenEstimator) else estimator
 
     def _settings(self):
         return {
@@ -329,20 +337,7 @@ class InfluenceFunction(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
             )
 
     def _query_tensors(self, X, y_test):
-        if isinstance(self._model_container(), Pipeline):
-            validate_data(self, X, reset=False, dtype=None, ensure_all_finite=False)
-        else:
-            X = validate_data(self, X, reset=False)
-        adapter = self._engine.adapter
-        inputs = adapter.inputs(X)
-        if y_test is None:
-            return inputs, None
-        y_test = np.asarray(y_test)
-        if len(y_test) != len(inputs):
-            raise ValueError(
-                f"y_test has {len(y_test)} rows but X has {len(inputs)}; pass one target per query."
-            )
-        return inputs, adapter.targets(y_test)
+        return query_tensors(self, self._engine.adapter, X, y_test)
 
     # -- influence ----------------------------------------------------------------------
     def transform(self, X, y_test=None):
@@ -443,12 +438,12 @@ class InfluenceFunction(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         n_train = self.n_train_
         removed = _score_points(n_train, self.n_score_points, self.random_state)
         predicted = self._influence_matrix(X, y)[:, removed].mean(0)
-        if not isinstance(self._model_container(), Pipeline):
-            X = validate_data(self, X, reset=False)
+        X = validate_query_data(self, X)
         # the retraining targets do not depend on damping: cache them with the fit
-        actual = check_memory(self.memory).cache(_removal_changes, ignore=["n_jobs"])(
-            self._engine.adapter,
-            self._engine.theta,
+        actual = cached_removal_changes(
+            self.memory,
+            self._engine,
+            self._fit_key(),
             self._X_train,
             self._y_train,
             removed,

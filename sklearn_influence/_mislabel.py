@@ -6,9 +6,8 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, OutlierMixin, _fit_context, clone
 from sklearn.frozen import FrozenEstimator
-from sklearn.pipeline import Pipeline
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted
 from torch.func import vmap
 
 from ._adapters import check_supported, fit_estimator, make_adapter
@@ -18,6 +17,7 @@ from ._influence import InfluenceFunction
 from ._response_estimators import PBRF
 from ._solvers import SOLVERS
 from ._torch_utils import resolve_device, seeded_torch, to_numpy
+from ._validation import query_tensors, validate_training_data
 
 METHODS = ("self_influence", "pbrf_self_influence", "loss")
 
@@ -323,7 +323,7 @@ class MislabelDetector(OutlierMixin, BaseEstimator):
             The fitted detector.
         """
         check_supported(self.estimator)
-        X, y = self._validate_training_data(X, y)
+        X, y = validate_training_data(self, X, y)
         self._score = _SCORES[self.method](self, X, y)
         self.estimator_ = self._score.estimator
         self.influence_ = getattr(self._score, "influence", None)
@@ -333,35 +333,9 @@ class MislabelDetector(OutlierMixin, BaseEstimator):
         self.offset_ = float(np.percentile(-self.mislabel_scores_, 100.0 * self.contamination))
         return self
 
-    def _is_pipeline(self):
-        estimator = self.estimator
-        if isinstance(estimator, FrozenEstimator):
-            estimator = estimator.estimator
-        return isinstance(estimator, Pipeline)
-
-    def _validate_training_data(self, X, y):
-        if self._is_pipeline():
-            # the pipeline's own steps convert X (they may need a DataFrame's columns)
-            validate_data(self, X, y, dtype=None, ensure_all_finite=False, multi_output=True)
-            return X, np.asarray(y)
-        return validate_data(self, X, y, multi_output=True, y_numeric=False)
-
     def _query_tensors(self, X, y):
         check_is_fitted(self, "_score")
-        if self._is_pipeline():
-            validate_data(self, X, reset=False, dtype=None, ensure_all_finite=False)
-        else:
-            X = validate_data(self, X, reset=False)
-        adapter = self._score.adapter
-        inputs = adapter.inputs(X)
-        if y is None:
-            return inputs, None
-        y = np.asarray(y)
-        if len(y) != len(inputs):
-            raise ValueError(
-                f"y has {len(y)} rows but X has {len(inputs)}; pass one label per row."
-            )
-        return inputs, adapter.targets(y)
+        return query_tensors(self, self._score.adapter, X, y, name="y")
 
     def score_samples(self, X, y=None):
         """Minus the suspicion of each labelled point: higher means more normal.

@@ -20,10 +20,9 @@ from sklearn.base import (
     clone,
 )
 from sklearn.frozen import FrozenEstimator
-from sklearn.pipeline import Pipeline
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted
 
 from ._adapters import check_supported, fit_estimator, make_adapter
 from ._gradients import per_example_gradients, resolve_query_targets
@@ -39,6 +38,7 @@ from ._response import (
 )
 from ._solvers import SOLVERS
 from ._torch_utils import resolve_device, seeded_torch, to_numpy
+from ._validation import query_tensors, validate_training_data
 
 
 class _FittedModelMixin:
@@ -58,18 +58,6 @@ class _FittedModelMixin:
             fit_state = fit_estimator(self.estimator_, X, y)
         adapter = make_adapter(self.estimator_, len(y), device, fit_state)
         return ResponseProblem(adapter, X, y)
-
-    def _model_container(self):
-        estimator = self.estimator
-        return estimator.estimator if isinstance(estimator, FrozenEstimator) else estimator
-
-    def _validate_training_data(self, X, y):
-        check_supported(self.estimator)
-        if isinstance(self._model_container(), Pipeline):
-            # check shapes and bookkeeping only; the pipeline's steps convert X themselves
-            validate_data(self, X, y, dtype=None, ensure_all_finite=False, multi_output=True)
-            return X, np.asarray(y)
-        return validate_data(self, X, y, multi_output=True, y_numeric=False)
 
     def _removed_points(self, n_train):
         """``train_indices`` checked, or ``n_points`` distinct indices drawn by random_state."""
@@ -100,21 +88,10 @@ class _FittedModelMixin:
 
     def _query_tensors(self, X, y_test):
         """Query inputs and measurement targets (the prediction when ``y_test`` is None)."""
-        if isinstance(self._model_container(), Pipeline):
-            validate_data(self, X, reset=False, dtype=None, ensure_all_finite=False)
-        else:
-            X = validate_data(self, X, reset=False)
         problem = self._problem
-        inputs = problem.tensor(problem.adapter.inputs(X))
-        targets = None
-        if y_test is not None:
-            y_test = np.asarray(y_test)
-            if len(y_test) != len(inputs):
-                raise ValueError(
-                    f"y_test has {len(y_test)} rows but X has {len(inputs)}; pass one target "
-                    "per query."
-                )
-            targets = problem.tensor(problem.adapter.targets(y_test))
+        inputs, targets = query_tensors(self, problem.adapter, X, y_test)
+        inputs = problem.tensor(inputs)
+        targets = None if targets is None else problem.tensor(targets)
         return inputs, resolve_query_targets(problem.adapter, problem.theta, inputs, targets)
 
 
@@ -163,7 +140,8 @@ class _BaseResponse(
         self : object
             The fitted estimator.
         """
-        X, y = self._validate_training_data(X, y)
+        check_supported(self.estimator)
+        X, y = validate_training_data(self, X, y)
         device = resolve_device(self.device)
         indices = self._removed_points(len(y))
         with seeded_torch(self.random_state) as seed:
@@ -387,6 +365,59 @@ _OPTIMIZER_DOC = """
 """
 
 
+_PROXIMAL_PARAMETERS_DOC = (
+    """    Parameters
+    ----------
+    estimator : estimator object
+        A supported model, a :class:`~sklearn.pipeline.Pipeline` ending in one, or a
+        :class:`~sklearn.frozen.FrozenEstimator` around one.
+    damping : float, default=1e-3
+        λ, the weight of the proximity term (the same λ as the damping of
+        :class:`~sklearn_influence.InfluenceFunction`).
+    train_indices : array-like of int, default=None
+        Training row positions to remove, one at a time. None draws ``n_points`` of them.
+    n_points : int, default=20
+        Number of points drawn when ``train_indices`` is None."""
+    + _OPTIMIZER_DOC
+    + """    device : str, default="cpu"
+        ``"cpu"``, ``"cuda"`` or ``"auto"``; results are returned as numpy on the CPU.
+    n_jobs : int, default=None
+        The removed points are split into one chunk per worker; each chunk is one batched
+        (vmap) optimisation. Uses :mod:`sklearn.utils.parallel`.
+    random_state : int, RandomState instance or None, default=None
+        Draws the removed points and the mini-batch order; seeds torch in a forked RNG.
+    verbose : int, default=0
+        Progress messages of the optimisation.
+
+    Attributes
+    ----------
+    estimator_ : estimator object
+        The fitted model.
+    train_indices_ : ndarray of shape (n_points,)
+        The removed training points, in the column order of :meth:`transform`.
+    parameters_ : ndarray of shape (n_points, n_parameters)
+        Response parameters, one row per removed point.
+    reference_parameters_ : ndarray of shape (n_parameters,)
+        θˢ.
+    converged_ : ndarray of bool, shape (n_points,)
+        Whether each optimisation reached ``tol`` (Newton: gradient norm ≤ 1e-12).
+    gradient_norm_ : ndarray of shape (n_points,)
+        Final gradient norm of each objective relative to its value at θˢ.
+    n_iter_ : ndarray of shape (n_points,)
+        Steps (or Newton iterations) per removed point.
+    method_ : str
+        ``"newton"`` or ``"optimizer"``.
+    n_train_ : int
+        Number of training points N.
+    n_features_in_ : int
+        Number of features seen during ``fit``.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Names of features seen during ``fit``, when X has string column names.
+
+"""
+)
+
+
 class _ProximalBase(_BaseResponse):
     _objective = None
 
@@ -480,55 +511,9 @@ class ProximalResponse(_ProximalBase):
 
     with ε = 1/N: leave-one-out training kept close to the fitted parameters.
 
-    Parameters
-    ----------
-    estimator : estimator object
-        A supported model, a :class:`~sklearn.pipeline.Pipeline` ending in one, or a
-        :class:`~sklearn.frozen.FrozenEstimator` around one.
-    damping : float, default=1e-3
-        λ, the weight of the proximity term (the same λ as the damping of
-        :class:`~sklearn_influence.InfluenceFunction`).
-    train_indices : array-like of int, default=None
-        Training row positions to remove, one at a time. None draws ``n_points`` of them.
-    n_points : int, default=20
-        Number of points drawn when ``train_indices`` is None."""
-        + _OPTIMIZER_DOC
-        + """    device : str, default="cpu"
-        ``"cpu"``, ``"cuda"`` or ``"auto"``; results are returned as numpy on the CPU.
-    n_jobs : int, default=None
-        The removed points are split into one chunk per worker; each chunk is one batched
-        (vmap) optimisation. Uses :mod:`sklearn.utils.parallel`.
-    random_state : int, RandomState instance or None, default=None
-        Draws the removed points and the mini-batch order; seeds torch in a forked RNG.
-    verbose : int, default=0
-        Progress messages of the optimisation.
-
-    Attributes
-    ----------
-    estimator_ : estimator object
-        The fitted model.
-    train_indices_ : ndarray of shape (n_points,)
-        The removed training points, in the column order of :meth:`transform`.
-    parameters_ : ndarray of shape (n_points, n_parameters)
-        Response parameters, one row per removed point.
-    reference_parameters_ : ndarray of shape (n_parameters,)
-        θˢ.
-    converged_ : ndarray of bool, shape (n_points,)
-        Whether each optimisation reached ``tol`` (Newton: gradient norm ≤ 1e-12).
-    gradient_norm_ : ndarray of shape (n_points,)
-        Final gradient norm of each objective relative to its value at θˢ.
-    n_iter_ : ndarray of shape (n_points,)
-        Steps (or Newton iterations) per removed point.
-    method_ : str
-        ``"newton"`` or ``"optimizer"``.
-    n_train_ : int
-        Number of training points N.
-    n_features_in_ : int
-        Number of features seen during ``fit``.
-    feature_names_in_ : ndarray of shape (n_features_in_,)
-        Names of features seen during ``fit``, when X has string column names.
-
-    See Also
+"""
+        + _PROXIMAL_PARAMETERS_DOC
+        + """    See Also
     --------
     PBRF : The same with the training loss replaced by its Bregman divergence from θˢ.
 
@@ -569,54 +554,9 @@ class PBRF(_ProximalBase):
     G + λI, so the influence estimate of :class:`~sklearn_influence.InfluenceFunction`
     (Gauss-Newton, same damping) is its first-order approximation.
 
-    Parameters
-    ----------
-    estimator : estimator object
-        A supported model, a :class:`~sklearn.pipeline.Pipeline` ending in one, or a
-        :class:`~sklearn.frozen.FrozenEstimator` around one.
-    damping : float, default=1e-3
-        λ, the weight of the proximity term (the damping of the influence estimate).
-    train_indices : array-like of int, default=None
-        Training row positions to remove, one at a time. None draws ``n_points`` of them.
-    n_points : int, default=20
-        Number of points drawn when ``train_indices`` is None."""
-        + _OPTIMIZER_DOC
-        + """    device : str, default="cpu"
-        ``"cpu"``, ``"cuda"`` or ``"auto"``; results are returned as numpy on the CPU.
-    n_jobs : int, default=None
-        The removed points are split into one chunk per worker; each chunk is one batched
-        (vmap) optimisation. Uses :mod:`sklearn.utils.parallel`.
-    random_state : int, RandomState instance or None, default=None
-        Draws the removed points and the mini-batch order; seeds torch in a forked RNG.
-    verbose : int, default=0
-        Progress messages of the optimisation.
-
-    Attributes
-    ----------
-    estimator_ : estimator object
-        The fitted model.
-    train_indices_ : ndarray of shape (n_points,)
-        The removed training points, in the column order of :meth:`transform`.
-    parameters_ : ndarray of shape (n_points, n_parameters)
-        Response parameters, one row per removed point.
-    reference_parameters_ : ndarray of shape (n_parameters,)
-        θˢ.
-    converged_ : ndarray of bool, shape (n_points,)
-        Whether each optimisation reached ``tol`` (Newton: gradient norm ≤ 1e-12).
-    gradient_norm_ : ndarray of shape (n_points,)
-        Final gradient norm of each objective relative to its value at θˢ.
-    n_iter_ : ndarray of shape (n_points,)
-        Steps (or Newton iterations) per removed point.
-    method_ : str
-        ``"newton"`` or ``"optimizer"``.
-    n_train_ : int
-        Number of training points N.
-    n_features_in_ : int
-        Number of features seen during ``fit``.
-    feature_names_in_ : ndarray of shape (n_features_in_,)
-        Names of features seen during ``fit``, when X has string column names.
-
-    See Also
+"""
+        + _PROXIMAL_PARAMETERS_DOC
+        + """    See Also
     --------
     LinearizedPBRF : Its closed-form first-order approximation.
     InfluenceDecomposition : All response functions side by side.

@@ -16,7 +16,7 @@ from sklearn_influence import (
     MislabelDetector,
     __version__,
 )
-from sklearn_influence.__main__ import _MODEL_REQUIREMENTS, _MODELS, _skorch_available, main
+from sklearn_influence.__main__ import _MODELS, main
 from sklearn_influence.datasets import load_digits_split
 from sklearn_influence.metrics import mislabel_detection_recall
 
@@ -447,16 +447,6 @@ def test_bad_csv_files_exit_with_a_clear_message(tmp_path, make, target, message
 # -- models and progress --------------------------------------------------------------------
 
 
-def test_mlp_without_the_skorch_adapter_is_a_clear_error(monkeypatch, capsys):
-    _, message = _MODEL_REQUIREMENTS["mlp"]
-    monkeypatch.setitem(_MODEL_REQUIREMENTS, "mlp", (lambda: False, message))
-    with pytest.raises(SystemExit) as exit_info:
-        main(["mislabeled", "--model", "mlp"])
-    assert exit_info.value.code == 2
-    assert "--model mlp needs the skorch adapter" in capsys.readouterr().err
-
-
-@pytest.mark.skipif(not _skorch_available(), reason="the skorch adapter is not installed")
 def test_mlp_runs_through_the_skorch_adapter():
     status, text = run(["mislabeled", "--model", "mlp", "--n-train", "100", "--k", "3", "--quiet"])
     assert status == 0 and "NeuralNetClassifier on scikit-learn's digits" in text

@@ -6,6 +6,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from _nets import TanhMLP
 from sklearn.datasets import make_classification
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression, Ridge
@@ -162,21 +163,12 @@ def test_scikit_learn_contract(estimator, check):
 
 
 # -- a neural network (skorch) ------------------------------------------------------------
-class _MLP(torch.nn.Module):
-    def __init__(self, hidden=16):
-        super().__init__()
-        self.layers = torch.nn.Sequential(
-            torch.nn.Linear(64, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, 10)
-        )
-
-    def forward(self, X):
-        return self.layers(X)
-
-
 def _skorch_net(epochs=15):
     skorch = pytest.importorskip("skorch")
     return skorch.NeuralNetClassifier(
-        _MLP,
+        TanhMLP,
+        module__hidden=16,
+        module__dtype=torch.float32,
         criterion=torch.nn.CrossEntropyLoss,
         optimizer=torch.optim.SGD,
         lr=0.05,

@@ -47,3 +47,24 @@ def test_memory_shares_fits_across_dampings_and_changes_no_result(tmp_path):
     np.testing.assert_allclose(
         cached.cv_results_["mean_test_score"], uncached.cv_results_["mean_test_score"], rtol=1e-10
     )
+
+
+def test_memory_computes_the_retraining_targets_once_per_fold(tmp_path, monkeypatch):
+    from sklearn_influence import _influence
+
+    calls = []
+    original = _influence.removal_parameters
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(_influence, "removal_parameters", counting)
+    _search(memory=None)
+    assert len(calls) == 8  # every damping of every fold retrains
+    calls.clear()
+    _search(memory=str(tmp_path))
+    assert len(calls) == 2  # once per fold, shared by the 4 dampings
+    calls.clear()
+    _search(memory=str(tmp_path))
+    assert len(calls) == 0  # a second search reuses everything

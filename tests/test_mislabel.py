@@ -6,6 +6,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from _nets import TanhMLP
 from sklearn.datasets import load_iris
 from sklearn.exceptions import NotFittedError
 from sklearn.frozen import FrozenEstimator
@@ -254,19 +255,6 @@ def test_logistic_regression_finds_flipped_digit_labels():
     assert mislabel_detection_auc(is_flipped, detector.mislabel_scores_) > 0.9
 
 
-class MLP(torch.nn.Module):
-    """64 → hidden (tanh) → 10 logits."""
-
-    def __init__(self, hidden=12):
-        super().__init__()
-        self.layers = torch.nn.Sequential(
-            torch.nn.Linear(64, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, 10)
-        )
-
-    def forward(self, x):
-        return self.layers(x)
-
-
 @pytest.fixture(scope="module")
 def overfit_mlp():
     """A small MLP trained (full batch, 400 epochs) until it fits the flipped labels, and its
@@ -274,7 +262,9 @@ def overfit_mlp():
     data = load_digits_split(n_train=300, flip_fraction=0.1, random_state=0)
     y = data.y_train.astype(np.int64)
     net = NeuralNetClassifier(
-        MLP,
+        TanhMLP,
+        module__hidden=12,
+        module__dtype=torch.float32,
         criterion=torch.nn.CrossEntropyLoss,
         optimizer=torch.optim.Adam,
         lr=2e-2,

@@ -2,11 +2,13 @@
 
 import numpy as np
 import pytest
+import torch
+from _nets import TanhMLP
 from joblib import parallel_config
 from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 
-from sklearn_influence import InfluenceFunction
+from sklearn_influence import PBRF, InfluenceFunction
 
 
 @pytest.fixture(scope="module")
@@ -28,12 +30,10 @@ def test_blocks_and_refits_identical_across_n_jobs(digits):
     assert serial.score(X_test, y_test) == parallel.score(X_test, y_test)
 
 
-def test_dask_local_cluster_gives_identical_influence(digits):
+@pytest.fixture(scope="module")
+def dask_client():
+    """A real Dask cluster: two worker processes on the loopback interface."""
     distributed = pytest.importorskip("dask.distributed")
-    X, y, X_test, y_test = digits
-    model = LogisticRegression(C=0.5, max_iter=2000)
-    influence = InfluenceFunction(model, batch_size=32).fit(X, y)
-    expected = influence.transform(X_test, y_test)
     with (
         distributed.LocalCluster(
             n_workers=2,
@@ -45,8 +45,56 @@ def test_dask_local_cluster_gives_identical_influence(digits):
         distributed.Client(cluster) as client,
     ):
         client.wait_for_workers(2, timeout=120)
-        with distributed.get_task_stream(client) as stream, parallel_config(backend="dask"):
-            on_cluster = influence.set_params(n_jobs=-1).transform(X_test, y_test)
-        # the blocks really ran as tasks on the cluster's workers
-        assert any("influence_block" in task["key"] for task in stream.data)
+        yield client
+
+
+def _keys_run_on(client, run):
+    """Run ``run()`` with joblib's Dask backend; return its result and the task keys."""
+    from dask.distributed import get_task_stream
+
+    with get_task_stream(client) as stream, parallel_config(backend="dask"):
+        result = run()
+    return result, [str(task["key"]) for task in stream.data]
+
+
+def test_dask_local_cluster_gives_identical_influence(digits, dask_client):
+    X, y, X_test, y_test = digits
+    model = LogisticRegression(C=0.5, max_iter=2000)
+    influence = InfluenceFunction(model, batch_size=32).fit(X, y)
+    expected = influence.transform(X_test, y_test)
+    on_cluster, keys = _keys_run_on(
+        dask_client, lambda: influence.set_params(n_jobs=-1).transform(X_test, y_test)
+    )
+    # the blocks really ran as tasks on the cluster's workers
+    assert any("influence_block" in key for key in keys)
     np.testing.assert_array_equal(on_cluster, expected)
+
+
+@pytest.mark.filterwarnings("ignore:PBRF.*did not reach the tolerance:UserWarning")
+def test_dask_local_cluster_gives_identical_pbrf_responses(digits, dask_client):
+    from skorch import NeuralNetClassifier
+
+    X, y, X_test, y_test = digits
+    net = NeuralNetClassifier(
+        TanhMLP,
+        criterion=torch.nn.CrossEntropyLoss,
+        optimizer=torch.optim.SGD,
+        lr=0.1,
+        optimizer__weight_decay=1e-3,
+        max_epochs=10,
+        batch_size=64,
+        train_split=None,
+        verbose=0,
+    )
+    settings = {"damping": 1e-2, "train_indices": [0, 5, 17, 60, 99], "n_iter": 150}
+    serial = PBRF(net, random_state=0, **settings).fit(X, y)
+    spread, keys = _keys_run_on(
+        dask_client, lambda: PBRF(net, n_jobs=-1, random_state=0, **settings).fit(X, y)
+    )
+    # the chunks of removed points (one batched optimisation each) ran on the workers
+    assert any("_optimizer_chunk" in key for key in keys)
+    np.testing.assert_allclose(spread.parameters_, serial.parameters_, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(spread.n_iter_, serial.n_iter_)
+    np.testing.assert_allclose(
+        spread.transform(X_test, y_test), serial.transform(X_test, y_test), rtol=0, atol=1e-12
+    )

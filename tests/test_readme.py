@@ -51,6 +51,9 @@ def test_readme_python_blocks_run(capsys):
     assert "(100, 600)" in printed
     assert namespace["matrix"].shape == (100, 600)
     assert (namespace["self_influence"] >= 0).all()
+    # the skorch block: a trained net, CG on its Gauss-Newton matrix
+    assert namespace["net_matrix"].shape == (100, 600)
+    assert np.isfinite(namespace["net_matrix"]).all() and namespace["net_influence"].solver_ == "cg"
     assert namespace["agreement"] > 0.9
     assert namespace["search"].best_params_["damping"] in (1e-4, 1e-2, 1.0)
     # the workflow blocks: damping selection, mislabel detection, PBRF, decomposition, Dask

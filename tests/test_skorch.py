@@ -4,6 +4,7 @@ bad input and scikit-learn's estimator checks."""
 import numpy as np
 import pytest
 import torch
+from _nets import TanhMLP
 from sklearn.datasets import load_digits
 from sklearn.frozen import FrozenEstimator
 from sklearn.linear_model import LogisticRegression, Ridge
@@ -14,7 +15,8 @@ from skorch import NeuralNetBinaryClassifier, NeuralNetClassifier, NeuralNetRegr
 
 from sklearn_influence import InfluenceFunction
 from sklearn_influence._adapters import make_adapter
-from sklearn_influence._adapters._skorch import SkorchAdapter, _EpochOrderSampler, fit_skorch
+from sklearn_influence._adapters._skorch import SkorchAdapter, fit_skorch
+from sklearn_influence._adapters._skorch_training import _EpochOrderSampler
 from sklearn_influence._gradients import per_example_gradients
 
 
@@ -28,20 +30,6 @@ def _one_thread():
 
 
 # -- modules (top level so that nets clone and pickle) ------------------------------------
-class TanhMLP(torch.nn.Module):
-    """in → hidden (tanh) → out; ``probabilities`` ends with a softmax (for NLLLoss)."""
-
-    def __init__(self, n_in=64, hidden=8, n_out=10, probabilities=False, dtype=torch.float64):
-        super().__init__()
-        self.hidden = torch.nn.Linear(n_in, hidden, dtype=dtype)
-        self.out = torch.nn.Linear(hidden, n_out, dtype=dtype)
-        self.probabilities = probabilities
-
-    def forward(self, X):
-        out = self.out(torch.tanh(self.hidden(X)))
-        return torch.softmax(out, -1) if self.probabilities else out
-
-
 class LazyTanhMLP(torch.nn.Module):
     """Like TanhMLP but infers the input width (scikit-learn's checks vary it)."""
 

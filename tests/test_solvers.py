@@ -5,6 +5,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from _nets import TanhMLP
 from sklearn.datasets import load_digits
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.frozen import FrozenEstimator
@@ -22,14 +23,9 @@ from sklearn_influence._curvature import (
     hessian_products,
 )
 from sklearn_influence._gradients import per_example_gradients
-from sklearn_influence._solvers import (
-    SOLVERS,
-    CGSolver,
-    LissaSolver,
-    NystromPreconditioner,
-    block_conjugate_gradient,
-    resolve_solver_name,
-)
+from sklearn_influence._iterative import CGSolver, LissaSolver, block_conjugate_gradient
+from sklearn_influence._nystrom import NystromPreconditioner
+from sklearn_influence._solvers import SOLVERS, resolve_solver_name
 
 
 @pytest.fixture(autouse=True)
@@ -39,16 +35,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-class SmallMLP(torch.nn.Module):
-    def __init__(self, n_in=64, hidden=16, n_out=10):
-        super().__init__()
-        self.hidden = torch.nn.Linear(n_in, hidden, dtype=torch.float64)
-        self.out = torch.nn.Linear(hidden, n_out, dtype=torch.float64)
-
-    def forward(self, X):
-        return self.out(torch.tanh(self.hidden(X)))
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +49,8 @@ def mlp(digits):
     X, y = digits
     torch.manual_seed(0)
     net = NeuralNetClassifier(
-        SmallMLP,
+        TanhMLP,
+        module__hidden=16,
         criterion=torch.nn.CrossEntropyLoss,
         optimizer__weight_decay=1e-2,
         train_split=None,
@@ -357,7 +344,13 @@ def test_auto_solver_choice():
 def test_regressor_net_with_cg(digits):
     X, y = digits[0][:120], digits[1][:120] / 9.0
     net = NeuralNetRegressor(
-        SmallMLP, module__n_out=1, train_split=None, max_epochs=3, lr=0.05, verbose=0
+        TanhMLP,
+        module__hidden=16,
+        module__n_out=1,
+        train_split=None,
+        max_epochs=3,
+        lr=0.05,
+        verbose=0,
     )
     influence = InfluenceFunction(net, solver="cg", random_state=0).fit(X, y)
     direct = InfluenceFunction(FrozenEstimator(influence.estimator_), solver="direct").fit(X, y)

@@ -1,0 +1,43 @@
+"""Pieces the benchmark scripts share: the small tanh MLP and the environment lines."""
+
+import os
+import platform
+
+import sklearn
+import skorch
+import torch
+
+import sklearn_influence
+
+
+class TanhMLP(torch.nn.Module):
+    """64 → hidden → 10 with a tanh hidden layer (logits out): smooth, so G is well defined."""
+
+    def __init__(self, hidden=32):
+        super().__init__()
+        self.layers = torch.nn.Sequential(
+            torch.nn.Linear(64, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, 10)
+        )
+
+    def forward(self, X):
+        return self.layers(X)
+
+
+def environment(threads):
+    """Markdown bullet lines: machine, load average now, threads and library versions."""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return [
+        f"* machine: {platform.machine()}, {os.cpu_count()} logical CPUs, "
+        f"{platform.system()} {platform.release()}; load average at start {load:.2f}",
+        f"* threads: {threads or 'default'} (torch {torch.get_num_threads()})",
+        f"* versions: python {platform.python_version()}, torch {torch.__version__}, "
+        f"scikit-learn {sklearn.__version__}, skorch {skorch.__version__}, "
+        f"sklearn_influence {sklearn_influence.__version__}",
+    ]
+
+
+def report(text, output):
+    """Print the results and write them to ``output`` (a markdown file)."""
+    print(text)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text)
