@@ -33,7 +33,8 @@ def _pseudo_inverse(matrix):
 def minimize_convex(adapter, theta, inputs, targets, weights=None, *, tol=CONVEX_TOL, max_iter=100):
     """Newton's method with backtracking from ``theta`` on (1/N) Σ w_i L_i + R.
 
-    Returns the minimiser; warns with the final gradient norm if ``tol`` was not reached.
+    Returns the minimiser; warns with the final gradient norm if ``tol`` was not reached and
+    the objective could still decrease by more than its rounding error.
     """
     _check_convex(adapter)
 
@@ -48,6 +49,8 @@ def minimize_convex(adapter, theta, inputs, targets, weights=None, *, tol=CONVEX
         hessian = dense_curvature(adapter, theta, inputs, targets, "gauss_newton", weights=weights)
         step = _pseudo_inverse(hessian).solve(gradient.unsqueeze(0), 0.0)[0]
         value, slope, size = float(objective(theta)), float(gradient @ step), 1.0
+        if _at_rounding_level(value, slope, gradient, tol):
+            return theta
         while size > 1e-10 and float(objective(theta - size * step)) > value - 1e-4 * size * slope:
             size *= 0.5
         theta = theta - size * step
@@ -58,6 +61,19 @@ def minimize_convex(adapter, theta, inputs, targets, weights=None, *, tol=CONVEX
         stacklevel=2,
     )
     return theta
+
+
+def _at_rounding_level(value, newton_decrement, gradient, tol):
+    """Whether a Newton step could lower the objective only below its float rounding error.
+
+    Near the optimum J(θ) − J* ≈ ½ gᵀH⁻¹g (the Newton decrement); once that is a few ulps of
+    J the gradient norm cannot fall further (a large objective or badly scaled features put
+    its floor above ``tol``). The gradient must also be small, so that a direction the
+    curvature does not see (where the decrement says nothing) is not mistaken for convergence.
+    """
+    eps = torch.finfo(gradient.dtype).eps
+    small_gradient = float(gradient.norm()) <= max(tol, 1e-6)
+    return small_gradient and newton_decrement <= 16 * eps * max(abs(value), 1.0)
 
 
 def leave_one_out_optima(

@@ -35,6 +35,18 @@ def seeded_torch(random_state):
         yield seed
 
 
+def array_to_tensor(array, dtype=None, device=None):
+    """``torch.as_tensor`` of a numpy array, copying it first when it is read-only.
+
+    Read-only arrays (joblib's memory-mapped inputs in parallel workers, ``np.broadcast_to``
+    views) would share memory with a writable tensor, which torch warns about.
+    """
+    array = np.asarray(array)
+    if not array.flags.writeable:
+        array = array.copy()
+    return torch.as_tensor(array, dtype=dtype, device=device)
+
+
 def to_numpy(tensor):
     """A float64 numpy copy of a tensor on any device."""
     return tensor.detach().to("cpu", torch.float64).numpy()

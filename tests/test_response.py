@@ -4,6 +4,8 @@ Truth comes from outside the code under test: finite differences, numpy closed f
 scikit-learn refits and the losses' own definitions.
 """
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -495,3 +497,20 @@ ESTIMATORS = [
 @parametrize_with_checks(ESTIMATORS)
 def test_scikit_learn_contract(estimator, check):
     check(estimator)
+
+
+def test_newton_stops_silently_at_the_rounding_floor_of_a_large_objective():
+    """Unscaled features and targets put the gradient-norm floor above 1e-12: no warning."""
+    from sklearn_influence._convex import minimize_convex
+
+    X, y = make_regression(n_samples=300, n_features=8, noise=50.0, random_state=0)
+    X, y = 1e3 * X, 1e4 * y  # objective ≈ 1e13: its rounding error dwarfs 1e-12
+    fitted = LinearRegression().fit(X, y)
+    adapter = make_adapter(fitted, len(y), CPU)
+    inputs, targets = adapter.inputs(X), adapter.targets(y)
+    start = adapter.parameters() + 1.0  # away from the optimum
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        theta = minimize_convex(adapter, start, inputs, targets)
+    exact = np.linalg.lstsq(np.c_[X, np.ones(len(X))], y, rcond=None)[0]
+    np.testing.assert_allclose(theta.numpy(), exact, rtol=1e-8)

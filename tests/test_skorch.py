@@ -1,6 +1,8 @@
 """skorch nets through the adapter: objective mapping, gradients, retraining, pipelines,
 bad input and scikit-learn's estimator checks."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -282,6 +284,26 @@ def test_pipeline_and_frozen_pipeline_agree(digits):
     matrix = fitted.transform(queries, digits[1][300:310])
     assert matrix.shape == (10, 150) and np.all(np.isfinite(matrix))
     np.testing.assert_allclose(matrix, frozen.transform(queries, digits[1][300:310]), rtol=1e-10)
+
+
+def test_read_only_inputs_are_copied_without_a_torch_warning(digits):
+    """Read-only arrays (joblib memmaps in workers) must not trigger torch's warning."""
+    X, y = digits[0][:120].copy(), digits[1][:120].copy()
+    expected = InfluenceFunction(_net("cross_entropy"), random_state=0).fit(X, y)
+    expected = expected.transform(X[:5], y[:5])
+    X.setflags(write=False)
+    y.setflags(write=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch: "The given NumPy array is not writable"
+        influence = InfluenceFunction(_net("cross_entropy"), random_state=0).fit(X, y)
+        matrix = influence.transform(X[:5], y[:5])
+    np.testing.assert_array_equal(matrix, expected)
+    # torch warns only once per process, so check the mechanism too: a copy, only when needed
+    from sklearn_influence._torch_utils import array_to_tensor
+
+    assert not np.shares_memory(array_to_tensor(X).numpy(), X)
+    writable = X.copy()
+    assert np.shares_memory(array_to_tensor(writable).numpy(), writable)
 
 
 def test_float32_net_takes_float64_input_and_matches_float64(digits):

@@ -7,7 +7,8 @@ responses — talks to a model only through this interface.
 """
 
 import numpy as np
-import torch
+
+from .._torch_utils import array_to_tensor
 
 
 class ModelAdapter:
@@ -69,7 +70,7 @@ class ModelAdapter:
         return self._tensor(one_hot)
 
     def _tensor(self, array):
-        return torch.as_tensor(np.asarray(array), dtype=self.dtype, device=self.device)
+        return array_to_tensor(array, dtype=self.dtype, device=self.device)
 
     # -- model --------------------------------------------------------------------------
     def parameters(self):

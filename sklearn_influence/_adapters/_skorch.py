@@ -33,6 +33,7 @@ from skorch import NeuralNetBinaryClassifier, NeuralNetClassifier, NeuralNetRegr
 from torch.func import functional_call, grad, jvp, vmap
 
 from .._losses import BinaryLogLoss, SoftmaxCrossEntropy, SquaredError
+from .._torch_utils import array_to_tensor
 from ._base import ModelAdapter
 from ._skorch_checks import (
     SKORCH_NETS,
@@ -304,7 +305,7 @@ class SkorchAdapter(ModelAdapter):
         return Z
 
     def _as_tensor(self, Z):
-        tensor = torch.as_tensor(np.asarray(Z), device=self.device)
+        tensor = array_to_tensor(Z, device=self.device)
         return tensor.to(self.dtype) if tensor.is_floating_point() else tensor
 
     def inputs(self, X):

@@ -10,6 +10,7 @@ import torch
 from skorch import NeuralNetBinaryClassifier, NeuralNetRegressor
 from torch.utils.data import Sampler
 
+from .._torch_utils import array_to_tensor
 from ._skorch_checks import check_skorch_configuration
 
 
@@ -126,7 +127,7 @@ def _probe_outputs(net, X):
     module.eval()
     try:
         with torch.no_grad():
-            out = module(torch.as_tensor(X[:2], device=net.device))
+            out = module(array_to_tensor(X[:2], device=net.device))
     finally:
         module.train(was_training)
     out = out[0] if isinstance(out, tuple) else out
