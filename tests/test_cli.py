@@ -11,6 +11,7 @@ from sklearn.metrics import log_loss
 from threadpoolctl import threadpool_limits
 
 from sklearn_influence import (
+    PBRF,
     InfluenceDecomposition,
     InfluenceFunction,
     MislabelDetector,
@@ -95,7 +96,7 @@ def test_explain_draws_images_as_ascii(explained):
 
 def test_explain_agrees_with_leave_one_out_retraining(explained, reference):
     _, text = explained
-    assert "12 training images removed one at a time and refit" in text
+    assert "12 training images, each removed and the model refit" in text
     pearson = float(re.search(r"Pearson (\S+)", text)[1])
     spearman = float(re.search(r"Spearman (\S+)", text)[1])
     # with N=300 < 650 parameters the removed points' leverage varies, so the first-order
@@ -116,6 +117,21 @@ def test_explain_agrees_with_leave_one_out_retraining(explained, reference):
         refit = _MODELS["logistic"](None).fit(data.X_train[keep], data.y_train[keep])
         loo_loss = log_loss(data.y_test, refit.predict_proba(data.X_test), labels=range(10))
         np.testing.assert_allclose(float(actual), loo_loss - full_loss, rtol=2e-3)
+
+
+def test_explain_can_check_against_the_pbrf(reference):
+    status, text = run(["explain", *SMALL, "--random-state", "1", "--check", "pbrf"])
+    assert status == 0
+    assert "Agreement with the PBRF (proximal Bregman response function, damping 0.0001)" in text
+    assert float(re.search(r"Spearman (\S+)", text)[1]) > 0.9
+    rows = re.findall(r"^\s+(\d+)\s+(\d+)\s+([+-]\S+)\s+([+-]\S+)$", text, re.M)
+    data, _, _ = reference
+    indices = [int(index) for index, *_ in rows]
+    # the same PBRFs through the public estimator: the mean change of the test loss
+    pbrf = PBRF(_MODELS["logistic"](None), damping=1e-4, train_indices=indices)
+    expected = pbrf.fit(data.X_train, data.y_train).transform(data.X_test, data.y_test).mean(0)
+    actual = [float(value) for *_, value in rows]
+    np.testing.assert_allclose(actual, expected, rtol=2e-3)
 
 
 def test_default_subcommand_is_explain_and_images_can_be_turned_off():
