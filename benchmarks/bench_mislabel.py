@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _shared import TanhMLP
 from sklearn.frozen import FrozenEstimator
 from sklearn.linear_model import LogisticRegression
 
@@ -43,19 +44,6 @@ TARGETS = {
 }
 
 
-class MLP(torch.nn.Module):
-    """64 → hidden (tanh) → 10 logits."""
-
-    def __init__(self, hidden=32):
-        super().__init__()
-        self.layers = torch.nn.Sequential(
-            torch.nn.Linear(64, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, 10)
-        )
-
-    def forward(self, x):
-        return self.layers(x)
-
-
 def logistic_model(args):
     return LogisticRegression(C=1.0, max_iter=5000)
 
@@ -64,7 +52,7 @@ def mlp_model(args):
     from skorch import NeuralNetClassifier
 
     return NeuralNetClassifier(
-        MLP,
+        TanhMLP,
         module__hidden=args.hidden,
         criterion=torch.nn.CrossEntropyLoss,
         optimizer=torch.optim.Adam,
