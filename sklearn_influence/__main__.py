@@ -41,7 +41,7 @@ from ._decomposition import InfluenceDecomposition, InfluenceDecompositionDispla
 from ._influence import InfluenceFunction, _removal_changes
 from ._mislabel import MislabelDetector
 from ._torch_utils import resolve_device
-from .datasets import load_digits_split
+from .datasets import _flip_labels, load_digits_split
 from .metrics import mislabel_detection_auc, mislabel_detection_recall
 
 # -- models ---------------------------------------------------------------------------------
@@ -97,34 +97,30 @@ _MODELS = {"logistic": _logistic, "mlp": _mlp}
 # -- argument types -------------------------------------------------------------------------
 
 
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer (1 or more), got {value}")
-    return value
+def _checked_number(convert, noun, accept, requirement):
+    """An argparse type: ``convert(text)``, refused with a clear message unless ``accept``."""
+
+    def parse(text):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {noun}, got {text!r}") from None
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"must be {requirement}, got {text}")
+        return value
+
+    return parse
 
 
-def _non_negative_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
-def _non_negative_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not np.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return value
+_positive_int = _checked_number(
+    int, "a positive integer", lambda value: value >= 1, "a positive integer (1 or more)"
+)
+_non_negative_int = _checked_number(
+    int, "a non-negative integer", lambda value: value >= 0, "0 or more"
+)
+_non_negative_float = _checked_number(
+    float, "a number", lambda value: np.isfinite(value) and value >= 0, "a finite number >= 0"
+)
 
 
 # -- rendering ------------------------------------------------------------------------------
@@ -234,15 +230,6 @@ def _read_csv(path, target):
     return X, y, names
 
 
-def _flip_labels(y, fraction, rng):
-    """Replace ``round(fraction * n)`` labels by another class drawn uniformly."""
-    n_classes = int(y.max()) + 1
-    flipped = np.sort(rng.choice(len(y), size=round(fraction * len(y)), replace=False))
-    y = y.copy()
-    y[flipped] = (y[flipped] + rng.randint(1, n_classes, size=len(flipped))) % n_classes
-    return y, flipped
-
-
 def _load_data(args, default_n_train, *, flip_fraction=0.0, n_test=None):
     """The split as a Bunch with the fields of :func:`load_digits_split` plus ``source``.
 
@@ -284,7 +271,8 @@ def _load_data(args, default_n_train, *, flip_fraction=0.0, n_test=None):
     y_train_clean = y[train]
     y_train, flipped = y_train_clean, np.array([], dtype=int)
     if flip_fraction:
-        y_train, flipped = _flip_labels(y_train_clean, flip_fraction, rng)
+        classes = np.arange(int(y_train_clean.max()) + 1)
+        y_train, flipped = _flip_labels(y_train_clean, flip_fraction, classes, rng)
     return Bunch(
         X_train=X[train],
         X_test=X[test],
@@ -700,14 +688,7 @@ def _run_decompose(args, out):
 # -- mislabeled -----------------------------------------------------------------------------
 
 
-def _fraction(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 <= value < 0.5:
-        raise argparse.ArgumentTypeError(f"must be in [0, 0.5), got {text}")
-    return value
+_fraction = _checked_number(float, "a number", lambda value: 0 <= value < 0.5, "in [0, 0.5)")
 
 
 #: inspected fractions at which recall is reported
