@@ -23,6 +23,25 @@ class TanhMLP(torch.nn.Module):
         return self.layers(X)
 
 
+def sgd_tanh_net(hidden=32, epochs=30, lr=0.1):
+    """The skorch classifier of the PBRF benchmarks: TanhMLP, SGD with momentum, weight decay."""
+    from skorch import NeuralNetClassifier
+
+    return NeuralNetClassifier(
+        TanhMLP,
+        module__hidden=hidden,
+        criterion=torch.nn.CrossEntropyLoss,
+        optimizer=torch.optim.SGD,
+        lr=lr,
+        optimizer__momentum=0.9,
+        optimizer__weight_decay=1e-3,
+        max_epochs=epochs,
+        batch_size=64,
+        train_split=None,
+        verbose=0,
+    )
+
+
 def environment(threads):
     """Markdown bullet lines: machine, load average now, threads and library versions."""
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")

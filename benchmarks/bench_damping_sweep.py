@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _shared import TanhMLP, environment, report
+from _shared import environment, report, sgd_tanh_net
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, KFold
 from threadpoolctl import threadpool_limits
@@ -49,21 +49,9 @@ def logistic_case():
 
 
 def mlp_case():
-    from skorch import NeuralNetClassifier
 
     data = load_digits_split(n_train=500, n_test=10, random_state=0)
-    net = NeuralNetClassifier(
-        TanhMLP,
-        criterion=torch.nn.CrossEntropyLoss,
-        optimizer=torch.optim.SGD,
-        lr=0.1,
-        optimizer__momentum=0.9,
-        optimizer__weight_decay=1e-3,
-        max_epochs=20,
-        batch_size=64,
-        train_split=None,
-        verbose=0,
-    )
+    net = sgd_tanh_net(hidden=32, epochs=20, lr=0.1)
     X = data.X_train.astype(np.float32)
     return "skorch MLP 64-32-10, digits 500", net, X, data.y_train, {}
 

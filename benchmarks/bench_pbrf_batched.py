@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _shared import TanhMLP, environment, report
+from _shared import environment, report, sgd_tanh_net
 from threadpoolctl import threadpool_limits
 
 from sklearn_influence._adapters import fit_estimator, make_adapter
@@ -36,23 +36,10 @@ RESULTS = Path(__file__).resolve().parent / "results" / "bench_pbrf_batched.md"
 
 def trained_problem(n_train, hidden, epochs):
     """Fit the skorch net the way the estimators do and wrap it as a response problem."""
-    from skorch import NeuralNetClassifier
 
     data = load_digits_split(n_train=n_train, n_test=10, random_state=0)
     X, y = data.X_train.astype(np.float32), data.y_train
-    net = NeuralNetClassifier(
-        TanhMLP,
-        module__hidden=hidden,
-        criterion=torch.nn.CrossEntropyLoss,
-        optimizer=torch.optim.SGD,
-        lr=0.1,
-        optimizer__momentum=0.9,
-        optimizer__weight_decay=1e-3,
-        max_epochs=epochs,
-        batch_size=64,
-        train_split=None,
-        verbose=0,
-    )
+    net = sgd_tanh_net(hidden=hidden, epochs=epochs, lr=0.1)
     torch.manual_seed(0)
     state = fit_estimator(net, X, y)
     return ResponseProblem(make_adapter(net, len(y), torch.device("cpu"), state), X, y)

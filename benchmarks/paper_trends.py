@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _shared import TanhMLP, environment
+from _shared import environment, sgd_tanh_net
 from threadpoolctl import threadpool_limits
 
 from sklearn_influence import InfluenceDecomposition
@@ -48,21 +48,7 @@ QUICK_SWEEPS = {"epochs": [3, 10], "damping": [1e-3, 1e-1], "hidden": [8, 16]}
 
 
 def make_net(hidden, epochs):
-    from skorch import NeuralNetClassifier
-
-    return NeuralNetClassifier(
-        TanhMLP,
-        module__hidden=hidden,
-        criterion=torch.nn.CrossEntropyLoss,
-        optimizer=torch.optim.SGD,
-        lr=0.05,
-        optimizer__momentum=0.9,
-        optimizer__weight_decay=1e-3,
-        max_epochs=epochs,
-        batch_size=64,
-        train_split=None,
-        verbose=0,
-    )
+    return sgd_tanh_net(hidden=hidden, epochs=epochs, lr=0.05)
 
 
 def run_setting(data, setting, args):
