@@ -18,3 +18,12 @@ def _seed_everything():
     np.random.seed(0)  # noqa: NPY002 - seeds code that still uses the legacy global RNG
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny nets run many small ops: one thread avoids OpenMP barrier costs (faster tests)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -86,17 +86,25 @@ def output_jacobians(adapter, theta, inputs):
     return vmap(jacrev(single), in_dims=(None, 0))(theta, inputs)
 
 
-def _generic_gauss_newton(adapter, theta, inputs, weights, batch_size):
-    """Σ_i (A_i J_i)ᵀ(A_i J_i) with A_iᵀA_i = H_h,i, for any model."""
-    n_params = theta.numel()
-    total = theta.new_zeros((n_params, n_params))
-    for rows in batch_slices(len(inputs), batch_size):
+def _whitened_jacobians(adapter, theta, inputs, weights, rows_per_batch):
+    """A_i J_i per batch of rows, shape (b, k, p), with A_iᵀA_i = w_i H_h,i."""
+    for rows in batch_slices(len(inputs), rows_per_batch):
         jacobians = output_jacobians(adapter, theta, inputs[rows])
         with torch.no_grad():
             factor = adapter.loss.hessian_factor(adapter.outputs(theta, inputs[rows]))
             if weights is not None:
                 factor = factor * weights[rows].sqrt().reshape(-1, 1, 1)
-        stacked = (factor @ jacobians).reshape(-1, n_params)
+            whitened = factor @ jacobians
+        # yield outside no_grad: a suspended generator would leave grad mode off for the caller
+        yield whitened
+
+
+def _generic_gauss_newton(adapter, theta, inputs, weights, batch_size):
+    """Σ_i (A_i J_i)ᵀ(A_i J_i) with A_iᵀA_i = H_h,i, for any model."""
+    n_params = theta.numel()
+    total = theta.new_zeros((n_params, n_params))
+    for whitened in _whitened_jacobians(adapter, theta, inputs, weights, batch_size):
+        stacked = whitened.reshape(-1, n_params)
         total += stacked.T @ stacked
     return total
 
@@ -161,13 +169,8 @@ def gauss_newton_diagonal(adapter, theta, inputs, batch_size=1024, weights=None)
     """diag(G), exactly, from per-example output Jacobians (batched; memory b·k·p)."""
     total = torch.zeros_like(theta)
     rows_per_batch = _jacobian_rows(adapter, theta, batch_size)
-    for rows in batch_slices(len(inputs), rows_per_batch):
-        jacobians = output_jacobians(adapter, theta, inputs[rows])
-        with torch.no_grad():
-            factor = adapter.loss.hessian_factor(adapter.outputs(theta, inputs[rows]))
-            if weights is not None:
-                factor = factor * weights[rows].sqrt().reshape(-1, 1, 1)
-            total += ((factor @ jacobians) ** 2).sum((0, 1))
+    for whitened in _whitened_jacobians(adapter, theta, inputs, weights, rows_per_batch):
+        total += (whitened**2).sum((0, 1))
     return total / len(inputs) + adapter.regularizer_diagonal()
 
 

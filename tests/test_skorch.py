@@ -21,14 +21,7 @@ from sklearn_influence._adapters._skorch import SkorchAdapter, fit_skorch
 from sklearn_influence._adapters._skorch_training import _EpochOrderSampler
 from sklearn_influence._gradients import per_example_gradients
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny nets run many small ops: one thread avoids OpenMP barrier costs (faster tests)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # -- modules (top level so that nets clone and pickle) ------------------------------------

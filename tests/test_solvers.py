@@ -27,14 +27,7 @@ from sklearn_influence._iterative import CGSolver, LissaSolver, block_conjugate_
 from sklearn_influence._nystrom import NystromPreconditioner
 from sklearn_influence._solvers import SOLVERS, resolve_solver_name
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny nets run many small ops: one thread avoids OpenMP barrier costs (faster tests)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
