@@ -22,7 +22,6 @@ from sklearn.frozen import FrozenEstimator
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ._adapters import check_supported
 from ._curvature import CURVATURES
 from ._display import _check_matplotlib
 from ._influence import InfluenceFunction
@@ -258,7 +257,6 @@ class InfluenceDecomposition(_FittedModelMixin, BaseEstimator):
         self : InfluenceDecomposition
             The fitted decomposition.
         """
-        check_supported(self.estimator)
         X, y = validate_training_data(self, X, y)
         device = resolve_device(self.device)
         indices = self._removed_points(len(y))

@@ -17,7 +17,7 @@ from sklearn.utils import Bunch, check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, check_memory
 
-from ._adapters import check_supported, fit_estimator, make_adapter
+from ._adapters import fit_estimator, make_adapter
 from ._curvature import CURVATURES
 from ._response import measurement_changes
 from ._scores import InfluenceEngine, top_k
@@ -288,7 +288,6 @@ class InfluenceFunction(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         self : InfluenceFunction
             The fitted transformer.
         """
-        check_supported(self.estimator)
         X, y = validate_training_data(self, X, y)
         memory = check_memory(self.memory)
         self.estimator_, self._engine = memory.cache(_fit_engine)(

@@ -10,7 +10,7 @@ from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from torch.func import vmap
 
-from ._adapters import check_supported, fit_estimator, make_adapter
+from ._adapters import fit_estimator, make_adapter
 from ._curvature import CURVATURES
 from ._gradients import batch_slices, measure
 from ._influence import InfluenceFunction
@@ -322,7 +322,6 @@ class MislabelDetector(OutlierMixin, BaseEstimator):
         self : MislabelDetector
             The fitted detector.
         """
-        check_supported(self.estimator)
         X, y = validate_training_data(self, X, y)
         self._score = _SCORES[self.method](self, X, y)
         self.estimator_ = self._score.estimator

@@ -24,7 +24,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ._adapters import check_supported, fit_estimator, make_adapter
+from ._adapters import fit_estimator, make_adapter
 from ._gradients import per_example_gradients, resolve_query_targets
 from ._proximal import OPTIMIZERS
 from ._response import (
@@ -140,7 +140,6 @@ class _BaseResponse(
         self : object
             The fitted estimator.
         """
-        check_supported(self.estimator)
         X, y = validate_training_data(self, X, y)
         device = resolve_device(self.device)
         indices = self._removed_points(len(y))

@@ -11,6 +11,8 @@ from sklearn.frozen import FrozenEstimator
 from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import validate_data
 
+from ._adapters import check_supported
+
 
 def is_pipeline(model):
     """Whether ``model`` (or the model inside a FrozenEstimator) is a Pipeline."""
@@ -20,7 +22,8 @@ def is_pipeline(model):
 
 
 def validate_training_data(estimator, X, y):
-    """Validate (X, y) at fit time and record the feature bookkeeping on ``estimator``."""
+    """Refuse an unsupported model, then validate (X, y) and record the feature bookkeeping."""
+    check_supported(estimator.estimator)
     if is_pipeline(estimator.estimator):
         validate_data(estimator, X, y, dtype=None, ensure_all_finite=False, multi_output=True)
         return X, np.asarray(y)
