@@ -35,8 +35,8 @@ from threadpoolctl import threadpool_limits
 import sklearn_influence
 from sklearn_influence import InfluenceFunction
 from sklearn_influence._adapters import make_adapter
-from sklearn_influence._curvature import dense_curvature
-from sklearn_influence._gradients import per_example_gradients
+from sklearn_influence._engine._curvature import dense_curvature
+from sklearn_influence._engine._gradients import per_example_gradients
 from sklearn_influence.datasets import load_digits_split
 
 DAMPINGS = [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0]

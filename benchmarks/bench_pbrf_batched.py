@@ -27,8 +27,8 @@ from _shared import environment, report, sgd_tanh_net
 from threadpoolctl import threadpool_limits
 
 from sklearn_influence._adapters import fit_estimator, make_adapter
-from sklearn_influence._proximal import auto_settings
-from sklearn_influence._response import ResponseProblem, proximal_response
+from sklearn_influence._responses._functions import ResponseProblem, proximal_response
+from sklearn_influence._responses._optimizers import auto_settings
 from sklearn_influence.datasets import load_digits_split
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_pbrf_batched.md"

@@ -7,11 +7,11 @@ point m is predicted to raise query q's loss (m helps q).
 from . import datasets, metrics
 from ._cv import InfluenceFunctionCV
 from ._decomposition import InfluenceDecomposition, InfluenceDecompositionDisplay
-from ._display import MislabelRecallDisplay
 from ._influence import InfluenceFunction
 from ._mislabel import MislabelDetector
 from ._response_estimators import PBRF, LeaveOneOut, LinearizedPBRF, ProximalResponse
 from ._scorers import make_influence_scorer
+from .metrics._display import MislabelRecallDisplay
 
 __version__ = "0.1.0.dev0"
 

@@ -648,7 +648,7 @@ def _run_mislabeled(args, out):
         file=out,
     )
     if args.output is not None:
-        from ._display import MislabelRecallDisplay
+        from .metrics._display import MislabelRecallDisplay
 
         ax = _new_axes((5, 4))
         for position, (name, values) in enumerate(scores.items()):

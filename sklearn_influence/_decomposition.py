@@ -22,11 +22,11 @@ from sklearn.frozen import FrozenEstimator
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ._curvature import CURVATURES
-from ._display import _check_matplotlib
+from ._engine._curvature import CURVATURES
+from ._engine._solvers import SOLVERS
 from ._influence import InfluenceFunction
-from ._proximal import OPTIMIZERS
-from ._response import (
+from ._response_estimators import _FittedModelMixin
+from ._responses._functions import (
     METHODS,
     cold_leave_one_out,
     linearized_pbrf,
@@ -34,10 +34,10 @@ from ._response import (
     proximal_response,
     warm_leave_one_out,
 )
-from ._response_estimators import _FittedModelMixin
-from ._solvers import SOLVERS
+from ._responses._optimizers import OPTIMIZERS
 from ._torch_utils import resolve_device, seeded_torch, to_numpy
 from ._validation import validate_training_data
+from .metrics._display import _check_matplotlib
 
 #: the six objects, from actual retraining to the practical estimate
 OBJECTS = ("cold_loo", "warm_loo", "prf", "pbrf", "linearized_pbrf", "influence")

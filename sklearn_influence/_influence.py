@@ -18,11 +18,11 @@ from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, check_memory
 
 from ._adapters import fit_estimator, make_adapter
-from ._curvature import CURVATURES
-from ._response import measurement_changes
-from ._scores import InfluenceEngine, top_k
-from ._solvers import SOLVERS
-from ._targets import SCORE_TARGETS, removal_parameters
+from ._engine._curvature import CURVATURES
+from ._engine._influence_engine import InfluenceEngine, top_k
+from ._engine._solvers import SOLVERS
+from ._responses._functions import measurement_changes
+from ._responses._removal import SCORE_TARGETS, removal_parameters
 from ._torch_utils import resolve_device, seeded_torch, to_numpy
 from ._validation import query_tensors, validate_query_data, validate_training_data
 

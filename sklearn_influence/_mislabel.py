@@ -11,11 +11,11 @@ from sklearn.utils.validation import check_is_fitted
 from torch.func import vmap
 
 from ._adapters import fit_estimator, make_adapter
-from ._curvature import CURVATURES
-from ._gradients import batch_slices, measure
+from ._engine._curvature import CURVATURES
+from ._engine._gradients import batch_slices, measure
+from ._engine._solvers import SOLVERS
 from ._influence import InfluenceFunction
 from ._response_estimators import PBRF
-from ._solvers import SOLVERS
 from ._torch_utils import resolve_device, seeded_torch, to_numpy
 from ._validation import query_tensors, validate_training_data
 

@@ -25,9 +25,9 @@ from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from ._adapters import fit_estimator, make_adapter
-from ._gradients import per_example_gradients, resolve_query_targets
-from ._proximal import OPTIMIZERS
-from ._response import (
+from ._engine._gradients import per_example_gradients, resolve_query_targets
+from ._engine._solvers import SOLVERS
+from ._responses._functions import (
     METHODS,
     ResponseProblem,
     cold_leave_one_out,
@@ -36,7 +36,7 @@ from ._response import (
     proximal_response,
     warm_leave_one_out,
 )
-from ._solvers import SOLVERS
+from ._responses._optimizers import OPTIMIZERS
 from ._torch_utils import resolve_device, seeded_torch, to_numpy
 from ._validation import query_tensors, validate_training_data
 

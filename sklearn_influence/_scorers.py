@@ -1,6 +1,6 @@
 """Scorer factories: agreement of influence estimates with retraining, for model selection."""
 
-from ._targets import SCORE_TARGETS
+from ._responses._removal import SCORE_TARGETS
 
 CORRELATIONS = ("pearson", "spearman")
 

@@ -20,26 +20,26 @@ from torch.func import grad, hessian
 from sklearn_influence import PBRF, LeaveOneOut, LinearizedPBRF, ProximalResponse
 from sklearn_influence._adapters import make_adapter
 from sklearn_influence._adapters._base import ModelAdapter
-from sklearn_influence._curvature import dense_curvature
-from sklearn_influence._gradients import per_example_gradients
-from sklearn_influence._losses import (
+from sklearn_influence._adapters._losses import (
     BinaryLogLoss,
     OutputLoss,
     SoftmaxCrossEntropy,
     SquaredError,
 )
-from sklearn_influence._proximal import (
-    bregman_divergence,
-    curvature_scale,
-    optimize_responses,
-    response_objective,
-)
-from sklearn_influence._response import (
+from sklearn_influence._engine._curvature import dense_curvature
+from sklearn_influence._engine._gradients import per_example_gradients
+from sklearn_influence._responses._functions import (
     ResponseProblem,
     cold_leave_one_out,
     linearized_pbrf,
     proximal_response,
     warm_leave_one_out,
+)
+from sklearn_influence._responses._optimizers import (
+    bregman_divergence,
+    curvature_scale,
+    optimize_responses,
+    response_objective,
 )
 
 CPU = torch.device("cpu")
@@ -320,7 +320,7 @@ def test_batched_optimisation_equals_one_at_a_time(net_problem, batch_size):
 
 
 def test_large_batches_of_copies_are_split_to_fit_memory(net_problem, monkeypatch):
-    from sklearn_influence import _response
+    from sklearn_influence._responses import _functions as _response
 
     settings = {"damping": 0.01, "n_iter": 20, "tol": 0.0}
     whole = proximal_response(net_problem, "pbrf", [0, 1, 2], **settings)
@@ -501,7 +501,7 @@ def test_scikit_learn_contract(estimator, check):
 
 def test_newton_stops_silently_at_the_rounding_floor_of_a_large_objective():
     """Unscaled features and targets put the gradient-norm floor above 1e-12: no warning."""
-    from sklearn_influence._convex import minimize_convex
+    from sklearn_influence._responses._newton import minimize_convex
 
     X, y = make_regression(n_samples=300, n_features=8, noise=50.0, random_state=0)
     X, y = 1e3 * X, 1e4 * y  # objective ≈ 1e13: its rounding error dwarfs 1e-12

@@ -19,7 +19,7 @@ from sklearn_influence import InfluenceFunction
 from sklearn_influence._adapters import make_adapter
 from sklearn_influence._adapters._skorch import SkorchAdapter, fit_skorch
 from sklearn_influence._adapters._skorch_training import _EpochOrderSampler
-from sklearn_influence._gradients import per_example_gradients
+from sklearn_influence._engine._gradients import per_example_gradients
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -15,17 +15,17 @@ from skorch import NeuralNetClassifier, NeuralNetRegressor
 from sklearn_influence import InfluenceFunction
 from sklearn_influence._adapters import make_adapter
 from sklearn_influence._adapters._skorch import fit_skorch
-from sklearn_influence._curvature import (
+from sklearn_influence._engine._curvature import (
     CurvatureOperator,
     dense_curvature,
     gauss_newton_diagonal,
     gauss_newton_products,
     hessian_products,
 )
-from sklearn_influence._gradients import per_example_gradients
-from sklearn_influence._iterative import CGSolver, LissaSolver, block_conjugate_gradient
-from sklearn_influence._nystrom import NystromPreconditioner
-from sklearn_influence._solvers import SOLVERS, resolve_solver_name
+from sklearn_influence._engine._gradients import per_example_gradients
+from sklearn_influence._engine._iterative import CGSolver, LissaSolver, block_conjugate_gradient
+from sklearn_influence._engine._nystrom import NystromPreconditioner
+from sklearn_influence._engine._solvers import SOLVERS, resolve_solver_name
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

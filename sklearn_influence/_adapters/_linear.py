@@ -30,8 +30,8 @@ from sklearn.linear_model import (
     SGDRegressor,
 )
 
-from .._losses import BinaryLogLoss, SoftmaxCrossEntropy, SquaredError
 from ._base import ModelAdapter
+from ._losses import BinaryLogLoss, SoftmaxCrossEntropy, SquaredError
 
 SUPPORTED_LINEAR_MODELS = (
     LinearRegression,

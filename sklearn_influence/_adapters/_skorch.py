@@ -32,9 +32,9 @@ from sklearn.base import clone
 from skorch import NeuralNetBinaryClassifier, NeuralNetClassifier, NeuralNetRegressor
 from torch.func import functional_call, grad, jvp, vmap
 
-from .._losses import BinaryLogLoss, SoftmaxCrossEntropy, SquaredError
 from .._torch_utils import array_to_tensor
 from ._base import ModelAdapter
+from ._losses import BinaryLogLoss, SoftmaxCrossEntropy, SquaredError
 from ._skorch_checks import (
     SKORCH_NETS,
     _criterion_class_and_params,

@@ -1,6 +1,6 @@
 """Randomized Nyström preconditioner of the damped Gauss-Newton matrix, for block CG.
 
-Built from curvature-vector products only (:class:`~sklearn_influence._curvature
+Built from curvature-vector products only (:class:`~sklearn_influence._engine._curvature
 .CurvatureOperator`), on the training rows that carry most of the curvature.
 """
 
@@ -9,9 +9,9 @@ import math
 import torch
 from torch.func import jvp, vmap
 
+from .._torch_utils import orthonormal_rows, small_dense_algebra
 from ._curvature import DENSE_LIMIT_BYTES, CurvatureOperator
 from ._gradients import batch_slices
-from ._torch_utils import orthonormal_rows, small_dense_algebra
 
 
 class NystromPreconditioner:

@@ -21,10 +21,10 @@ from sklearn.utils._param_validation import Interval, StrOptions, validate_param
 from sklearn.utils.parallel import Parallel, delayed
 from sklearn.utils.validation import check_consistent_length, check_is_fitted, column_or_1d
 
-from ._convex import minimize_convex
+from .._engine._gradients import measure, resolve_query_targets
+from .._responses._newton import minimize_convex
+from .._torch_utils import to_numpy
 from ._display import MislabelRecallDisplay
-from ._gradients import measure, resolve_query_targets
-from ._torch_utils import to_numpy
 
 __all__ = [
     "MislabelRecallDisplay",

@@ -197,7 +197,7 @@ class CurvatureOperator:
     >>> import torch
     >>> from sklearn.linear_model import Ridge
     >>> from sklearn_influence._adapters import make_adapter
-    >>> from sklearn_influence._curvature import CurvatureOperator, dense_curvature
+    >>> from sklearn_influence._engine._curvature import CurvatureOperator, dense_curvature
     >>> X, y = torch.randn(20, 3).numpy(), torch.randn(20).numpy()
     >>> adapter = make_adapter(Ridge().fit(X, y), 20, torch.device("cpu"))
     >>> theta, inputs = adapter.parameters(), adapter.inputs(X)

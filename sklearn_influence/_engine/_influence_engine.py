@@ -24,7 +24,7 @@ class InfluenceEngine:
         Training inputs and targets as the adapter encodes them.
     curvature : {"gauss_newton", "hessian", "identity"}
     solver : str
-        A key of :data:`~sklearn_influence._solvers.SOLVERS` or ``"auto"``.
+        A key of :data:`~sklearn_influence._engine._solvers.SOLVERS` or ``"auto"``.
     batch_size : int
         Rows per vectorised batch.
     solver_options : dict

@@ -9,7 +9,7 @@ then answers for any damping λ:
 * ``prepare()``           → do any one-off work now (factorizations), returns the solver.
 
 ``direct`` and ``cholesky`` form the dense curvature; ``cg`` and ``lissa`` only need
-curvature-vector products (:class:`~sklearn_influence._curvature.CurvatureOperator`).
+curvature-vector products (:class:`~sklearn_influence._engine._curvature.CurvatureOperator`).
 
 Scaling by 1/N and the sign convention belong to the scores module, not here.
 """

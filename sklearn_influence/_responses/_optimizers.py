@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.func import jvp, vmap
 
-from ._losses import OutputLoss
+from .._adapters._losses import OutputLoss
 
 OBJECTIVES = ("prf", "pbrf")
 OPTIMIZERS = ("adam", "sgd")

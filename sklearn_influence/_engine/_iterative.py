@@ -1,8 +1,8 @@
 """Matrix-free solvers of (C + λI) x = b: preconditioned block CG and LiSSA.
 
-They share the interface of the dense solvers (see :mod:`sklearn_influence._solvers`) but
+They share the interface of the dense solvers (see :mod:`sklearn_influence._engine._solvers`) but
 only need curvature-vector products
-(:class:`~sklearn_influence._curvature.CurvatureOperator`), so the p × p matrix is never
+(:class:`~sklearn_influence._engine._curvature.CurvatureOperator`), so the p × p matrix is never
 formed.
 """
 
@@ -12,10 +12,10 @@ import warnings
 import torch
 from sklearn.exceptions import ConvergenceWarning
 
+from .._torch_utils import orthonormal_rows, small_dense_algebra
 from ._curvature import CurvatureOperator
 from ._gradients import batch_slices
 from ._nystrom import NystromPreconditioner
-from ._torch_utils import orthonormal_rows, small_dense_algebra
 
 
 class IterativeSolver:
@@ -88,7 +88,7 @@ def block_conjugate_gradient(apply, precondition, rhs, *, tol, maxiter):
     Examples
     --------
     >>> import torch
-    >>> from sklearn_influence._iterative import block_conjugate_gradient
+    >>> from sklearn_influence._engine._iterative import block_conjugate_gradient
     >>> A = torch.tensor([[4.0, 1.0], [1.0, 3.0]], dtype=torch.float64)
     >>> B = torch.tensor([[1.0, 2.0], [2.0, 4.0]], dtype=torch.float64)  # proportional rows
     >>> X, residuals, n_iter = block_conjugate_gradient(

@@ -10,8 +10,8 @@ import warnings
 import torch
 from torch.func import grad, vmap
 
-from ._curvature import dense_curvature
-from ._solvers import DirectSolver
+from .._engine._curvature import dense_curvature
+from .._engine._solvers import DirectSolver
 
 #: gradient-norm tolerance of the convex solves
 CONVEX_TOL = 1e-12

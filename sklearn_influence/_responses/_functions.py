@@ -22,11 +22,11 @@ from sklearn.utils import Bunch
 from sklearn.utils.parallel import Parallel, delayed
 from torch.func import grad, vmap
 
-from ._convex import CONVEX_TOL, minimize_convex_batched
-from ._curvature import dense_curvature
-from ._gradients import measure, per_example_gradients
-from ._proximal import auto_settings, optimize_responses, response_objective, warn_not_converged
-from ._solvers import SOLVERS, resolve_solver_name
+from .._engine._curvature import dense_curvature
+from .._engine._gradients import measure, per_example_gradients
+from .._engine._solvers import SOLVERS, resolve_solver_name
+from ._newton import CONVEX_TOL, minimize_convex_batched
+from ._optimizers import auto_settings, optimize_responses, response_objective, warn_not_converged
 
 #: response methods: exact Newton (models linear in θ) or a first-order optimizer
 METHODS = ("auto", "newton", "optimizer")
@@ -192,7 +192,8 @@ def proximal_response(
     """Minimisers of the PRF (``kind="prf"``) or PBRF (``kind="pbrf"``) objectives.
 
     The removed points are split into one chunk per worker of ``n_jobs``; each chunk is one
-    batched optimisation (:func:`~sklearn_influence._proximal.optimize_responses` or the
+    batched optimisation
+    (:func:`~sklearn_influence._responses._optimizers.optimize_responses` or the
     exact batched Newton for linear models). ``epsilon`` defaults to 1/N.
 
     Returns

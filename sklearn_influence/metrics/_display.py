@@ -149,7 +149,7 @@ class MislabelRecallDisplay:
         display : MislabelRecallDisplay
         """
         _check_matplotlib(f"{cls.__name__}.from_predictions")
-        from .metrics import mislabel_detection_auc, mislabel_recall_curve
+        from . import mislabel_detection_auc, mislabel_recall_curve
 
         fraction, recall = mislabel_recall_curve(is_mislabeled, scores)
         auc = mislabel_detection_auc(is_mislabeled, scores)

@@ -15,8 +15,8 @@
   reference is θˢ.
 """
 
-from ._convex import leave_one_out_optima, minimize_convex
-from ._response import ResponseProblem, leave_one_out_parameters, proximal_response
+from ._functions import ResponseProblem, leave_one_out_parameters, proximal_response
+from ._newton import leave_one_out_optima, minimize_convex
 
 SCORE_TARGETS = ("loo", "warm_loo", "pbrf")
 

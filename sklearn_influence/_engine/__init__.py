@@ -1,0 +1,1 @@
+"""The engine: per-example gradients, curvature objects, solvers and streamed scores."""

@@ -1,0 +1,1 @@
+"""Response functions: what actually happens when training points are removed."""
