@@ -11,11 +11,21 @@ from sklearn.utils import check_random_state
 def resolve_device(device):
     """Turn ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"`` into a :class:`torch.device`.
 
-    A CUDA device without a usable GPU is a clear error rather than a crash later on.
+    Any other string (``"tpu"``, ``"mps"``, a typo) and a CUDA device without a usable GPU are
+    clear errors that name the accepted values, rather than torch's raw message later on.
     """
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        resolved = None
+    if resolved is None or resolved.type not in ("cpu", "cuda"):
+        raise ValueError(
+            f"device={device!r} is not a device sklearn_influence can use. Accepted values: "
+            "'cpu', 'cuda', 'cuda:<index>' (for example 'cuda:1') or 'auto' (a GPU when there "
+            "is one, else the CPU)."
+        )
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(
             f"device={device!r} was requested but no CUDA GPU is available to torch "

@@ -162,3 +162,10 @@ def test_multi_output_regressor_needs_y_test(iris):
     with pytest.raises(ValueError, match="single output.*pass y_test"):
         influence.transform(X[:3, 2:])
     assert influence.transform(X[:3, 2:], targets[:3]).shape == (3, len(X))
+
+
+@pytest.mark.parametrize("device", ["tpu", "mps", "gpu", "cuda:x", "meta"])
+def test_unknown_device_names_the_parameter_and_the_accepted_values(iris, device):
+    X, y = iris
+    with pytest.raises(ValueError, match=r"device=.*Accepted values: 'cpu', 'cuda'.*'auto'"):
+        InfluenceFunction(LogisticRegression(), device=device).fit(X, y)
