@@ -20,7 +20,7 @@ MLPClassifier, ≥ 3 classes     softmax cross-entropy       lbfgs: α/N
 (softmax)                                                 sgd/adam: α·mean_b(1/B_b)
 MLPClassifier, 2 classes       binary log-loss, one logit  same
 (one logistic unit)            (target 1 = ``classes_[1]``)
-MLPRegressor (identity)        ½‖h − t‖²/k                 same
+MLPRegressor (identity)        ½‖h − t‖² (see below)       same
 ============================  ==========================  =====================================
 
 * ``solver="lbfgs"`` evaluates the whole training set as one batch, so J = mean L +
@@ -34,8 +34,13 @@ MLPRegressor (identity)        ½‖h − t‖²/k                 same
   sizes and so reports the penalty as α·n_batches/(2N)‖W‖² instead, at moving weights;
   the two agree when B divides N.) Like every network adapter this is the objective the
   optimiser descends, not one it necessarily reached.
-* ``MLPRegressor``'s ``squared_loss`` is ½ mean over samples *and* over the k outputs, hence
-  ½‖h − t‖²/k.
+* ``MLPRegressor`` with k > 1 outputs: scikit-learn's reported ``squared_loss`` averages
+  ½(y − ŷ)² over the samples *and* the k outputs, but the gradient it descends
+  (``_backprop``: δ = ŷ − y, divided by the number of samples only) is that of ½‖h − t‖²
+  *summed* over the outputs — k times the reported data term (scikit-learn issue #8349; the
+  open fix, PR #34830, makes the loss match the gradient). The adapter follows the gradient,
+  which is what trains the network and what influence is made of: L = ½‖h − t‖², so for
+  k > 1 ``loss_`` − penalty is J − penalty divided by k. With one output they coincide.
 * The reported log-loss clips probabilities to [eps, 1 − eps]; the gradient scikit-learn
   descends (p − t) is that of the unclipped loss, which the adapter uses. They differ only
   for rows predicted with probability below 2.2e-16.
@@ -168,7 +173,7 @@ class SklearnMLPAdapter(ModelAdapter):
         self.is_classifier = isinstance(estimator, MLPClassifier)
         self.classes_ = estimator.classes_ if self.is_classifier else None
         if not self.is_classifier:
-            self.loss = SquaredError(0.5 / self.n_outputs)
+            self.loss = SquaredError(0.5)  # the gradient's loss (see the module notes)
         elif estimator.out_activation_ == "softmax":
             self.loss = SoftmaxCrossEntropy()
         else:  # binary: one logistic output unit
