@@ -466,6 +466,23 @@ def test_influence_cg_matches_direct(data):
     )
 
 
+def test_full_batch_lissa_approaches_direct(data):
+    X, y = data["multiclass"]
+    direct = InfluenceFunction(_tiny_classifier(), damping=0.1, solver="direct").fit(X[:80], y[:80])
+    lissa = InfluenceFunction(
+        _tiny_classifier(),
+        damping=0.1,
+        solver="lissa",
+        solver_options={"minibatch_size": 80, "depth": 300},
+        random_state=0,
+    ).fit(X[:80], y[:80])
+    expected = direct.transform(X[80:], y[80:])
+    # 300 steps of the Neumann series leave about 1e-3 of the slowest direction
+    np.testing.assert_allclose(
+        lissa.transform(X[80:], y[80:]), expected, rtol=0, atol=1e-2 * np.abs(expected).max()
+    )
+
+
 def test_pbrf_converges_on_a_tiny_network(data):
     X, y = data["multiclass"]
     pbrf = PBRF(_tiny_classifier(), damping=1e-2, n_points=3, random_state=0).fit(X[:80], y[:80])
