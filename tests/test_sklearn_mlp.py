@@ -9,6 +9,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from sklearn.base import clone
 from sklearn.datasets import make_classification, make_regression
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.frozen import FrozenEstimator
@@ -347,8 +348,6 @@ def test_cold_start_retrain_reproduces_the_fit_exactly(data, solver):
 
 
 def clone_fit(net, X, y):
-    from sklearn.base import clone
-
     model = clone(net).fit(X, y)
     return torch.tensor(np.hstack([p.ravel() for p in model.coefs_ + model.intercepts_]))
 

@@ -30,7 +30,9 @@ MLPRegressor (identity)        ½‖h − t‖² (see below)       same
   each on the gradient of ``mean_b L + α/(2B_b)‖W‖²``. Every row lands in the last batch
   with probability B'/N, so the mean step over an epoch is, in expectation over the
   shuffles, the gradient of mean L + (α/2)·mean_b(1/B_b)·‖W‖²: r = α·mean_b(1/B_b), which is
-  α/B when B divides N. (scikit-learn's epoch ``loss_`` weights the batch losses by their
+  α/B when B divides N. (With ``shuffle=False`` and B not dividing N the same fixed rows
+  form the short last batch every epoch and weigh B/B' times more in the descended loss;
+  the adapter keeps the plain mean.) (scikit-learn's epoch ``loss_`` weights the batch losses by their
   sizes and so reports the penalty as α·n_batches/(2N)‖W‖² instead, at moving weights;
   the two agree when B divides N.) Like every network adapter this is the objective the
   optimiser descends, not one it necessarily reached.
