@@ -32,10 +32,10 @@ MLPRegressor (identity)        ½‖h − t‖² (see below)       same
   shuffles, the gradient of mean L + (α/2)·mean_b(1/B_b)·‖W‖²: r = α·mean_b(1/B_b), which is
   α/B when B divides N. (With ``shuffle=False`` and B not dividing N the same fixed rows
   form the short last batch every epoch and weigh B/B' times more in the descended loss;
-  the adapter keeps the plain mean.) (scikit-learn's epoch ``loss_`` weights the batch losses by their
-  sizes and so reports the penalty as α·n_batches/(2N)‖W‖² instead, at moving weights;
-  the two agree when B divides N.) Like every network adapter this is the objective the
-  optimiser descends, not one it necessarily reached.
+  the adapter keeps the plain mean.) scikit-learn's epoch ``loss_`` weights the batch
+  losses by their sizes and so reports the penalty as α·n_batches/(2N)‖W‖² instead, at
+  moving weights; the two agree when B divides N. Like every network adapter this is the
+  objective the optimiser descends, not one it necessarily reached.
 * ``MLPRegressor`` with k > 1 outputs: scikit-learn's reported ``squared_loss`` averages
   ½(y − ŷ)² over the samples *and* the k outputs, but the gradient it descends
   (``_backprop``: δ = ŷ − y, divided by the number of samples only) is that of ½‖h − t‖²
