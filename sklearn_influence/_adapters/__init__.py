@@ -8,6 +8,7 @@ from sklearn.pipeline import Pipeline
 from ._base import ModelAdapter, fit_model
 from ._linear import SUPPORTED_LINEAR_MODELS, LinearModelAdapter, _check_linear_configuration
 from ._pipeline import unwrap
+from ._sklearn_mlp import SKLEARN_MLPS, SklearnMLPAdapter, check_mlp_configuration, fit_sklearn_mlp
 from ._skorch import SKORCH_NETS, SkorchAdapter, check_skorch_configuration, fit_skorch
 
 SUPPORTED_ESTIMATORS_TEXT = (
@@ -15,6 +16,7 @@ SUPPORTED_ESTIMATORS_TEXT = (
     "SGDClassifier(loss='log_loss'), SGDRegressor(loss='squared_error'), "
     "skorch's NeuralNetClassifier, NeuralNetBinaryClassifier or NeuralNetRegressor "
     "(with train_split=None), "
+    "MLPClassifier or MLPRegressor (without early stopping), "
     "a Pipeline ending in one of these, or a FrozenEstimator around any of them"
 )
 
@@ -24,6 +26,7 @@ SUPPORTED_ESTIMATORS_TEXT = (
 _FAMILIES = [
     (SUPPORTED_LINEAR_MODELS, _check_linear_configuration, fit_model, LinearModelAdapter),
     (SKORCH_NETS, check_skorch_configuration, fit_skorch, SkorchAdapter),
+    (SKLEARN_MLPS, check_mlp_configuration, fit_sklearn_mlp, SklearnMLPAdapter),
 ]
 
 
@@ -74,6 +77,7 @@ __all__ = [
     "SUPPORTED_ESTIMATORS_TEXT",
     "LinearModelAdapter",
     "ModelAdapter",
+    "SklearnMLPAdapter",
     "SkorchAdapter",
     "check_supported",
     "fit_estimator",
