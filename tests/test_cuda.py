@@ -75,9 +75,9 @@ def test_gpu_matches_cpu_and_stays_on_the_gpu(net, data, solver, options):
             assert _on_gpu(engine.theta) and _on_gpu(engine.train_gradients)
             solver_object = engine.solver
             if solver == "direct":
-                assert _on_gpu(solver_object.curvature)
+                assert _on_gpu(solver_object.matrix)
             else:
-                assert _on_gpu(solver_object.operator.inputs)
+                assert _on_gpu(solver_object.curvature.inputs)
             if solver == "cg":
                 assert _on_gpu(solver_object.preconditioner._basis)
         assert isinstance(results[device], np.ndarray)

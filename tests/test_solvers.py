@@ -15,17 +15,20 @@ from skorch import NeuralNetClassifier, NeuralNetRegressor
 from sklearn_influence import InfluenceFunction
 from sklearn_influence._adapters import make_adapter
 from sklearn_influence._adapters._skorch import fit_skorch
-from sklearn_influence._engine._curvature import (
-    CurvatureOperator,
-    dense_curvature,
-    gauss_newton_diagonal,
-    gauss_newton_products,
-    hessian_products,
-)
+from sklearn_influence._engine._cg import CGSolver, block_conjugate_gradient
+from sklearn_influence._engine._curvature import make_curvature
+from sklearn_influence._engine._direct import DirectSolver
 from sklearn_influence._engine._gradients import per_example_gradients
-from sklearn_influence._engine._iterative import CGSolver, LissaSolver, block_conjugate_gradient
+from sklearn_influence._engine._lissa import LissaSolver
 from sklearn_influence._engine._nystrom import NystromPreconditioner
 from sklearn_influence._engine._solvers import SOLVERS, resolve_solver_name
+
+
+def _curvature(kind, adapter, theta, inputs, targets=None, batch_size=1024, weights=None):
+    return make_curvature(
+        kind, adapter, theta, inputs, targets, batch_size=batch_size, weights=weights
+    )
+
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -91,21 +94,17 @@ def _pearson(a, b):
 def test_gauss_newton_products_equal_dense_matrix(mlp):
     _, adapter, inputs, targets = mlp
     theta = adapter.parameters()
-    dense = dense_curvature(adapter, theta, inputs, targets, "gauss_newton", batch_size=64)
+    curvature = _curvature("gauss_newton", adapter, theta, inputs, targets, batch_size=64)
+    dense = curvature.dense()
     vectors = torch.randn(7, theta.numel(), dtype=theta.dtype)
-    products = gauss_newton_products(adapter, theta, inputs, vectors, batch_size=64)
+    products = curvature.matmul(vectors)
     torch.testing.assert_close(products, vectors @ dense, rtol=1e-10, atol=1e-12)
     weights = torch.rand(len(inputs), dtype=theta.dtype)
-    weighted = dense_curvature(
-        adapter, theta, inputs, targets, "gauss_newton", batch_size=50, weights=weights
-    )
+    weighted = _curvature("gauss_newton", adapter, theta, inputs, None, 50, weights)
     torch.testing.assert_close(
-        gauss_newton_products(adapter, theta, inputs, vectors, batch_size=50, weights=weights),
-        vectors @ weighted,
-        rtol=1e-10,
-        atol=1e-12,
+        weighted.matmul(vectors), vectors @ weighted.dense(), rtol=1e-10, atol=1e-12
     )
-    diagonal = gauss_newton_diagonal(adapter, theta, inputs, batch_size=64)
+    diagonal = curvature.diagonal()
     torch.testing.assert_close(diagonal, dense.diagonal(), rtol=1e-10, atol=1e-12)
 
 
@@ -121,7 +120,7 @@ def test_dense_gauss_newton_of_a_net_matches_an_explicit_jacobian_loop(mlp):
         output_hessian = adapter.loss.output_hessian(adapter.outputs(theta, x.unsqueeze(0))[0])
         expected += jacobian.T @ output_hessian @ jacobian
     expected = expected / len(inputs) + torch.diag(adapter.regularizer_diagonal())
-    dense = dense_curvature(adapter, theta, inputs, None, "gauss_newton", batch_size=4)
+    dense = _curvature("gauss_newton", adapter, theta, inputs, batch_size=4).dense()
     torch.testing.assert_close(dense, expected, rtol=1e-10, atol=1e-12)
 
 
@@ -129,26 +128,27 @@ def test_hessian_products_equal_dense_hessian(mlp):
     _, adapter, inputs, targets = mlp
     theta = adapter.parameters()
     inputs, targets = inputs[:60], targets[:60]
-    dense = dense_curvature(adapter, theta, inputs, targets, "hessian", batch_size=25)
+    curvature = _curvature("hessian", adapter, theta, inputs, targets, batch_size=25)
+    dense = curvature.dense()
     vectors = torch.randn(5, theta.numel(), dtype=theta.dtype)
-    products = hessian_products(adapter, theta, inputs, targets, vectors, batch_size=25)
+    products = curvature.matmul(vectors)
     torch.testing.assert_close(products, vectors @ dense, rtol=1e-9, atol=1e-11)
     # the Hessian of a net is not its Gauss-Newton matrix
-    gauss_newton = dense_curvature(adapter, theta, inputs, targets, "gauss_newton")
+    gauss_newton = _curvature("gauss_newton", adapter, theta, inputs, targets).dense()
     assert float((dense - gauss_newton).abs().max()) > 1e-4
 
 
-def test_curvature_operator_kinds_and_subsets(mlp):
+def test_curvature_kinds_and_subsets(mlp):
     _, adapter, inputs, targets = mlp
     theta = adapter.parameters()
     vector = torch.randn(theta.numel(), dtype=theta.dtype)
     for kind in ("gauss_newton", "hessian", "identity"):
-        operator = CurvatureOperator(adapter, theta, inputs[:40], targets[:40], kind, 16)
-        dense = dense_curvature(adapter, theta, inputs[:40], targets[:40], kind)
-        torch.testing.assert_close(operator.matmul(vector), dense @ vector, rtol=1e-9, atol=1e-11)
+        curvature = _curvature(kind, adapter, theta, inputs[:40], targets[:40], 16)
+        dense = _curvature(kind, adapter, theta, inputs[:40], targets[:40]).dense()
+        torch.testing.assert_close(curvature.matmul(vector), dense @ vector, rtol=1e-9, atol=1e-11)
     rows = torch.arange(10, 30)
-    subset = CurvatureOperator(adapter, theta, inputs, targets, "gauss_newton").subset(rows)
-    expected = dense_curvature(adapter, theta, inputs[rows], None, "gauss_newton") @ vector
+    subset = _curvature("gauss_newton", adapter, theta, inputs, targets).subset(rows)
+    expected = _curvature("gauss_newton", adapter, theta, inputs[rows]).dense() @ vector
     torch.testing.assert_close(subset.matmul(vector), expected, rtol=1e-10, atol=1e-12)
 
 
@@ -184,12 +184,12 @@ def test_nystrom_preconditioner_is_exact_for_a_low_rank_curvature(digits):
     adapter = make_adapter(model, 3, torch.device("cpu"))
     inputs, targets = adapter.inputs(X), adapter.targets(y)
     theta = adapter.parameters()
-    operator = CurvatureOperator(adapter, theta, inputs, targets, "gauss_newton")
-    preconditioner = NystromPreconditioner(operator, rank=40, coverage=1.0, seed=0)
+    curvature = _curvature("gauss_newton", adapter, theta, inputs, targets)
+    preconditioner = NystromPreconditioner(curvature, rank=40, coverage=1.0, seed=0)
     damping = 1e-2
     vectors = torch.randn(4, theta.numel(), dtype=theta.dtype)
     applied = preconditioner.apply(vectors, damping)
-    dense = dense_curvature(adapter, theta, inputs, targets, "gauss_newton")
+    dense = curvature.dense()
     assert int(torch.linalg.matrix_rank(dense)) <= 6  # 3 rows × (3 − 1) softmax directions
     damped = dense + damping * torch.eye(theta.numel(), dtype=theta.dtype)
     expected = torch.linalg.solve(damped, vectors.T).T * damping
@@ -199,8 +199,8 @@ def test_nystrom_preconditioner_is_exact_for_a_low_rank_curvature(digits):
 def test_nystrom_rank_grows_until_it_resolves_the_damping(mlp):
     _, adapter, inputs, targets = mlp
     theta = adapter.parameters()
-    operator = CurvatureOperator(adapter, theta, inputs, targets, "gauss_newton")
-    preconditioner = NystromPreconditioner(operator, max_rank=512, seed=0)
+    curvature = _curvature("gauss_newton", adapter, theta, inputs, targets)
+    preconditioner = NystromPreconditioner(curvature, max_rank=512, seed=0)
     preconditioner.apply(torch.randn(1, theta.numel(), dtype=theta.dtype), 1.0)
     assert preconditioner.sketch_rank == 64  # a large damping needs no more
     preconditioner.apply(torch.randn(1, theta.numel(), dtype=theta.dtype), 1e-3)
@@ -216,14 +216,9 @@ def test_preconditioner_reduces_iterations(mlp):
     rhs = gradients[:2]
     iterations = {}
     for preconditioner in ("nystrom", None):
-        solver = CGSolver.build(
-            adapter,
-            theta,
-            inputs,
-            targets,
+        solver = CGSolver(
+            _curvature("gauss_newton", adapter, theta, inputs, targets, batch_size=256),
             gradients,
-            curvature="gauss_newton",
-            batch_size=256,
             preconditioner=preconditioner,
             tol=1e-6,
             maxiter=500,
@@ -291,7 +286,7 @@ def test_cg_warns_with_the_residual_when_it_does_not_converge(mlp, digits):
 
 def test_unknown_solver_options_are_refused(mlp, digits):
     X, y = digits
-    for solver, option in (("cg", "depth"), ("lissa", "tol")):
+    for solver, option in (("cg", "depth"), ("lissa", "tol"), ("direct", "tol")):
         with pytest.raises(TypeError, match=f"Unknown solver_options \\['{option}'\\]"):
             InfluenceFunction(
                 FrozenEstimator(mlp[0]), solver=solver, solver_options={option: 1}
@@ -362,7 +357,7 @@ def test_direct_solver_keeps_small_eigenvalues_of_a_float32_curvature():
     factor = torch.randn(rank, p, generator=generator, dtype=torch.float64) / p**0.5
     curvature = factor.T @ factor
     rhs = torch.randn(3, p, generator=generator, dtype=torch.float64)
-    solver = SOLVERS["direct"](curvature.float(), torch.zeros(0, p))
+    solver = DirectSolver.from_matrix(curvature.float(), torch.zeros(0, p))
     solved = solver.solve(rhs.float(), damping).double()
     exact = torch.linalg.solve(curvature + damping * torch.eye(p, dtype=torch.float64), rhs.T).T
     # float32 round-off, amplified by the condition number 1e4, limits the agreement

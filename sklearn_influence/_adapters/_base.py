@@ -4,11 +4,77 @@ An adapter maps its estimator's own training objective onto the package's form
 J(θ) = (1/N) Σ_i L(h(θ, x_i), t_i) + R(θ) with R(θ) = ½ Σ_j r_j θ_j², exactly, scale
 included (see DESIGN.md §2). Everything downstream — gradients, curvature, solvers,
 responses — talks to a model only through this interface.
+
+It also describes the model's layer structure (:class:`LayerStructure`): which parts of θ
+are the weights and biases of Kronecker-factorable layers (``nn.Linear``, ``nn.Conv2d``),
+and which parameters no such layer covers — what factored curvatures (K-FAC) need.
 """
+
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from .._torch_utils import array_to_tensor
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One Kronecker-factorable layer of a model: out = W a (+ b) per position.
+
+    Attributes
+    ----------
+    name : str
+        The module's name (``""`` for a model that is one layer).
+    kind : {"linear", "conv2d"}
+    weight : slice
+        θ[weight] is the weight, flattened row-major in ``weight_shape`` (out, in) for a
+        linear layer, (out, in / groups, kh, kw) for a convolution.
+    weight_shape : tuple of int
+    bias : slice or None
+        θ[bias] is the bias (shape (out,)); None when the layer has no trainable bias.
+    conv : dict or None
+        For ``"conv2d"``: ``stride``, ``padding``, ``dilation``, ``groups`` of the module.
+    module : torch.nn.Module or None
+        The adapter's own module of this layer (its forward pass runs through it); None when
+        the layer is the whole model, whose input is the adapter's input and whose output
+        is h.
+    """
+
+    name: str
+    kind: str
+    weight: slice
+    weight_shape: tuple
+    bias: slice | None = None
+    conv: dict | None = None
+    module: object = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class ParameterBlock:
+    """A parameter that no :class:`Layer` covers: θ[span] reshaped to ``shape``."""
+
+    name: str
+    span: slice
+    shape: tuple
+
+
+@dataclass(frozen=True)
+class LayerStructure:
+    """The layers of a model and the parameters outside them; together they cover θ once.
+
+    Attributes
+    ----------
+    layers : tuple of Layer
+    uncovered : tuple of ParameterBlock
+        Parameters of other modules (LayerNorm, embeddings, …), listed so that nothing is
+        silently dropped.
+    n_params : int
+        p, the length of θ.
+    """
+
+    layers: tuple
+    uncovered: tuple
+    n_params: int
 
 
 class ModelAdapter:
@@ -83,6 +149,10 @@ class ModelAdapter:
 
     def regularizer_diagonal(self):
         """r with R(θ) = ½ Σ r_j θ_j², shape (p,)."""
+        raise NotImplementedError
+
+    def layer_structure(self):
+        """The model's Kronecker-factorable layers and its other parameters (LayerStructure)."""
         raise NotImplementedError
 
     def regularizer(self, theta):

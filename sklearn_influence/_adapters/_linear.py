@@ -30,7 +30,7 @@ from sklearn.linear_model import (
     SGDRegressor,
 )
 
-from ._base import ModelAdapter
+from ._base import Layer, LayerStructure, ModelAdapter
 from ._losses import BinaryLogLoss, SoftmaxCrossEntropy, SquaredError
 
 SUPPORTED_LINEAR_MODELS = (
@@ -198,6 +198,16 @@ class LinearModelAdapter(ModelAdapter):
 
     def outputs(self, theta, inputs):
         return inputs @ theta.reshape(self.n_outputs, -1).T
+
+    def layer_structure(self):
+        """One linear layer over all of θ: h = W̃ z̃, W̃ of shape (k, d + 1) with the intercept
+        as its last column (no separate bias: the input z̃ carries the ones column)."""
+        width = self.n_features + int(self.fit_intercept)
+        layer = Layer(
+            name="", kind="linear", weight=slice(0, self.n_outputs * width),
+            weight_shape=(self.n_outputs, width),
+        )  # fmt: skip
+        return LayerStructure(layers=(layer,), uncovered=(), n_params=self.n_outputs * width)
 
     def regularizer_diagonal(self):
         width = self.n_features + int(self.fit_intercept)

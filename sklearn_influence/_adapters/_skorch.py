@@ -33,7 +33,7 @@ from skorch import NeuralNetBinaryClassifier, NeuralNetClassifier, NeuralNetRegr
 from torch.func import functional_call, grad, jvp, vmap
 
 from .._torch_utils import array_to_tensor
-from ._base import ModelAdapter
+from ._base import Layer, LayerStructure, ModelAdapter, ParameterBlock
 from ._losses import BinaryLogLoss, SoftmaxCrossEntropy, SquaredError
 from ._skorch_checks import (
     SKORCH_NETS,
@@ -56,6 +56,11 @@ __all__ = ["SKORCH_NETS", "SkorchAdapter", "check_skorch_configuration", "fit_sk
 
 
 # -- adapter ------------------------------------------------------------------------------
+#: module types whose parameters form a Kronecker-factorable layer (see layer_structure);
+#: exact types only: a subclass may use its weight outside ``forward`` (attention's out_proj)
+_LAYER_KINDS = {torch.nn.Linear: "linear", torch.nn.Conv2d: "conv2d"}
+
+
 class _OutputHead:
     """Maps the module's raw output to h (a picklable callable, unlike a closure)."""
 
@@ -329,6 +334,51 @@ class SkorchAdapter(ModelAdapter):
 
     def regularizer_diagonal(self):
         return self._decay
+
+    def layer_structure(self):
+        """The module's ``nn.Linear`` and ``nn.Conv2d`` layers with trainable weights, in
+        module order, and every other trainable parameter, as slices of θ.
+
+        A parameter shared by several modules is counted once (under its first name, as in
+        θ); a layer whose weight is not trainable is not listed (its trainable bias, if any,
+        is uncovered).
+        """
+        offsets = np.cumsum([0, *self._sizes])
+        spans = {
+            name: slice(int(start), int(stop))
+            for name, start, stop in zip(self._names, offsets[:-1], offsets[1:], strict=True)
+        }
+        shapes = dict(zip(self._names, self._shapes, strict=True))
+        layers, covered = [], set()
+        for prefix, module in self._module.named_modules():
+            kind = _LAYER_KINDS.get(type(module))
+            weight = f"{prefix}.weight" if prefix else "weight"
+            if kind is None or weight not in spans or weight in covered:
+                continue
+            bias = f"{prefix}.bias" if prefix else "bias"
+            bias = bias if bias in spans and bias not in covered else None
+            conv = None
+            if kind == "conv2d":
+                conv = {key: getattr(module, key) for key in ("stride", "padding", "dilation")}
+                conv["groups"] = module.groups
+            layers.append(
+                Layer(
+                    name=prefix,
+                    kind=kind,
+                    weight=spans[weight],
+                    weight_shape=tuple(shapes[weight]),
+                    bias=None if bias is None else spans[bias],
+                    conv=conv,
+                    module=module,
+                )
+            )
+            covered.update({weight} if bias is None else {weight, bias})
+        uncovered = tuple(
+            ParameterBlock(name, spans[name], tuple(shapes[name]))
+            for name in self._names
+            if name not in covered
+        )
+        return LayerStructure(tuple(layers), uncovered, int(offsets[-1]))
 
     # -- retraining ---------------------------------------------------------------------
     def retrain(self, X, y, *, exclude=(), warm_start=True):

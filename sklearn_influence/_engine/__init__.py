@@ -1,1 +1,22 @@
-"""The engine: per-example gradients, curvature objects, solvers and streamed scores."""
+"""The engine: per-example gradients, curvature objects, solvers and streamed scores.
+
+===========================  ==============================================================
+``_gradients.py``            per-example gradients and measurements (torch.func vmap)
+``_curvature_base.py``       :class:`Curvature`, the curvature contract; dense size check
+``_gauss_newton.py``         Gauss-Newton (with the Kronecker path for linear models)
+``_hessian.py``              Hessian of the training objective
+``_identity.py``             identity
+``_curvature.py``            registry ``CURVATURES`` and factory ``make_curvature``
+``_layers.py``               layer inputs and output gradients (for factored curvatures)
+``_solver_base.py``          :class:`Solver`, the solver contract; ``DenseSolver``
+``_direct.py``               eigendecomposition solver
+``_cholesky.py``             Cholesky solver
+``_iterative.py``            ``IterativeSolver``, base of the matrix-free solvers
+``_cg.py``                   preconditioned block conjugate gradient
+``_lissa.py``                LiSSA
+``_nystrom.py``              Nyström preconditioner for CG
+``_power_iteration.py``      ``top_eigenvalue`` (LiSSA's scale, the optimisers' step size)
+``_solvers.py``              registry ``SOLVERS``, factory ``make_solver``, ``"auto"``
+``_influence_engine.py``     ``InfluenceEngine``: influence matrix, self-influence, top-k
+===========================  ==============================================================
+"""

@@ -10,8 +10,9 @@ import numpy as np
 import torch
 from sklearn.utils.parallel import Parallel, delayed
 
+from ._curvature import make_curvature
 from ._gradients import batch_slices, per_example_gradients, resolve_query_targets
-from ._solvers import SOLVERS, resolve_solver_name
+from ._solvers import make_solver
 
 
 class InfluenceEngine:
@@ -22,13 +23,24 @@ class InfluenceEngine:
     adapter : ModelAdapter
     inputs, targets : Tensor
         Training inputs and targets as the adapter encodes them.
-    curvature : {"gauss_newton", "hessian", "identity"}
+    curvature : str
+        A key of :data:`~sklearn_influence._engine._curvature.CURVATURES`.
     solver : str
         A key of :data:`~sklearn_influence._engine._solvers.SOLVERS` or ``"auto"``.
     batch_size : int
         Rows per vectorised batch.
     solver_options : dict
         Extra keyword arguments for the solver (tolerances, iterations, seeds).
+
+    Attributes
+    ----------
+    adapter, theta, n_train, batch_size
+        The model, θˢ, N and the batch size.
+    train_gradients : Tensor of shape (N, p)
+    curvature : Curvature
+        The curvature object on the training data.
+    solver : Solver
+        Built from ``curvature``; ``solver_name`` is its resolved name.
     """
 
     def __init__(
@@ -41,17 +53,11 @@ class InfluenceEngine:
         self.train_gradients = per_example_gradients(
             adapter, self.theta, inputs, targets, batch_size
         )
-        self.solver_name = resolve_solver_name(solver, self.theta.numel())
-        self.solver = SOLVERS[self.solver_name].build(
-            adapter,
-            self.theta,
-            inputs,
-            targets,
-            self.train_gradients,
-            curvature=curvature,
-            batch_size=batch_size,
-            **(solver_options or {}),
+        self.curvature = make_curvature(
+            curvature, adapter, self.theta, inputs, targets, batch_size=batch_size
         )
+        self.solver = make_solver(solver, self.curvature, self.train_gradients, solver_options)
+        self.solver_name = self.solver.name
 
     def influence(self, inputs, targets, damping, n_jobs=None):
         """Influence matrix (n_queries, N) as a tensor, computed in blocks of queries.

@@ -1,7 +1,8 @@
 """Randomized Nyström preconditioner of the damped Gauss-Newton matrix, for block CG.
 
-Built from curvature-vector products only (:class:`~sklearn_influence._engine._curvature
-.CurvatureOperator`), on the training rows that carry most of the curvature.
+Built from Gauss-Newton-vector products only (a
+:class:`~sklearn_influence._engine._gauss_newton.GaussNewton` curvature object), on the
+training rows that carry most of the curvature.
 """
 
 import math
@@ -10,7 +11,8 @@ import torch
 from torch.func import jvp, vmap
 
 from .._torch_utils import orthonormal_rows, small_dense_algebra
-from ._curvature import DENSE_LIMIT_BYTES, CurvatureOperator
+from ._curvature_base import DENSE_LIMIT_BYTES
+from ._gauss_newton import GaussNewton
 from ._gradients import batch_slices
 
 
@@ -36,8 +38,9 @@ class NystromPreconditioner:
 
     Parameters
     ----------
-    operator : CurvatureOperator
-        The full curvature; its adapter, θ and inputs define the Gauss-Newton sketch.
+    curvature : Curvature
+        The full curvature (of any kind); its adapter, θ, rows and weights define the
+        Gauss-Newton sketch.
     rank : "auto" or int
         Fixed sketch size, or "auto" for the adaptive rule above.
     max_rank : int
@@ -47,8 +50,8 @@ class NystromPreconditioner:
 
     initial_rank = 64
 
-    def __init__(self, operator, *, rank="auto", max_rank=512, coverage=0.95, seed=0):
-        self.operator = operator
+    def __init__(self, curvature, *, rank="auto", max_rank=512, coverage=0.95, seed=0):
+        self.curvature = curvature
         self.rank = rank
         self.max_rank = int(max_rank)
         self.coverage = float(coverage)
@@ -63,24 +66,23 @@ class NystromPreconditioner:
     # -- sketch -------------------------------------------------------------------------
     def _rank_cap(self):
         """Largest sketch that keeps three p × s float64 arrays under 1/8 of the dense limit."""
-        p = self.operator.n_params
+        p = self.curvature.n_params
         cap = max(1, DENSE_LIMIT_BYTES // (8 * 3 * 8 * p))
         return int(min(self.max_rank, cap, p))
 
     def _build_sketch_operator(self):
-        operator = self.operator
-        rows = _rows_carrying_curvature(operator, self.coverage, self.seed)
-        sub = CurvatureOperator(
-            operator.adapter,
-            operator.theta,
-            operator.inputs[rows],
+        curvature = self.curvature
+        rows = _rows_carrying_curvature(curvature, self.coverage, self.seed)
+        sub = GaussNewton(
+            curvature.adapter,
+            curvature.theta,
+            curvature.inputs[rows],
             None,
-            "gauss_newton",
-            operator.batch_size,
-            None if operator.weights is None else operator.weights[rows],
+            batch_size=curvature.batch_size,
+            weights=None if curvature.weights is None else curvature.weights[rows],
         )
-        fraction = len(rows) / len(operator.inputs)
-        regularizer = operator.adapter.regularizer_diagonal()
+        fraction = len(rows) / curvature.n_train
+        regularizer = curvature.adapter.regularizer_diagonal()
 
         def sketch(block):
             # data term over the kept rows, scaled to the full 1/N, plus the full regularizer
@@ -90,7 +92,7 @@ class NystromPreconditioner:
         return sketch
 
     def _extend(self, new_rank):
-        theta = self.operator.theta
+        theta = self.curvature.theta
         p = theta.numel()
         old = 0 if self._omega is None else self._omega.shape[0]
         generator = torch.Generator().manual_seed(self.seed + 7919 * old)
@@ -114,7 +116,7 @@ class NystromPreconditioner:
     def _factor(self):
         """Stable Nyström factors from (Ω, Y) with a small shift ν (Algorithm 2.1 of the paper)."""
         omega, sketch = self._omega, self._sketch  # rows: (s, p)
-        shift = math.sqrt(omega.shape[1]) * torch.finfo(self.operator.theta.dtype).eps
+        shift = math.sqrt(omega.shape[1]) * torch.finfo(self.curvature.theta.dtype).eps
         shift = shift * float(sketch.norm())
         shifted = sketch + shift * omega
         core = omega @ shifted.T
@@ -133,7 +135,7 @@ class NystromPreconditioner:
         kept = squares > float(squares[0]) * torch.finfo(torch.float64).eps * len(squares)
         squares, right = squares[kept], right[:, kept]
         basis = (right.T @ whitened) / squares.sqrt().unsqueeze(1)
-        self._basis = basis.to(self.operator.theta.dtype)  # (s, p), orthonormal rows
+        self._basis = basis.to(self.curvature.theta.dtype)  # (s, p), orthonormal rows
         self._eigenvalues = torch.clamp(squares - shift, min=0.0)
         # a sketch wider than the rank of Ĉ recovers it exactly; its s-th eigenvalue is then 0
         self._tail = 0.0 if not bool(kept.all()) else float(self._eigenvalues[-1])
@@ -149,7 +151,7 @@ class NystromPreconditioner:
             self._extend(min(self.initial_rank, cap))
         # the preconditioned condition number is about (L_s + λ)/(λ + r_min), r_min the floor
         # that the regularizer puts under the spectrum: grow until L_s ≤ λ/4 + r_min
-        floor = float(self.operator.adapter.regularizer_diagonal().min().clamp_min(0.0))
+        floor = float(self.curvature.adapter.regularizer_diagonal().min().clamp_min(0.0))
         while self._omega.shape[0] < cap and self._tail > 0.25 * damping + floor:
             self._extend(min(2 * self._omega.shape[0], cap))
 
@@ -168,13 +170,13 @@ class NystromPreconditioner:
         return residuals + (scaled - coefficients) @ basis
 
 
-def _rows_carrying_curvature(operator, coverage, seed, n_probes=4):
+def _rows_carrying_curvature(curvature, coverage, seed, n_probes=4):
     """Training rows that carry ``coverage`` of the Gauss-Newton trace, largest first.
 
     Row i contributes tr(A_i J_i J_iᵀ A_iᵀ); it is estimated as the mean of ‖A_i J_i ω‖² over
     a few Rademacher vectors ω (one vmapped forward-mode pass over the data).
     """
-    adapter, theta, inputs = operator.adapter, operator.theta, operator.inputs
+    adapter, theta, inputs = curvature.adapter, curvature.theta, curvature.inputs
     n = len(inputs)
     if coverage >= 1.0 or n == 0:
         return torch.arange(n, device=inputs.device)
@@ -182,7 +184,7 @@ def _rows_carrying_curvature(operator, coverage, seed, n_probes=4):
     probes = torch.randint(0, 2, (n_probes, theta.numel()), generator=generator)
     probes = (2.0 * probes - 1.0).to(theta.device, theta.dtype)
     contributions = []
-    for rows in batch_slices(n, operator.batch_size):
+    for rows in batch_slices(n, curvature.batch_size):
         batch = inputs[rows]
 
         def outputs(theta_, batch=batch):
@@ -193,8 +195,8 @@ def _rows_carrying_curvature(operator, coverage, seed, n_probes=4):
             factor = adapter.loss.hessian_factor(values[0])  # (b, r, k)
             curved = torch.einsum("brk,mbk->mbr", factor, pushed)
             contribution = (curved**2).sum(-1).mean(0)
-        if operator.weights is not None:
-            contribution = contribution * operator.weights[rows]
+        if curvature.weights is not None:
+            contribution = contribution * curvature.weights[rows]
         contributions.append(contribution)
     contributions = torch.cat(contributions)
     order = torch.argsort(contributions, descending=True)

@@ -22,9 +22,9 @@ from sklearn.utils import Bunch
 from sklearn.utils.parallel import Parallel, delayed
 from torch.func import grad, vmap
 
-from .._engine._curvature import dense_curvature
+from .._engine._curvature import make_curvature
 from .._engine._gradients import measure, per_example_gradients
-from .._engine._solvers import SOLVERS, resolve_solver_name
+from .._engine._solvers import make_solver
 from ._newton import CONVEX_TOL, minimize_convex_batched
 from ._optimizers import auto_settings, optimize_responses, response_objective, warn_not_converged
 
@@ -331,7 +331,7 @@ def _newton_chunk(problem, kind, chunk, damping, epsilon, settings, progress):
         return objective(theta, removed_input, removed_target, inputs, targets, reference_outputs)
 
     def curvature_at(theta):
-        matrix = dense_curvature(adapter, theta, inputs, targets, "gauss_newton")
+        matrix = make_curvature("gauss_newton", adapter, theta, inputs, targets).dense()
         matrix.diagonal().add_(damping)
         return matrix
 
@@ -366,18 +366,9 @@ def linearized_pbrf(
     gradients = per_example_gradients(
         adapter, theta, problem.inputs[index], problem.targets[index], batch_size
     )
-    name = resolve_solver_name(solver, theta.numel())
-    if name not in SOLVERS:
-        raise ValueError(f"Unknown solver {solver!r}; choose 'auto' or one of {sorted(SOLVERS)}.")
-    solver_object = SOLVERS[name].build(
-        adapter,
-        theta,
-        problem.inputs,
-        problem.targets,
-        gradients,
-        curvature="gauss_newton",
-        batch_size=batch_size,
-        **(solver_options or {}),
+    curvature = make_curvature(
+        "gauss_newton", adapter, theta, problem.inputs, problem.targets, batch_size=batch_size
     )
+    solver_object = make_solver(solver, curvature, gradients, solver_options)
     shift = solver_object.solve(gradients, damping) if len(gradients) else gradients
-    return Bunch(parameters=theta + epsilon * shift, converged=None, solver=name)
+    return Bunch(parameters=theta + epsilon * shift, converged=None, solver=solver_object.name)

@@ -10,8 +10,8 @@ import warnings
 import torch
 from torch.func import grad, vmap
 
-from .._engine._curvature import dense_curvature
-from .._engine._solvers import DirectSolver
+from .._engine._curvature import make_curvature
+from .._engine._direct import DirectSolver
 
 #: gradient-norm tolerance of the convex solves
 CONVEX_TOL = 1e-12
@@ -27,7 +27,7 @@ def _check_convex(adapter):
 
 def _pseudo_inverse(matrix):
     """A solver applying the (pseudo-)inverse of a symmetric PSD matrix."""
-    return DirectSolver(matrix, matrix.new_zeros((0, matrix.shape[0])))
+    return DirectSolver.from_matrix(matrix)
 
 
 def minimize_convex(adapter, theta, inputs, targets, weights=None, *, tol=CONVEX_TOL, max_iter=100):
@@ -46,7 +46,9 @@ def minimize_convex(adapter, theta, inputs, targets, weights=None, *, tol=CONVEX
         gradient = grad(objective)(theta)
         if float(gradient.norm()) <= tol:
             return theta
-        hessian = dense_curvature(adapter, theta, inputs, targets, "gauss_newton", weights=weights)
+        hessian = make_curvature(
+            "gauss_newton", adapter, theta, inputs, targets, weights=weights
+        ).dense()
         step = _pseudo_inverse(hessian).solve(gradient.unsqueeze(0), 0.0)[0]
         value, slope, size = float(objective(theta)), float(gradient @ step), 1.0
         if _at_rounding_level(value, slope, gradient, tol):
@@ -91,7 +93,7 @@ def leave_one_out_optima(
     weights = inputs.new_ones((n_removed, len(inputs)))
     weights[torch.arange(n_removed), torch.as_tensor(removed, device=inputs.device)] = 0.0
     preconditioner = _pseudo_inverse(
-        dense_curvature(adapter, reference, inputs, targets, "gauss_newton")
+        make_curvature("gauss_newton", adapter, reference, inputs, targets).dense()
     )
 
     def objective(theta, weight):

@@ -21,6 +21,7 @@ import torch
 from torch.func import jvp, vmap
 
 from .._adapters._losses import OutputLoss
+from .._engine._power_iteration import top_eigenvalue
 
 OBJECTIVES = ("prf", "pbrf")
 OPTIMIZERS = ("adam", "sgd")
@@ -346,17 +347,14 @@ def curvature_scale(
             (gradient,) = torch.autograd.grad(at(theta), theta, create_graph=True)
             return torch.autograd.grad(gradient @ vector, theta)[0]
 
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    vector = torch.randn(reference.numel(), generator=generator, dtype=reference.dtype)
-    vector = (vector / vector.norm()).to(reference.device)
-    largest = 0.0
-    for _ in range(n_power_iter):
-        image = product(vector)
-        largest = float(image @ vector)
-        norm = image.norm()
-        if not bool(norm > 0):
-            break
-        vector = image / norm
+    largest = top_eigenvalue(
+        product,
+        reference.numel(),
+        reference.dtype,
+        reference.device,
+        n_iter=n_power_iter,
+        seed=seed,
+    )
     smallest = damping + float(adapter.regularizer_diagonal().min())
     return max(largest, smallest), smallest
 

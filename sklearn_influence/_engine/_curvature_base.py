@@ -1,0 +1,157 @@
+"""The curvature contract: :class:`Curvature`, the base class of every curvature object.
+
+A curvature object is the matrix C of DESIGN.md §2 at θ on a set of training rows — the data
+term averaged over the rows, plus the regularizer — offered as products with blocks of
+vectors, a diagonal, a row subset and, when small enough, the dense matrix. Subclasses live
+one per file and are registered in :data:`sklearn_influence._engine._curvature.CURVATURES`.
+"""
+
+import torch
+
+from ._gradients import batch_slices
+
+#: default ceiling for one dense p × p matrix (bytes)
+DENSE_LIMIT_BYTES = 2 * 1024**3
+
+
+def check_dense_size(n_params, dtype, limit_bytes=DENSE_LIMIT_BYTES):
+    """Refuse to allocate a p × p matrix that does not fit under ``limit_bytes``.
+
+    Returns the number of bytes the matrix needs; the error names the matrix-free solvers.
+    """
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    needed = n_params * n_params * itemsize
+    if needed > limit_bytes:
+        raise MemoryError(
+            f"A dense {n_params} × {n_params} curvature matrix needs {needed / 1024**3:.1f} GiB, "
+            f"more than the {limit_bytes / 1024**3:.1f} GiB allowed. Use solver='cg' or "
+            "solver='lissa', which only need curvature-vector products."
+        )
+    return needed
+
+
+def as_block(vectors, theta):
+    """``vectors`` in θ's dtype as a block of rows (m, p); a single vector becomes (1, p)."""
+    vectors = vectors.to(theta.dtype)
+    return vectors.unsqueeze(0) if vectors.dim() == 1 else vectors
+
+
+class Curvature:
+    """Base class of the curvature objects: C at θ on the training rows, matrix-free.
+
+    C is symmetric: ``matmul(V)`` returns the rows of V C. The data term is averaged over the
+    rows given here (a :meth:`subset` averages over its own rows) and the adapter's
+    regularizer diagonal is added, unless a subclass says otherwise (the identity).
+
+    Subclasses implement :meth:`_products` (rows of V C for a block V) and may override
+    :meth:`_dense` and :meth:`diagonal` with faster exact methods; the generic versions
+    below use products with blocks of unit vectors.
+
+    Parameters
+    ----------
+    adapter : ModelAdapter
+    theta : Tensor of shape (p,)
+        Where the curvature is taken.
+    inputs : Tensor
+        Training inputs as the adapter encodes them.
+    targets : Tensor or None
+        Training targets (needed by curvatures that depend on the labels, e.g. the Hessian).
+    batch_size : int, default=1024
+        Training rows per vectorised batch of a product.
+    weights : Tensor of shape (N,) or None
+        Per-row weights w_i of the data term (1/N) Σ w_i L_i; None means all ones.
+
+    Attributes
+    ----------
+    name : str
+        The curvature's key in the registry.
+    n_products : int
+        Number of curvature-vector products so far (one per vector).
+    needs_preconditioner : bool
+        Whether an iterative solver gains from a preconditioner (the identity does not).
+    """
+
+    name = None
+    needs_preconditioner = True
+
+    def __init__(self, adapter, theta, inputs, targets=None, *, batch_size=1024, weights=None):
+        self.adapter = adapter
+        self.theta = theta
+        self.inputs = inputs
+        self.targets = targets
+        self.batch_size = int(batch_size)
+        self.weights = weights
+        self.n_products = 0
+
+    @property
+    def n_params(self):
+        return self.theta.numel()
+
+    @property
+    def n_train(self):
+        """Number of training rows the data term averages over."""
+        return len(self.inputs)
+
+    @property
+    def dtype(self):
+        return self.theta.dtype
+
+    @property
+    def device(self):
+        return self.theta.device
+
+    # -- the contract -------------------------------------------------------------------
+    def matmul(self, vectors):
+        """Rows of V C for V of shape (m, p), or C v for a vector of shape (p,)."""
+        block = as_block(vectors, self.theta)
+        self.n_products += len(block)
+        result = self._products(block)
+        return result if vectors.dim() == 2 else result[0]
+
+    def dense(self):
+        """The (p, p) matrix C, after checking that it fits (:func:`check_dense_size`)."""
+        check_dense_size(self.n_params, self.dtype)
+        return self._dense()
+
+    def diagonal(self):
+        """diag(C), shape (p,)."""
+        total = self.theta.new_zeros(self.n_params)
+        for columns in batch_slices(self.n_params, self._unit_block()):
+            units = self._units(columns)
+            total[columns] = self.matmul(units)[:, columns].diagonal()
+        return total
+
+    def subset(self, rows):
+        """The same curvature on the training rows ``rows`` (a stochastic estimate of C)."""
+        return type(self)(
+            self.adapter,
+            self.theta,
+            self.inputs[rows],
+            None if self.targets is None else self.targets[rows],
+            batch_size=self.batch_size,
+            weights=None if self.weights is None else self.weights[rows],
+        )
+
+    # -- for subclasses -----------------------------------------------------------------
+    def _products(self, block):
+        raise NotImplementedError
+
+    def _dense(self):
+        """Generic dense matrix: products with blocks of unit vectors (C is symmetric)."""
+        matrix = self.theta.new_zeros((self.n_params, self.n_params))
+        for columns in batch_slices(self.n_params, self._unit_block()):
+            matrix[columns] = self.matmul(self._units(columns))
+        return matrix
+
+    def _finish(self, total, block):
+        """Σ_i (data term) products → mean over the rows plus the regularizer."""
+        return total / self.n_train + block * self.adapter.regularizer_diagonal()
+
+    def _units(self, columns):
+        units = self.theta.new_zeros((columns.stop - columns.start, self.n_params))
+        units[torch.arange(len(units)), torch.arange(columns.start, columns.stop)] = 1.0
+        return units
+
+    def _unit_block(self, size=256):
+        """Unit vectors per product in the generic :meth:`_dense` and :meth:`diagonal`."""
+        return max(1, min(self.n_params, size))

@@ -1,0 +1,128 @@
+"""The Gauss-Newton curvature G = (1/N) Σ_i w_i J_iᵀ H_h,i J_i + ∇²R (J_i = ∂h/∂θ, H_h = ∇²_h L).
+
+Products are matrix-free (forward then reverse mode, vmapped over a block of vectors); the
+diagonal and the dense matrix come from whitened output Jacobians A_i J_i (A_iᵀA_i = H_h,i),
+and for linear models (``adapter.linear_layout``) the dense matrix uses the Kronecker
+structure Σ_i H_i ⊗ z̃_i z̃_iᵀ instead.
+"""
+
+import torch
+from torch.func import jacrev, jvp, vjp, vmap
+
+from ._curvature_base import Curvature
+from ._gradients import batch_slices
+
+
+class GaussNewton(Curvature):
+    """Gauss-Newton matrix of the training objective (the default curvature).
+
+    See :class:`~sklearn_influence._engine._curvature_base.Curvature` for the parameters.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn.linear_model import Ridge
+    >>> from sklearn_influence._adapters import make_adapter
+    >>> from sklearn_influence._engine._curvature import make_curvature
+    >>> X, y = torch.randn(20, 3).numpy(), torch.randn(20).numpy()
+    >>> adapter = make_adapter(Ridge().fit(X, y), 20, torch.device("cpu"))
+    >>> theta, inputs = adapter.parameters(), adapter.inputs(X)
+    >>> curvature = make_curvature("gauss_newton", adapter, theta, inputs, None)
+    >>> V = torch.randn(2, theta.numel(), dtype=theta.dtype)
+    >>> bool(torch.allclose(curvature.matmul(V), V @ curvature.dense()))
+    True
+    """
+
+    name = "gauss_newton"
+
+    def _products(self, block):
+        """Per batch of rows: one forward pass, J V (forward mode), H_h, then Jᵀ (reverse)."""
+        adapter, theta, weights = self.adapter, self.theta, self.weights
+        total = torch.zeros_like(block)
+        for rows in batch_slices(self.n_train, self.batch_size):
+            batch = self.inputs[rows]
+
+            def outputs(theta_, batch=batch):
+                return adapter.outputs(theta_, batch)
+
+            values, pullback = vjp(outputs, theta)
+            pushed = vmap(lambda v, f=outputs: jvp(f, (theta,), (v,))[1])(block)  # (m, b, k)
+            with torch.no_grad():
+                output_hessian = adapter.loss.output_hessian(values.detach())  # (b, k, k)
+                if weights is not None:
+                    output_hessian = output_hessian * weights[rows].reshape(-1, 1, 1)
+            curved = torch.einsum("bkl,mbl->mbk", output_hessian, pushed)
+            total += vmap(pullback)(curved)[0]
+        return self._finish(total, block)
+
+    def diagonal(self):
+        """diag(G), exactly, from per-example output Jacobians (batched; memory b·k·p)."""
+        total = torch.zeros_like(self.theta)
+        for whitened in self.whitened_jacobians(_jacobian_rows(self)):
+            total += (whitened**2).sum((0, 1))
+        return total / self.n_train + self.adapter.regularizer_diagonal()
+
+    def _dense(self):
+        if self.adapter.linear_layout:
+            data_term = self._linear_data_term()
+        else:
+            data_term = self.theta.new_zeros((self.n_params, self.n_params))
+            for whitened in self.whitened_jacobians(self.batch_size):
+                stacked = whitened.reshape(-1, self.n_params)
+                data_term += stacked.T @ stacked
+        data_term /= self.n_train
+        data_term.diagonal().add_(self.adapter.regularizer_diagonal())
+        return data_term
+
+    def whitened_jacobians(self, rows_per_batch):
+        """A_i J_i per batch of rows, shape (b, k, p), with A_iᵀA_i = w_i H_h,i."""
+        adapter, theta, inputs, weights = self.adapter, self.theta, self.inputs, self.weights
+        for rows in batch_slices(self.n_train, rows_per_batch):
+            jacobians = output_jacobians(adapter, theta, inputs[rows])
+            with torch.no_grad():
+                factor = adapter.loss.hessian_factor(adapter.outputs(theta, inputs[rows]))
+                if weights is not None:
+                    factor = factor * weights[rows].sqrt().reshape(-1, 1, 1)
+                whitened = factor @ jacobians
+            # yield outside no_grad: a suspended generator would leave grad mode off for the caller
+            yield whitened
+
+    def _linear_data_term(self):
+        """Σ_i H_i ⊗ z̃_i z̃_iᵀ for h = W̃ z̃ — the Kronecker structure makes it one matmul.
+
+        Only the output pairs a ≤ b are computed (H_i is symmetric); the other half of the
+        blocks are their transposes.
+        """
+        adapter, theta, inputs, weights = self.adapter, self.theta, self.inputs, self.weights
+        k, width = adapter.n_outputs, inputs.shape[1]
+        first, second = torch.triu_indices(k, k, device=inputs.device)
+        total = theta.new_zeros((width, len(first) * width))
+        for rows in batch_slices(self.n_train, self.batch_size):
+            Z = inputs[rows]
+            H = adapter.loss.output_hessian(adapter.outputs(theta, Z))  # (b, k, k)
+            if weights is not None:
+                H = H * weights[rows].reshape(-1, 1, 1)
+            weighted = (H[:, first, second].unsqueeze(2) * Z.unsqueeze(1)).reshape(len(Z), -1)
+            total += Z.T @ weighted
+        # total[e, (pair, f)] = Σ_i H_i[a, b] z_e z_f for pair = (a, b), a ≤ b
+        blocks = total.reshape(width, len(first), width).transpose(0, 1)
+        matrix = theta.new_zeros((k, k, width, width))
+        matrix[first, second] = blocks
+        matrix[second, first] = blocks.transpose(1, 2)
+        return matrix.permute(0, 2, 1, 3).reshape(k * width, k * width)
+
+
+def output_jacobians(adapter, theta, inputs):
+    """J_i = ∂h(θ, x_i)/∂θ for each row, shape (n, k, p)."""
+
+    def single(theta_, x):
+        return adapter.outputs(theta_, x.unsqueeze(0))[0]
+
+    return vmap(jacrev(single), in_dims=(None, 0))(theta, inputs)
+
+
+def _jacobian_rows(curvature, limit_bytes=256 * 1024**2):
+    """Rows per batch so that one batch of output Jacobians (b, k, p) stays under the limit."""
+    itemsize = curvature.theta.element_size()
+    per_row = max(1, curvature.adapter.n_outputs * curvature.n_params * itemsize)
+    return max(1, min(curvature.batch_size, limit_bytes // per_row))
