@@ -25,7 +25,7 @@ from torch.func import jacrev
 from sklearn_influence import PBRF, InfluenceDecomposition, InfluenceFunction
 from sklearn_influence._adapters import check_supported, fit_estimator, make_adapter
 from sklearn_influence._adapters._sklearn_mlp import fit_sklearn_mlp, penalty_scale
-from sklearn_influence._engine._curvature import dense_curvature, gauss_newton_products
+from sklearn_influence._engine._curvature import make_curvature
 from sklearn_influence._engine._gradients import per_example_gradients
 
 pytestmark = [
@@ -323,10 +323,11 @@ def test_gauss_newton_equals_dense_float64_computation(data, kind, activation, s
     )
     expected = _dense_gauss_newton(net, X, penalty_scale(net, len(X)))
     theta, inputs = adapter.parameters(), adapter.inputs(X)
-    dense = dense_curvature(adapter, theta, inputs, None, "gauss_newton")
+    curvature = make_curvature("gauss_newton", adapter, theta, inputs, batch_size=37)
+    dense = curvature.dense()
     torch.testing.assert_close(dense, expected, rtol=1e-10, atol=1e-12)
     vectors = torch.randn(5, theta.numel(), dtype=torch.float64)
-    products = gauss_newton_products(adapter, theta, inputs, vectors, batch_size=37)
+    products = curvature.matmul(vectors)
     torch.testing.assert_close(products, vectors @ expected, rtol=1e-10, atol=1e-12)
 
 
