@@ -80,8 +80,8 @@ def _net(kind="nll", **params):
     if kind == "cross_entropy":
         return NeuralNetClassifier(TanhMLP, criterion=torch.nn.CrossEntropyLoss, **settings)
     if kind == "binary":
-        return NeuralNetBinaryClassifier(TanhMLP, module__n_out=1, **settings)
-    return NeuralNetRegressor(TanhMLP, module__n_out=2, **settings)
+        return NeuralNetBinaryClassifier(TanhMLP, module__out_features=1, **settings)
+    return NeuralNetRegressor(TanhMLP, module__out_features=2, **settings)
 
 
 def _targets(kind, y):
