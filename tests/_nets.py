@@ -16,3 +16,15 @@ class TanhMLP(datasets.TanhMLP):
         super().__init__(
             in_features, hidden, out_features, probabilities=probabilities, dtype=dtype
         )
+
+
+class LazyTanhMLP(torch.nn.Module):
+    """Like TanhMLP but infers the input width (scikit-learn's estimator checks vary it)."""
+
+    def __init__(self, hidden=4, n_out=5):
+        super().__init__()
+        self.hidden = torch.nn.LazyLinear(hidden, dtype=torch.float64)
+        self.out = torch.nn.Linear(hidden, n_out, dtype=torch.float64)
+
+    def forward(self, X):
+        return self.out(torch.tanh(self.hidden(X)))
