@@ -385,5 +385,3 @@ def test_string_labels_are_refused_with_the_fix(digits):
 def test_unfitted_net_is_refused_by_the_adapter():
     with pytest.raises(ValueError, match="is not fitted"):
         SkorchAdapter(_net("cross_entropy"), 10)
-
-
