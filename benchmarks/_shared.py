@@ -1,4 +1,7 @@
-"""Pieces the benchmark scripts share: the small tanh MLP and the environment lines."""
+"""Pieces the benchmark scripts share: the tanh MLP net builder and the environment lines.
+
+The network is the public :class:`sklearn_influence.datasets.TanhMLP` (64 → hidden → 10).
+"""
 
 import os
 import platform
@@ -8,19 +11,7 @@ import skorch
 import torch
 
 import sklearn_influence
-
-
-class TanhMLP(torch.nn.Module):
-    """64 → hidden → 10 with a tanh hidden layer (logits out): smooth, so G is well defined."""
-
-    def __init__(self, hidden=32):
-        super().__init__()
-        self.layers = torch.nn.Sequential(
-            torch.nn.Linear(64, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, 10)
-        )
-
-    def forward(self, X):
-        return self.layers(X)
+from sklearn_influence.datasets import TanhMLP
 
 
 def sgd_tanh_net(hidden=32, epochs=30, lr=0.1):

@@ -28,12 +28,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _shared import TanhMLP
 from sklearn.frozen import FrozenEstimator
 from sklearn.linear_model import LogisticRegression
 
 from sklearn_influence import MislabelDetector
-from sklearn_influence.datasets import load_digits_split
+from sklearn_influence.datasets import TanhMLP, load_digits_split
 from sklearn_influence.metrics import mislabel_detection_auc, mislabel_detection_recall
 
 FRACTIONS = (0.05, 0.1, 0.15, 0.2, 0.3)

@@ -54,27 +54,18 @@ def _logistic(args):
     return LogisticRegression(C=1.0, solver="newton-cholesky", tol=1e-10, max_iter=1000)
 
 
-class _MLPModule(torch.nn.Module):
-    """One hidden layer with tanh: smooth, so its Gauss-Newton matrix is well defined."""
-
-    def __init__(self, in_features=64, hidden=32, out_features=10):
-        super().__init__()
-        self.hidden = torch.nn.Linear(in_features, hidden)
-        self.output = torch.nn.Linear(hidden, out_features)
-
-    def forward(self, X):
-        return self.output(torch.tanh(self.hidden(X)))
-
-
 def _mlp(args):
-    """A small skorch MLP trained with full-batch Adam and weight decay (L2 in the objective).
+    """A small skorch MLP (:class:`~sklearn_influence.datasets.TanhMLP`, 32 tanh units) trained
+    with full-batch Adam and weight decay (L2 in the objective).
 
     ``args.n_features`` and ``args.n_classes`` are set from the data before this is called.
     """
     from skorch import NeuralNetClassifier
 
+    from .datasets import TanhMLP
+
     return NeuralNetClassifier(
-        _MLPModule,
+        TanhMLP,
         module__in_features=args.n_features,
         module__out_features=args.n_classes,
         criterion=torch.nn.CrossEntropyLoss,

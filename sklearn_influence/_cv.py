@@ -42,8 +42,9 @@ class InfluenceFunctionCV(InfluenceFunction):
         How to split the training data for scoring (see above).
     correlation : {"pearson", "spearman"}, default="pearson"
         Agreement measure between predicted and actual loss changes.
-    curvature, solver, device, batch_size, solver_options, n_score_points, score_target,
-    score_damping, memory, n_jobs, random_state :
+    curvature, solver, device, batch_size, solver_options :
+        As in :class:`InfluenceFunction`.
+    n_score_points, score_target, score_damping, memory, n_jobs, random_state :
         As in :class:`InfluenceFunction`.
 
     Attributes

@@ -1,17 +1,19 @@
-"""Small bundled data sets for examples, the command line and tests (no download).
+"""Small bundled data sets and a toy network for examples, the command line and tests.
 
 Every loader returns a :class:`~sklearn.utils.Bunch` with a fixed train/test split, so that
 influence matrices (rows: test queries, columns: training points) can be indexed back to the
-images they describe.
+images they describe (no download). :class:`TanhMLP` is the small network that the command
+line, the tests and the benchmarks train on them.
 """
 
 from numbers import Integral, Real
 
 import numpy as np
+import torch
 from sklearn.datasets import load_digits
 from sklearn.utils import Bunch, check_random_state
 
-__all__ = ["load_digits_split"]
+__all__ = ["TanhMLP", "load_digits_split"]
 
 #: the largest pixel value of scikit-learn's digits (4-bit grey levels)
 _DIGITS_MAX_PIXEL = 16.0
@@ -134,3 +136,79 @@ def load_digits_split(*, n_train=1500, n_test=None, flip_fraction=0.0, random_st
         test_indices=test,
         target_names=digits.target_names,
     )
+
+
+class TanhMLP(torch.nn.Module):
+    """A one-hidden-layer tanh network: ``in_features → hidden → out_features``.
+
+    ``Linear → tanh → Linear``, returning logits (or, with ``probabilities=True``, their
+    softmax, for :class:`torch.nn.NLLLoss`). tanh is smooth, so the network's Gauss-Newton
+    matrix and Hessian are well defined, and the forward pass has no data-dependent control
+    flow, so :mod:`torch.func` can trace it. Pass the class to a skorch net (``module=TanhMLP``
+    with ``module__hidden=...``). The hidden layer is built before the output layer, so a
+    seeded torch generator always gives the same initial weights.
+
+    Parameters
+    ----------
+    in_features : int, default=64
+        Width of the input (64 for the 8×8 digits of :func:`load_digits_split`).
+    hidden : int, default=32
+        Number of hidden units.
+    out_features : int, default=10
+        Number of outputs: classes for a classifier, 1 for a binary classifier, targets for
+        a regressor.
+    probabilities : bool, default=False
+        Return ``softmax(logits)`` instead of the logits (skorch's default
+        :class:`torch.nn.NLLLoss` criterion expects probabilities).
+    dtype : torch.dtype or None, default=None
+        Parameter dtype; None uses torch's default (float32).
+
+    Attributes
+    ----------
+    hidden : torch.nn.Linear
+        The input-to-hidden layer.
+    output : torch.nn.Linear
+        The hidden-to-output layer.
+
+    See Also
+    --------
+    load_digits_split : The data the network is usually trained on.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_influence.datasets import TanhMLP
+    >>> _ = torch.manual_seed(0)
+    >>> net = TanhMLP(in_features=4, hidden=3, out_features=2)
+    >>> net(torch.zeros(5, 4)).shape
+    torch.Size([5, 2])
+    >>> params = dict(net.named_parameters())
+    >>> list(params)
+    ['hidden.weight', 'hidden.bias', 'output.weight', 'output.bias']
+    >>> torch.func.functional_call(net, params, (torch.zeros(1, 4),)).shape
+    torch.Size([1, 2])
+    """
+
+    def __init__(
+        self, in_features=64, hidden=32, out_features=10, *, probabilities=False, dtype=None
+    ):
+        super().__init__()
+        self.hidden = torch.nn.Linear(in_features, hidden, dtype=dtype)
+        self.output = torch.nn.Linear(hidden, out_features, dtype=dtype)
+        self.probabilities = probabilities
+
+    def forward(self, X):
+        """Logits of shape (n_samples, out_features), or their softmax.
+
+        Parameters
+        ----------
+        X : torch.Tensor of shape (n_samples, in_features)
+            The inputs.
+
+        Returns
+        -------
+        out : torch.Tensor of shape (n_samples, out_features)
+            Logits, or probabilities when ``probabilities=True``.
+        """
+        out = self.output(torch.tanh(self.hidden(X)))
+        return torch.softmax(out, dim=-1) if self.probabilities else out

@@ -1,17 +1,30 @@
-"""Small torch modules shared by the tests (top level, so that skorch nets clone and pickle)."""
+"""The tests' network: the public :class:`~sklearn_influence.datasets.TanhMLP` with the tests'
+defaults (8 hidden units, float64 parameters) — top level, so that skorch nets clone and pickle.
+"""
 
 import torch
 
+from sklearn_influence import datasets
 
-class TanhMLP(torch.nn.Module):
-    """in → hidden (tanh) → out; ``probabilities`` ends with a softmax (for NLLLoss)."""
 
-    def __init__(self, n_in=64, hidden=8, n_out=10, probabilities=False, dtype=torch.float64):
+class TanhMLP(datasets.TanhMLP):
+    """``datasets.TanhMLP`` defaulting to 8 hidden units and float64 (only the defaults differ)."""
+
+    def __init__(
+        self, in_features=64, hidden=8, out_features=10, *, probabilities=False, dtype=torch.float64
+    ):
+        super().__init__(
+            in_features, hidden, out_features, probabilities=probabilities, dtype=dtype
+        )
+
+
+class LazyTanhMLP(torch.nn.Module):
+    """Like TanhMLP but infers the input width (scikit-learn's estimator checks vary it)."""
+
+    def __init__(self, hidden=4, n_out=5):
         super().__init__()
-        self.hidden = torch.nn.Linear(n_in, hidden, dtype=dtype)
-        self.out = torch.nn.Linear(hidden, n_out, dtype=dtype)
-        self.probabilities = probabilities
+        self.hidden = torch.nn.LazyLinear(hidden, dtype=torch.float64)
+        self.out = torch.nn.Linear(hidden, n_out, dtype=torch.float64)
 
     def forward(self, X):
-        out = self.out(torch.tanh(self.hidden(X)))
-        return torch.softmax(out, -1) if self.probabilities else out
+        return self.out(torch.tanh(self.hidden(X)))

@@ -10,7 +10,6 @@ from _nets import TanhMLP
 from sklearn.datasets import make_classification
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression, Ridge
-from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from sklearn_influence import (
     PBRF,
@@ -155,11 +154,6 @@ def test_display_without_matplotlib(converged, monkeypatch):
     display = InfluenceDecompositionDisplay({"term": []})
     with pytest.raises(ImportError, match="pip install matplotlib"):
         display.plot()
-
-
-@parametrize_with_checks([InfluenceDecomposition(Ridge(), n_points=2, random_state=0)])
-def test_scikit_learn_contract(estimator, check):
-    check(estimator)
 
 
 # -- a neural network (skorch) ------------------------------------------------------------

@@ -43,7 +43,7 @@ def test_docs_build_offline_without_warnings(tmp_path):
     env = {key: value for key, value in os.environ.items() if "proxy" not in key.lower()}
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, f"sphinx failed:\n{result.stdout}\n{result.stderr}"
-    for page in ("index", "install", "user_guide", "api", "auto_examples/index"):
+    for page in ("index", "install", "user_guide", "architecture", "api", "auto_examples/index"):
         assert (output / f"{page}.html").is_file()
     # every public name has an API page
     for name in sklearn_influence.__all__:

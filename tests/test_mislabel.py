@@ -14,7 +14,6 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
-from sklearn.utils.estimator_checks import parametrize_with_checks
 from skorch import NeuralNetClassifier
 
 from sklearn_influence import InfluenceFunction, MislabelDetector
@@ -302,23 +301,3 @@ def test_mlp_fitting_the_flipped_labels_is_caught_by_self_influence(overfit_mlp)
     # the loss baseline on the same network, for comparison (no threshold in the issue)
     loss = MislabelDetector(frozen, method="loss").fit(data.X_train, y).mislabel_scores_
     assert mislabel_detection_recall(is_flipped, loss, fraction=0.2) > 0.2
-
-
-# -- scikit-learn's estimator checks ---------------------------------------------------------
-NEEDS_LABELS = (
-    "the check fits without labels (fit(X)), but a label is only suspicious together with "
-    "its input: MislabelDetector.fit requires y. The same properties are tested with labels "
-    "in test_outlier_detector_conventions_with_labels."
-)
-EXPECTED_FAILURES = {
-    "check_outliers_train": NEEDS_LABELS,
-    "check_outliers_fit_predict": NEEDS_LABELS,
-}
-
-
-@parametrize_with_checks(
-    [MislabelDetector(LogisticRegression(max_iter=200), random_state=0)],
-    expected_failed_checks=lambda estimator: EXPECTED_FAILURES,
-)
-def test_scikit_learn_contract(estimator, check):
-    check(estimator)

@@ -14,7 +14,6 @@ from sklearn.base import clone
 from sklearn.datasets import make_classification, make_regression
 from sklearn.frozen import FrozenEstimator
 from sklearn.linear_model import LinearRegression, LogisticRegression, Ridge
-from sklearn.utils.estimator_checks import parametrize_with_checks
 from torch.func import grad, hessian
 
 from sklearn_influence import PBRF, LeaveOneOut, LinearizedPBRF, ProximalResponse
@@ -483,20 +482,6 @@ def test_cuda_matches_cpu(regression_data):
     np.testing.assert_allclose(on_gpu.parameters_, on_cpu.parameters_, rtol=1e-9, atol=1e-12)
     iterative = PBRF(Ridge(), n_points=3, random_state=0, device="cuda", method="optimizer")
     assert iterative.fit(X, y).transform(X_test, y_test).shape == (len(X_test), 3)
-
-
-ESTIMATORS = [
-    LeaveOneOut(Ridge(), n_points=3, random_state=0),
-    LeaveOneOut(LogisticRegression(), warm_start=True, n_points=3, random_state=0),
-    ProximalResponse(LogisticRegression(), n_points=3, random_state=0),
-    PBRF(Ridge(), n_points=3, random_state=0),
-    LinearizedPBRF(LogisticRegression(), n_points=3, random_state=0),
-]
-
-
-@parametrize_with_checks(ESTIMATORS)
-def test_scikit_learn_contract(estimator, check):
-    check(estimator)
 
 
 def test_newton_stops_silently_at_the_rounding_floor_of_a_large_objective():

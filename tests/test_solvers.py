@@ -334,7 +334,7 @@ def test_regressor_net_with_cg(digits):
     net = NeuralNetRegressor(
         TanhMLP,
         module__hidden=16,
-        module__n_out=1,
+        module__out_features=1,
         train_split=None,
         max_epochs=3,
         lr=0.05,
