@@ -142,9 +142,9 @@ def test_set_output_pandas_gives_one_column_per_training_point(wine):
 
 # -- the objective mapping: each fitted estimator minimises the adapter's objective --------
 def _objective_gradient_norm(influence):
-    engine = influence._engine
+    engine = influence.engine_
     adapter = engine.adapter
-    inputs, targets = adapter.inputs(influence._X_train), adapter.targets(influence._y_train)
+    inputs, targets = adapter.inputs(influence.X_train_), adapter.targets(influence.y_train_)
 
     def objective(theta):
         return adapter.objective(theta, inputs, targets)
