@@ -48,6 +48,7 @@ from sklearn_influence.metrics import (
 )
 
 from ._cli_data import DataError, load_data
+from ._cli_output import Progress, class_label, new_axes, print_images, table_rows
 
 # -- models ---------------------------------------------------------------------------------
 
@@ -126,33 +127,6 @@ _non_negative_int = _checked_number(
 _non_negative_float = _checked_number(
     float, "a number", lambda value: np.isfinite(value) and value >= 0, "a finite number >= 0"
 )
-
-
-# -- rendering ------------------------------------------------------------------------------
-
-#: grey levels from white (0) to black (1) for 8x8 digits
-_SHADES = " .:-=+*#%@"
-
-
-def _ascii_image(image):
-    """Rows of characters for an image with values in [0, 1]."""
-    levels = np.clip(np.rint(np.asarray(image) * (len(_SHADES) - 1)), 0, len(_SHADES) - 1)
-    return ["".join(_SHADES[int(v)] for v in row) for row in levels]
-
-
-def _print_image_row(panels, width=11, file=None):
-    """Print images side by side; each panel is (title lines, image)."""
-    n_titles = max(len(titles) for titles, _ in panels)
-    for line in range(n_titles):
-        print(
-            "".join(
-                f"{(titles + [''] * n_titles)[line]:<{width}}" for titles, _ in panels
-            ).rstrip(),
-            file=file,
-        )
-    rendered = [_ascii_image(image) for _, image in panels]
-    for row in range(len(rendered[0])):
-        print("".join(f"{lines[row]:<{width}}" for lines in rendered).rstrip(), file=file)
 
 
 def _prepare(parser, args, default_n_train, **load_options):
@@ -234,25 +208,6 @@ def _add_common_arguments(parser, *, n_train, damping):
     parser.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
 
 
-class _Progress:
-    """One stderr line per long step, with the time the previous step took."""
-
-    def __init__(self, quiet):
-        self.quiet = quiet
-        self.start = time.perf_counter()
-
-    def __call__(self, message):
-        if not self.quiet:
-            elapsed = time.perf_counter() - self.start
-            print(f"[{elapsed:6.1f} s] {message}", file=sys.stderr, flush=True)
-
-
-def _label(data, value):
-    """The original label of an encoded class (CSV) or the digit itself."""
-    names = data.get("target_names")
-    return str(names[value]) if names is not None else str(value)
-
-
 def _build_estimator(args):
     estimator = _MODELS[args.model](args)
     return estimator
@@ -321,8 +276,8 @@ def _explain_queries(args, data, influence, out):
     unit = data.unit[:-1]
     for row, query in enumerate(queries):
         print(
-            f"\nTest {unit} {query}: label {_label(data, y_query[row])}, "
-            f"predicted {_label(data, predicted[row])}",
+            f"\nTest {unit} {query}: label {class_label(data, y_query[row])}, "
+            f"predicted {class_label(data, predicted[row])}",
             file=out,
         )
         print(f"  {'':9}{'index':>6} {'label':>6} {'influence':>11}", file=out)
@@ -332,25 +287,10 @@ def _explain_queries(args, data, influence, out):
         ):
             for rank, (index, value) in enumerate(zip(indices, values, strict=True)):
                 label = kind if rank == 0 else ""
-                print(
-                    f"  {label:9}{index:>6} {_label(data, data.y_train[index]):>6} {value:>+11.3e}",
-                    file=out,
-                )
+                name = class_label(data, data.y_train[index])
+                print(f"  {label:9}{index:>6} {name:>6} {value:>+11.3e}", file=out)
         if not args.no_images and data.images_train is not None:
-            _print_images(data, query, top, row, out)
-
-
-def _print_images(data, query, top, row, out):
-    panels = [([f"test {query}", f"label {data.y_test[query]}"], data.images_test[query])]
-    for sign, indices in (("+", top.helpful_indices[row]), ("-", top.harmful_indices[row])):
-        panels += [
-            ([f"{sign}#{index}", f"label {data.y_train[index]}"], data.images_train[index])
-            for index in indices
-        ]
-    per_row = 7
-    for start in range(0, len(panels), per_row):
-        print(file=out)
-        _print_image_row(panels[start : start + per_row], file=out)
+            print_images(data, query, top, row, out)
 
 
 def _check_against_retraining(args, data, influence, out):
@@ -396,9 +336,9 @@ def _check_against_retraining(args, data, influence, out):
     shown = np.argsort(-np.abs(predicted), kind="stable")[:5]
     for position in shown:
         index = removed[position]
+        name = class_label(data, data.y_train[index])
         print(
-            f"  {index:>6} {_label(data, data.y_train[index]):>6} {predicted[position]:>+11.3e} "
-            f"{actual[position]:>+11.3e}",
+            f"  {index:>6} {name:>6} {predicted[position]:>+11.3e} {actual[position]:>+11.3e}",
             file=out,
         )
     print(f"  (the 5 removed {data.unit} with the largest predicted effect)", file=out)
@@ -406,7 +346,7 @@ def _check_against_retraining(args, data, influence, out):
 
 def _run_explain(args, out):
     data = args.data
-    progress = _Progress(args.quiet)
+    progress = Progress(args.quiet)
     estimator = _build_estimator(args)
     influence = InfluenceFunction(
         estimator, damping=args.damping, device=args.device, random_state=args.random_state
@@ -457,13 +397,6 @@ def _check_output(parser, path):
         parser.error("--output needs matplotlib: pip install matplotlib")
 
 
-def _new_axes(figsize):
-    """Axes of a figure outside pyplot: no GUI backend, nothing left open."""
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=figsize, layout="constrained").subplots()
-
-
 # -- decompose ------------------------------------------------------------------------------
 
 
@@ -501,18 +434,9 @@ def _check_decompose_arguments(parser, args):
         parser.error("--n-points must be at least 2 to correlate the objects")
 
 
-def _table_rows(table):
-    """Rows of :meth:`InfluenceDecomposition.decompose` as dicts (a DataFrame or a dict)."""
-    if isinstance(table, dict):  # without pandas: column name -> list of values
-        return [
-            dict(zip(table, values, strict=True)) for values in zip(*table.values(), strict=True)
-        ]
-    return [{"term": term, **row} for term, row in table.to_dict("index").items()]
-
-
 def _run_decompose(args, out):
     data = args.data
-    progress = _Progress(args.quiet)
+    progress = Progress(args.quiet)
     estimator = _build_estimator(args)
     parts = InfluenceDecomposition(
         estimator,
@@ -542,14 +466,14 @@ def _run_decompose(args, out):
         f"{'term':<21}{'from':>17}{'to':>17}{'output_distance':>17}{'pearson':>9}{'spearman':>9}",
         file=out,
     )
-    for row in _table_rows(table):
+    for row in table_rows(table):
         print(
             f"{row['term']:<21}{row['from']:>17}{row['to']:>17}{row['output_distance']:>17.3e}"
             f"{row['pearson']:>9.4f}{row['spearman']:>9.4f}",
             file=out,
         )
     display = InfluenceDecompositionDisplay(table, estimator_name=type(estimator).__name__)
-    display.plot(ax=_new_axes((7, 3.5)))
+    display.plot(ax=new_axes((7, 3.5)))
     display.figure_.savefig(args.output)
     print(f"\nFigure of the five terms saved to {args.output}", file=out)
     return 0
@@ -609,7 +533,7 @@ def _check_mislabeled_arguments(parser, args):
 
 def _run_mislabeled(args, out):
     data = args.data
-    progress = _Progress(args.quiet)
+    progress = Progress(args.quiet)
     estimator = _build_estimator(args)
     common = dict(damping=args.damping, device=args.device, random_state=args.random_state)
     progress(f"fitting {type(estimator).__name__} and ranking by {args.method}")
@@ -630,11 +554,11 @@ def _run_mislabeled(args, out):
     print(header + ("  flipped (true label)" if n_flipped else ""), file=out)
     for rank, index in enumerate(detector.ranking_[: args.k], start=1):
         line = (
-            f"{rank:>5} {index:>6} {_label(data, data.y_train[index]):>8} "
+            f"{rank:>5} {index:>6} {class_label(data, data.y_train[index]):>8} "
             f"{detector.mislabel_scores_[index]:>+11.3e}"
         )
         if flipped[index]:
-            line += f"  yes ({_label(data, data.y_train_clean[index])})"
+            line += f"  yes ({class_label(data, data.y_train_clean[index])})"
         print(line.rstrip(), file=out)
     if not n_flipped:
         return 0
@@ -659,7 +583,7 @@ def _run_mislabeled(args, out):
         file=out,
     )
     if args.output is not None:
-        ax = _new_axes((5, 4))
+        ax = new_axes((5, 4))
         for position, (name, values) in enumerate(scores.items()):
             MislabelRecallDisplay.from_predictions(
                 flipped, values, name=name, ax=ax, plot_chance_level=position == 0
