@@ -133,7 +133,7 @@ def measure(weights, solver, options, n_train, device, threads, output, hidden):
     if device == "cuda":
         peak = torch.cuda.max_memory_allocated() / 1024**2
     np.save(output, matrix)
-    solver_object = influence._engine.solver
+    solver_object = influence.engine_.solver
     print(
         json.dumps(
             {

@@ -28,19 +28,27 @@ import argparse
 import os
 import sys
 import time
+import warnings
 
 import numpy as np
 import torch
-from scipy.stats import pearsonr, spearmanr
 from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
+from sklearn_influence import (
+    InfluenceDecomposition,
+    InfluenceDecompositionDisplay,
+    InfluenceFunction,
+    MislabelDetector,
+)
+from sklearn_influence.metrics import (
+    MislabelRecallDisplay,
+    mislabel_detection_auc,
+    mislabel_detection_recall,
+)
+
 from ._cli_data import DataError, load_data
-from ._decomposition import InfluenceDecomposition, InfluenceDecompositionDisplay
-from ._influence import InfluenceFunction, _removal_changes
-from ._mislabel import MislabelDetector
-from ._torch_utils import resolve_device
-from .metrics import mislabel_detection_auc, mislabel_detection_recall
+from ._cli_output import Progress, class_label, new_axes, print_images, table_rows
 
 # -- models ---------------------------------------------------------------------------------
 
@@ -112,43 +120,13 @@ _non_negative_float = _checked_number(
 )
 
 
-# -- rendering ------------------------------------------------------------------------------
-
-#: grey levels from white (0) to black (1) for 8x8 digits
-_SHADES = " .:-=+*#%@"
-
-
-def _ascii_image(image):
-    """Rows of characters for an image with values in [0, 1]."""
-    levels = np.clip(np.rint(np.asarray(image) * (len(_SHADES) - 1)), 0, len(_SHADES) - 1)
-    return ["".join(_SHADES[int(v)] for v in row) for row in levels]
-
-
-def _print_image_row(panels, width=11, file=None):
-    """Print images side by side; each panel is (title lines, image)."""
-    n_titles = max(len(titles) for titles, _ in panels)
-    for line in range(n_titles):
-        print(
-            "".join(
-                f"{(titles + [''] * n_titles)[line]:<{width}}" for titles, _ in panels
-            ).rstrip(),
-            file=file,
-        )
-    rendered = [_ascii_image(image) for _, image in panels]
-    for row in range(len(rendered[0])):
-        print("".join(f"{lines[row]:<{width}}" for lines in rendered).rstrip(), file=file)
-
-
 def _prepare(parser, args, default_n_train, **load_options):
     """Shared checks of every subcommand; loads the data into ``args.data``."""
     if args.csv is None and args.target is not None:
         parser.error("--target names a column of --csv; give --csv PATH too")
     if args.csv is not None and args.target is None:
         parser.error("--csv needs --target COLUMN, the column that holds the labels")
-    try:
-        resolve_device(args.device)
-    except (ValueError, RuntimeError) as error:
-        parser.error(f"--device {args.device!r}: {error}")
+    _check_device(parser, args.device)
     try:
         args.data = load_data(args, default_n_train, **load_options)
     except DataError as error:
@@ -160,6 +138,18 @@ def _prepare(parser, args, default_n_train, **load_options):
             args.data[name] = args.data[name].astype(np.float32)
         for name in ("y_train", "y_test"):
             args.data[name] = args.data[name].astype(np.int64)
+
+
+def _check_device(parser, device):
+    """Refuse a device that torch cannot use here, by the estimators' own check.
+
+    The check is :class:`InfluenceFunction`'s: a fit on two points, which costs milliseconds.
+    """
+    probe = InfluenceFunction(LogisticRegression(), device=device, random_state=0)
+    try:
+        probe.fit(np.array([[0.0], [1.0]]), np.array([0, 1]))
+    except (ValueError, RuntimeError) as error:
+        parser.error(f"--device {device!r}: {error}")
 
 
 def _add_common_arguments(parser, *, n_train, damping):
@@ -207,25 +197,6 @@ def _add_common_arguments(parser, *, n_train, damping):
         help="seed of the split and of every random choice (default 0)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
-
-
-class _Progress:
-    """One stderr line per long step, with the time the previous step took."""
-
-    def __init__(self, quiet):
-        self.quiet = quiet
-        self.start = time.perf_counter()
-
-    def __call__(self, message):
-        if not self.quiet:
-            elapsed = time.perf_counter() - self.start
-            print(f"[{elapsed:6.1f} s] {message}", file=sys.stderr, flush=True)
-
-
-def _label(data, value):
-    """The original label of an encoded class (CSV) or the digit itself."""
-    names = data.get("target_names")
-    return str(names[value]) if names is not None else str(value)
 
 
 def _build_estimator(args):
@@ -296,8 +267,8 @@ def _explain_queries(args, data, influence, out):
     unit = data.unit[:-1]
     for row, query in enumerate(queries):
         print(
-            f"\nTest {unit} {query}: label {_label(data, y_query[row])}, "
-            f"predicted {_label(data, predicted[row])}",
+            f"\nTest {unit} {query}: label {class_label(data, y_query[row])}, "
+            f"predicted {class_label(data, predicted[row])}",
             file=out,
         )
         print(f"  {'':9}{'index':>6} {'label':>6} {'influence':>11}", file=out)
@@ -307,49 +278,30 @@ def _explain_queries(args, data, influence, out):
         ):
             for rank, (index, value) in enumerate(zip(indices, values, strict=True)):
                 label = kind if rank == 0 else ""
-                print(
-                    f"  {label:9}{index:>6} {_label(data, data.y_train[index]):>6} {value:>+11.3e}",
-                    file=out,
-                )
+                name = class_label(data, data.y_train[index])
+                print(f"  {label:9}{index:>6} {name:>6} {value:>+11.3e}", file=out)
         if not args.no_images and data.images_train is not None:
-            _print_images(data, query, top, row, out)
+            print_images(data, query, top, row, out)
 
 
-def _print_images(data, query, top, row, out):
-    panels = [([f"test {query}", f"label {data.y_test[query]}"], data.images_test[query])]
-    for sign, indices in (("+", top.helpful_indices[row]), ("-", top.harmful_indices[row])):
-        panels += [
-            ([f"{sign}#{index}", f"label {data.y_train[index]}"], data.images_train[index])
-            for index in indices
-        ]
-    per_row = 7
-    for start in range(0, len(panels), per_row):
-        print(file=out)
-        _print_image_row(panels[start : start + per_row], file=out)
-
-
-def _check_against_retraining(args, data, influence, matrix, out):
+def _check_against_retraining(args, data, influence, out):
     rng = np.random.RandomState(args.random_state)
     removed = np.sort(rng.choice(len(data.y_train), size=args.n_removed, replace=False))
     start = time.perf_counter()
-    # the fitted adapter knows how its model was trained (a network's initial weights, ...)
-    adapter = influence._engine.adapter
-    # loo: exact leave-one-out optima by Newton's method for linear models, refits otherwise;
-    # pbrf: one batched optimisation of the removed points' PBRF objectives
-    actual = _removal_changes(
-        adapter,
-        adapter.parameters(),
-        data.X_train,
-        data.y_train,
-        removed,
-        (args.check, args.damping),
-        None,
-        data.X_test,
-        data.y_test,
-        fit_key=None,
-    )
+    # loo: exact leave-one-out optima by Newton's method for linear models, refits otherwise
+    # (a network from its initial weights); pbrf: one batched optimisation of the removed
+    # points' PBRF objectives. Constant changes are reported below, not warned about.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The predicted or the actual loss changes")
+        agreement = influence.removal_agreement(
+            data.X_test,
+            data.y_test,
+            train_indices=removed,
+            target=args.check,
+            pbrf_damping=args.damping,
+        )
     elapsed = time.perf_counter() - start
-    predicted = matrix[:, removed].mean(0)
+    predicted, actual = agreement.predicted, agreement.actual
     target = (
         "actual leave-one-out retraining"
         if args.check == "loo"
@@ -362,13 +314,12 @@ def _check_against_retraining(args, data, influence, matrix, out):
         f"{len(data.y_test)} test {data.unit}; predicted = mean influence over them.",
         file=out,
     )
-    if np.ptp(predicted) == 0 or np.ptp(actual) == 0:
+    if np.isnan(agreement.pearson):
         print("  The changes are constant; their correlation is undefined.", file=out)
         return
     slope = np.polyfit(predicted, actual, 1)[0]
     print(
-        f"  Pearson {pearsonr(predicted, actual)[0]:.4f}   "
-        f"Spearman {spearmanr(predicted, actual)[0]:.4f}   "
+        f"  Pearson {agreement.pearson:.4f}   Spearman {agreement.spearman:.4f}   "
         f"slope of actual on predicted {slope:.3f}",
         file=out,
     )
@@ -376,9 +327,9 @@ def _check_against_retraining(args, data, influence, matrix, out):
     shown = np.argsort(-np.abs(predicted), kind="stable")[:5]
     for position in shown:
         index = removed[position]
+        name = class_label(data, data.y_train[index])
         print(
-            f"  {index:>6} {_label(data, data.y_train[index]):>6} {predicted[position]:>+11.3e} "
-            f"{actual[position]:>+11.3e}",
+            f"  {index:>6} {name:>6} {predicted[position]:>+11.3e} {actual[position]:>+11.3e}",
             file=out,
         )
     print(f"  (the 5 removed {data.unit} with the largest predicted effect)", file=out)
@@ -386,7 +337,7 @@ def _check_against_retraining(args, data, influence, matrix, out):
 
 def _run_explain(args, out):
     data = args.data
-    progress = _Progress(args.quiet)
+    progress = Progress(args.quiet)
     estimator = _build_estimator(args)
     influence = InfluenceFunction(
         estimator, damping=args.damping, device=args.device, random_state=args.random_state
@@ -412,7 +363,7 @@ def _run_explain(args, out):
     if args.n_removed:
         action = "refitting without" if args.check == "loo" else "optimising the PBRF of"
         progress(f"{action} each of {args.n_removed} training {data.unit}")
-        _check_against_retraining(args, data, influence, matrix, out)
+        _check_against_retraining(args, data, influence, out)
     return 0
 
 
@@ -435,13 +386,6 @@ def _check_output(parser, path):
         import matplotlib  # noqa: F401
     except ImportError:
         parser.error("--output needs matplotlib: pip install matplotlib")
-
-
-def _new_axes(figsize):
-    """Axes of a figure outside pyplot: no GUI backend, nothing left open."""
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=figsize, layout="constrained").subplots()
 
 
 # -- decompose ------------------------------------------------------------------------------
@@ -481,18 +425,9 @@ def _check_decompose_arguments(parser, args):
         parser.error("--n-points must be at least 2 to correlate the objects")
 
 
-def _table_rows(table):
-    """Rows of :meth:`InfluenceDecomposition.decompose` as dicts (a DataFrame or a dict)."""
-    if isinstance(table, dict):  # without pandas: column name -> list of values
-        return [
-            dict(zip(table, values, strict=True)) for values in zip(*table.values(), strict=True)
-        ]
-    return [{"term": term, **row} for term, row in table.to_dict("index").items()]
-
-
 def _run_decompose(args, out):
     data = args.data
-    progress = _Progress(args.quiet)
+    progress = Progress(args.quiet)
     estimator = _build_estimator(args)
     parts = InfluenceDecomposition(
         estimator,
@@ -522,14 +457,14 @@ def _run_decompose(args, out):
         f"{'term':<21}{'from':>17}{'to':>17}{'output_distance':>17}{'pearson':>9}{'spearman':>9}",
         file=out,
     )
-    for row in _table_rows(table):
+    for row in table_rows(table):
         print(
             f"{row['term']:<21}{row['from']:>17}{row['to']:>17}{row['output_distance']:>17.3e}"
             f"{row['pearson']:>9.4f}{row['spearman']:>9.4f}",
             file=out,
         )
     display = InfluenceDecompositionDisplay(table, estimator_name=type(estimator).__name__)
-    display.plot(ax=_new_axes((7, 3.5)))
+    display.plot(ax=new_axes((7, 3.5)))
     display.figure_.savefig(args.output)
     print(f"\nFigure of the five terms saved to {args.output}", file=out)
     return 0
@@ -589,7 +524,7 @@ def _check_mislabeled_arguments(parser, args):
 
 def _run_mislabeled(args, out):
     data = args.data
-    progress = _Progress(args.quiet)
+    progress = Progress(args.quiet)
     estimator = _build_estimator(args)
     common = dict(damping=args.damping, device=args.device, random_state=args.random_state)
     progress(f"fitting {type(estimator).__name__} and ranking by {args.method}")
@@ -610,11 +545,11 @@ def _run_mislabeled(args, out):
     print(header + ("  flipped (true label)" if n_flipped else ""), file=out)
     for rank, index in enumerate(detector.ranking_[: args.k], start=1):
         line = (
-            f"{rank:>5} {index:>6} {_label(data, data.y_train[index]):>8} "
+            f"{rank:>5} {index:>6} {class_label(data, data.y_train[index]):>8} "
             f"{detector.mislabel_scores_[index]:>+11.3e}"
         )
         if flipped[index]:
-            line += f"  yes ({_label(data, data.y_train_clean[index])})"
+            line += f"  yes ({class_label(data, data.y_train_clean[index])})"
         print(line.rstrip(), file=out)
     if not n_flipped:
         return 0
@@ -639,9 +574,7 @@ def _run_mislabeled(args, out):
         file=out,
     )
     if args.output is not None:
-        from .metrics._display import MislabelRecallDisplay
-
-        ax = _new_axes((5, 4))
+        ax = new_axes((5, 4))
         for position, (name, values) in enumerate(scores.items()):
             MislabelRecallDisplay.from_predictions(
                 flipped, values, name=name, ax=ax, plot_chance_level=position == 0
@@ -685,7 +618,7 @@ def _build_parser():
         description="Influence functions for scikit-learn models, on scikit-learn's bundled "
         f"digits. Without a subcommand, runs '{_DEFAULT_COMMAND}'.",
     )
-    from . import __version__
+    from sklearn_influence import __version__
 
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")

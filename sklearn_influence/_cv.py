@@ -3,16 +3,9 @@
 import numpy as np
 from sklearn.model_selection import check_cv
 from sklearn.utils._param_validation import StrOptions
-from sklearn.utils.validation import check_memory
 
-from ._influence import (
-    InfluenceFunction,
-    _correlation,
-    _fit_engine,
-    _score_points,
-    cached_removal_changes,
-)
-from ._torch_utils import resolve_device, to_numpy
+from ._base import correlation, sample_training_points
+from ._influence import UNDEFINED_AGREEMENT, InfluenceFunction
 
 
 def _take(data, rows):
@@ -138,14 +131,14 @@ class InfluenceFunctionCV(InfluenceFunction):
         """
         dampings = self._candidate_dampings()
         super().fit(X, y)
-        X, y = self._X_train, self._y_train
+        X, y = self.X_train_, self.y_train_
         if self.cv is None:
-            folds = [(self._engine, X, y, X, y)]
+            folds = [(self.engine_, X, y, X, y)]
         else:
             splitter = check_cv(self.cv)
             folds = [
                 (
-                    self._fold_engine(_take(X, train), _take(y, train)),
+                    self._fit_engine(_take(X, train), _take(y, train))[1],
                     _take(X, train),
                     _take(y, train),
                     _take(X, test),
@@ -164,43 +157,21 @@ class InfluenceFunctionCV(InfluenceFunction):
         self.damping_ = float(dampings[int(np.nanargmax(self.cv_scores_))])
         return self
 
-    def _fold_engine(self, X, y):
-        memory = check_memory(self.memory)
-        return memory.cache(_fit_engine)(
-            self.estimator,
-            X,
-            y,
-            device=resolve_device(self.device),
-            random_state=self.random_state,
-            curvature=self.curvature,
-            solver=self.solver,
-            batch_size=self.batch_size,
-            solver_options=self.solver_options,
-        )[1]
-
     def _fold_scores(self, engine, X_train, y_train, X_query, y_query, dampings):
-        removed = _score_points(len(y_train), self.n_score_points, self.random_state)
-        actual = cached_removal_changes(
-            self.memory,
+        """Agreement of each damping on one fold, as :meth:`removal_agreement` measures it."""
+        removed = sample_training_points(len(y_train), self.n_score_points, self.random_state)
+        adapter = engine.adapter
+        queries = (X_query, y_query, adapter.inputs(X_query), adapter.targets(y_query))
+        predicted, actual = self._removal_effects(
             engine,
-            self._fit_key(),
             X_train,
             y_train,
+            queries,
             removed,
             (self.score_target, self.score_damping),
-            self.n_jobs,
-            X_query,
-            y_query,
+            dampings,
         )
-        adapter = engine.adapter
-        inputs, targets = adapter.inputs(X_query), adapter.targets(y_query)
         return [
-            _correlation(
-                to_numpy(engine.influence(inputs, targets, damping, self.n_jobs)[:, removed]).mean(
-                    0
-                ),
-                actual,
-                self.correlation,
-            )
-            for damping in dampings
+            correlation(each, actual, method=self.correlation, message=UNDEFINED_AGREEMENT)
+            for each in predicted
         ]

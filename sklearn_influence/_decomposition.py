@@ -12,29 +12,31 @@ term (a) as the mean distance between the two objects' outputs on the training i
 (b) as the correlation of their measurement changes on queries.
 """
 
-from numbers import Integral, Real
+from numbers import Integral
 
 import numpy as np
 import torch
-from scipy.stats import rankdata
 from sklearn.base import BaseEstimator, _fit_context
 from sklearn.frozen import FrozenEstimator
-from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
+from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
-from ._engine._curvature import CURVATURES
-from ._engine._solvers import SOLVERS
+from ._base import (
+    INFLUENCE_CONSTRAINTS,
+    MODEL_CONSTRAINTS,
+    OPTIMIZER_CONSTRAINTS,
+    PARALLEL_CONSTRAINTS,
+    FittedModelMixin,
+    mean_row_correlation,
+)
 from ._influence import InfluenceFunction
-from ._response_estimators import _FittedModelMixin
 from ._responses._functions import (
-    METHODS,
     cold_leave_one_out,
     linearized_pbrf,
     measurement_changes,
     proximal_response,
     warm_leave_one_out,
 )
-from ._responses._optimizers import OPTIMIZERS
 from ._torch_utils import resolve_device, seeded_torch, to_numpy
 from ._validation import validate_training_data
 from .metrics._display import _check_matplotlib
@@ -66,25 +68,7 @@ def _table(rows, index_name):
     return pd.DataFrame(rows).set_index(index_name)
 
 
-def row_correlations(first, second, *, rank=False):
-    """Mean over rows of the correlation of ``first[q]`` and ``second[q]`` across columns.
-
-    Rows where either side is constant have no correlation and are skipped; nan when no
-    row has one. ``rank=True`` gives Spearman's correlation (Pearson of average ranks).
-    """
-    first, second = np.asarray(first, float), np.asarray(second, float)
-    if rank:
-        first, second = rankdata(first, axis=1), rankdata(second, axis=1)
-    first = first - first.mean(1, keepdims=True)
-    second = second - second.mean(1, keepdims=True)
-    norms = np.linalg.norm(first, axis=1) * np.linalg.norm(second, axis=1)
-    defined = norms > 0
-    if not defined.any():
-        return float("nan")
-    return float(np.mean((first * second).sum(1)[defined] / norms[defined]))
-
-
-class InfluenceDecomposition(_FittedModelMixin, BaseEstimator):
+class InfluenceDecomposition(FittedModelMixin, BaseEstimator):
     """Cold and warm LOO, PRF, PBRF, linearized PBRF and influence on the same removals.
 
     ``fit`` fits the model once (or takes a frozen one), removes each point of
@@ -145,6 +129,12 @@ class InfluenceDecomposition(_FittedModelMixin, BaseEstimator):
         ``"pbrf"``, ``"linearized_pbrf"``, ``"influence"``).
     reference_parameters_ : ndarray of shape (n_parameters,)
         θˢ.
+    problem_ : ResponseProblem
+        What the responses share, for extensions and the package's other estimators:
+        ``adapter`` (the model's functional torch view), ``theta`` (θˢ in the working
+        dtype: float64 wherever the model evaluates in it), ``inputs`` and ``targets`` (the
+        training data as tensors), ``n_train``, ``epsilon`` (1/N) and ``outputs(thetas)``
+        (the outputs on the training inputs at each row of ``thetas``).
     converged_ : dict of str to ndarray of bool
         Convergence of each removed point's PRF and PBRF optimisation.
     output_distances_ : dict of (str, str) to float
@@ -180,24 +170,12 @@ class InfluenceDecomposition(_FittedModelMixin, BaseEstimator):
     """
 
     _parameter_constraints = {
-        "estimator": [HasMethods(["fit"])],
-        "damping": [Interval(Real, 0, None, closed="left")],
-        "curvature": [StrOptions(set(CURVATURES))],
-        "solver": [StrOptions({"auto", *SOLVERS})],
-        "solver_options": [dict, None],
+        **MODEL_CONSTRAINTS,
+        **INFLUENCE_CONSTRAINTS,
+        **OPTIMIZER_CONSTRAINTS,  # batch_size: the optimizer's (None: full batches)
+        **PARALLEL_CONSTRAINTS,
         "train_indices": ["array-like", None],
         "n_points": [Interval(Integral, 2, None, closed="left")],
-        "method": [StrOptions(set(METHODS))],
-        "optimizer": [StrOptions(set(OPTIMIZERS))],
-        "learning_rate": [Interval(Real, 0, None, closed="neither"), StrOptions({"auto"})],
-        "n_iter": [Interval(Integral, 1, None, closed="left")],
-        "batch_size": [Interval(Integral, 1, None, closed="left"), None],
-        "tol": [Interval(Real, 0, None, closed="left")],
-        "optimizer_options": [dict, None],
-        "device": [str],
-        "n_jobs": [Integral, None],
-        "random_state": ["random_state"],
-        "verbose": ["verbose"],
     }
 
     def __init__(
@@ -261,7 +239,7 @@ class InfluenceDecomposition(_FittedModelMixin, BaseEstimator):
         device = resolve_device(self.device)
         indices = self._removed_points(len(y))
         with seeded_torch(self.random_state) as seed:
-            problem = self._fit_model(X, y, device)
+            problem = self._fit_problem(X, y, device)
             results = self._objects(problem, indices, seed)
         self.influence_ = InfluenceFunction(
             FrozenEstimator(self.estimator_),
@@ -272,11 +250,11 @@ class InfluenceDecomposition(_FittedModelMixin, BaseEstimator):
             device=self.device,
             random_state=self.random_state,
         ).fit(X, y)
-        engine = self.influence_._engine
+        engine = self.influence_.engine_
         index = torch.as_tensor(indices, device=problem.theta.device)
         shift = engine.solver.solve(engine.train_gradients[index], self.damping)
         results["influence"] = problem.theta + problem.epsilon * shift
-        self._problem = problem
+        self.problem_ = problem
         self.train_indices_ = indices
         self.n_train_ = problem.n_train
         self.reference_parameters_ = to_numpy(problem.theta)
@@ -349,7 +327,7 @@ class InfluenceDecomposition(_FittedModelMixin, BaseEstimator):
         """
         check_is_fitted(self, "parameters_")
         inputs, targets = self._query_tensors(X, y_test)
-        problem = self._problem
+        problem = self.problem_
         changes = {}
         for name in OBJECTS[:-1]:
             thetas = torch.as_tensor(self.parameters_[name], dtype=problem.theta.dtype)
@@ -423,8 +401,8 @@ class InfluenceDecomposition(_FittedModelMixin, BaseEstimator):
     def _row(self, changes, first, second):
         return {
             "output_distance": self.output_distances_[first, second],
-            "pearson": row_correlations(changes[first], changes[second]),
-            "spearman": row_correlations(changes[first], changes[second], rank=True),
+            "pearson": mean_row_correlation(changes[first], changes[second]),
+            "spearman": mean_row_correlation(changes[first], changes[second], method="spearman"),
         }
 
 

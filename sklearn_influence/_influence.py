@@ -1,51 +1,37 @@
 """The public influence-function transformer."""
 
-import warnings
 from numbers import Integral, Real
 
 import numpy as np
-from scipy.stats import spearmanr
 from sklearn.base import (
     BaseEstimator,
     ClassNamePrefixFeaturesOutMixin,
     TransformerMixin,
     _fit_context,
-    clone,
 )
-from sklearn.frozen import FrozenEstimator
-from sklearn.utils import Bunch, check_random_state
+from sklearn.utils import Bunch
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, check_memory
 
-from ._adapters import fit_estimator, make_adapter
-from ._engine._curvature import CURVATURES
+from ._base import (
+    INFLUENCE_CONSTRAINTS,
+    MODEL_CONSTRAINTS,
+    check_train_indices,
+    correlation,
+    fit_model_and_adapter,
+    sample_training_points,
+)
 from ._engine._influence_engine import InfluenceEngine, top_k
-from ._engine._solvers import SOLVERS
-from ._responses._functions import measurement_changes
-from ._responses._removal import SCORE_TARGETS, removal_parameters
+from ._responses._removal import SCORE_TARGETS, removal_changes
 from ._torch_utils import resolve_device, seeded_torch, to_numpy
 from ._validation import query_tensors, validate_query_data, validate_training_data
 
-
-def _correlation(predicted, actual, method):
-    if np.std(predicted) == 0 or np.std(actual) == 0:
-        warnings.warn(
-            "The predicted or the actual loss changes are constant, so their correlation is "
-            "undefined; the score is nan. Use more score points or a test set on which the "
-            "removed points matter.",
-            UserWarning,
-            stacklevel=3,
-        )
-        return float("nan")
-    if method == "spearman":
-        return float(spearmanr(predicted, actual).statistic)
-    return float(np.corrcoef(predicted, actual)[0, 1])
-
-
-def _score_points(n_train, n_score_points, random_state):
-    """The training points that scores remove, drawn with ``random_state``."""
-    rng = check_random_state(random_state)
-    return rng.choice(n_train, size=min(n_score_points, n_train), replace=False)
+#: the warning of an undefined agreement (score, scorers, InfluenceFunctionCV)
+UNDEFINED_AGREEMENT = (
+    "The predicted or the actual loss changes are constant, so their correlation is "
+    "undefined; the score is nan. Use more score points or a test set on which the "
+    "removed points matter."
+)
 
 
 def _fit_engine(estimator, X, y, *, device, random_state, **engine_settings):
@@ -56,12 +42,7 @@ def _fit_engine(estimator, X, y, *, device, random_state, **engine_settings):
     reuses the same fit, gradients and factorization.
     """
     with seeded_torch(random_state) as seed:
-        if isinstance(estimator, FrozenEstimator):
-            fitted, fit_state = estimator, None
-        else:
-            fitted = clone(estimator)
-            fit_state = fit_estimator(fitted, X, y)
-        adapter = make_adapter(fitted, len(y), device, fit_state)
+        fitted, adapter = fit_model_and_adapter(estimator, X, y, device)
         options = {"seed": seed, **(engine_settings.pop("solver_options") or {})}
         engine = InfluenceEngine(
             adapter,
@@ -75,34 +56,18 @@ def _fit_engine(estimator, X, y, *, device, random_state, **engine_settings):
 
 
 def _removal_changes(adapter, theta, X, y, removed, target, n_jobs, X_query, y_query, fit_key):
-    """Actual change of the mean query measurement for each removed point, shape (k,).
+    """:func:`~._responses._removal.removal_changes` in the form that ``memory`` caches.
 
     ``target`` is ``(kind, pbrf_damping)``. ``fit_key`` is unused here: it identifies the fit
-    in the cache key instead of ``adapter`` and ``theta`` (see :func:`cached_removal_changes`).
+    in the cache key instead of ``adapter`` and ``theta``, whose hash is not stable from one
+    unpickled copy to the next (which made every clone retrain); ``fit_key`` (estimator,
+    device, random_state) and the training data identify the fit.
     """
     kind, pbrf_damping = target
-    reference, thetas = removal_parameters(
-        adapter, theta, X, y, removed, kind=kind, pbrf_damping=pbrf_damping, n_jobs=n_jobs
-    )
-    # responses may be computed in a wider dtype than the model's (see ResponseProblem)
-    inputs = adapter.inputs(X_query).to(reference.dtype)
-    targets = adapter.targets(y_query).to(reference.dtype)
-    return to_numpy(measurement_changes(adapter, reference, thetas, inputs, targets).mean(0))
-
-
-def cached_removal_changes(
-    memory, engine, fit_key, X, y, removed, target, n_jobs, X_query, y_query
-):
-    """:func:`_removal_changes`, cached by ``memory`` across the clones of a grid search.
-
-    The adapter and θ come out of the cached fit, so they are left out of the cache key (their
-    hash is not stable from one unpickled copy to the next, which made every clone retrain);
-    ``fit_key`` (estimator, device, random_state) and the training data identify the fit.
-    """
-    cached = check_memory(memory).cache(_removal_changes, ignore=["adapter", "theta", "n_jobs"])
-    return cached(
-        engine.adapter, engine.theta, X, y, removed, target, n_jobs, X_query, y_query, fit_key
-    )
+    return removal_changes(
+        adapter, theta, X, y, removed, X_query, y_query, kind=kind, pbrf_damping=pbrf_damping,
+        n_jobs=n_jobs,
+    )  # fmt: skip
 
 
 class InfluenceFunction(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
@@ -200,6 +165,19 @@ class InfluenceFunction(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         Number of training points N; the number of columns of :meth:`transform`.
     solver_ : str
         The solver actually used.
+    engine_ : InfluenceEngine
+        The fitted influence machinery, for extensions and the package's other estimators:
+        ``adapter`` (the model's functional torch view: ``parameters()``, ``outputs``,
+        ``loss``, ``inputs``/``targets`` encoding, ``retrain``), ``theta`` (θˢ, a tensor of
+        shape (n_parameters,)), ``train_gradients`` (per-example ∇L_m, shape
+        (n_train_, n_parameters)), ``solver`` (applies (C + λI)⁻¹ for any λ: ``solve``,
+        ``bilinear``, ``self_quadratic``) and the methods ``influence``,
+        ``self_influence`` and ``query_self_influence`` that return tensors.
+    X_train_ : array-like of shape (n_train_, n_features_in_)
+        The training inputs as validated by ``fit`` (as given, for a ``Pipeline``): what
+        the retraining of :meth:`score` and :meth:`removal_agreement` refits on.
+    y_train_ : ndarray of shape (n_train_,) or (n_train_, n_targets)
+        The training targets.
     n_features_in_ : int
         Number of features seen during ``fit``.
     feature_names_in_ : ndarray of shape (n_features_in_,)
@@ -225,19 +203,13 @@ class InfluenceFunction(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
     """
 
     _parameter_constraints = {
-        "estimator": [HasMethods(["fit"])],
-        "damping": [Interval(Real, 0, None, closed="left")],
-        "curvature": [StrOptions(set(CURVATURES))],
-        "solver": [StrOptions({"auto", *SOLVERS})],
-        "device": [str],
-        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        **MODEL_CONSTRAINTS,
+        **INFLUENCE_CONSTRAINTS,
         "n_score_points": [Interval(Integral, 2, None, closed="left")],
         "score_target": [StrOptions(set(SCORE_TARGETS))],
         "score_damping": [Interval(Real, 0, None, closed="left")],
         "memory": [None, str, HasMethods(["cache"])],
-        "solver_options": [dict, None],
         "n_jobs": [Integral, None],
-        "random_state": ["random_state"],
     }
 
     def __init__(
@@ -289,8 +261,16 @@ class InfluenceFunction(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
             The fitted transformer.
         """
         X, y = validate_training_data(self, X, y)
-        memory = check_memory(self.memory)
-        self.estimator_, self._engine = memory.cache(_fit_engine)(
+        self.estimator_, self.engine_ = self._fit_engine(X, y)
+        self.X_train_, self.y_train_ = X, y
+        self._fitted_settings = self._settings()
+        self.n_train_ = self._n_features_out = len(y)
+        self.solver_ = self.engine_.solver_name
+        return self
+
+    def _fit_engine(self, X, y):
+        """``(fitted model, engine)`` on (X, y), cached by ``memory`` across clones."""
+        return check_memory(self.memory).cache(_fit_engine)(
             self.estimator,
             X,
             y,
@@ -301,11 +281,6 @@ class InfluenceFunction(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
             batch_size=self.batch_size,
             solver_options=self.solver_options,
         )
-        self._X_train, self._y_train = X, y
-        self._fitted_settings = self._settings()
-        self.n_train_ = self._n_features_out = len(y)
-        self.solver_ = self._engine.solver_name
-        return self
 
     def _fit_key(self):
         """What, with the training data, determines the fit (a cache key for its results)."""
@@ -324,7 +299,7 @@ class InfluenceFunction(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         }
 
     def _check_ready(self):
-        check_is_fitted(self, "_engine")
+        check_is_fitted(self, "engine_")
         self._validate_params()  # catches set_params(damping=-1) after fit
         changed = [
             name for name, value in self._settings().items() if self._fitted_settings[name] != value
@@ -336,7 +311,7 @@ class InfluenceFunction(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
             )
 
     def _query_tensors(self, X, y_test):
-        return query_tensors(self, self._engine.adapter, X, y_test)
+        return query_tensors(self, self.engine_.adapter, X, y_test)
 
     # -- influence ----------------------------------------------------------------------
     def transform(self, X, y_test=None):
@@ -363,7 +338,7 @@ class InfluenceFunction(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         """The influence matrix as numpy, whatever ``set_output`` says about ``transform``."""
         self._check_ready()
         inputs, targets = self._query_tensors(X, y_test)
-        return to_numpy(self._engine.influence(inputs, targets, self._damping(), self.n_jobs))
+        return to_numpy(self.engine_.influence(inputs, targets, self._damping(), self.n_jobs))
 
     def self_influence(self):
         """Self-influence ∇L_mᵀ(C + λI)⁻¹∇L_m / N ≥ 0 of every training point.
@@ -376,7 +351,7 @@ class InfluenceFunction(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         self_influence : ndarray of shape (n_train_,)
         """
         self._check_ready()
-        return to_numpy(self._engine.self_influence(self._damping()))
+        return to_numpy(self.engine_.self_influence(self._damping()))
 
     def most_influential(self, X, y_test=None, k=10):
         """The k most helpful and k most harmful training points for each query.
@@ -416,7 +391,8 @@ class InfluenceFunction(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         mean loss on (X, y), relative to the same retraining on all points, is compared with
         the mean influence on (X, y). Higher is better, so ``GridSearchCV`` over ``damping``
         selects the damping that best predicts retraining. The retraining does not depend on
-        ``damping`` and is cached by ``memory``.
+        ``damping`` and is cached by ``memory``. :meth:`removal_agreement` gives the changes
+        themselves and the Spearman correlation.
 
         Parameters
         ----------
@@ -426,32 +402,104 @@ class InfluenceFunction(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         Returns
         -------
         score : float
+            nan, with a warning, when the predicted or the actual changes are constant.
         """
-        return self._agreement(
-            X, y, target=self.score_target, correlation="pearson", pbrf_damping=self.score_damping
+        return self.removal_agreement(X, y).pearson
+
+    def removal_agreement(self, X, y, *, train_indices=None, target=None, pbrf_damping=None):
+        """Predicted and actual change of the mean loss on (X, y) when training points go.
+
+        Each training point of ``train_indices`` is removed in turn and the model retrained
+        as ``target`` says (see ``score_target``); the actual change of the mean loss on
+        (X, y) is compared with its prediction, the mean influence of the point on (X, y)
+        (:meth:`transform` at the fitted damping). :meth:`score` is the ``pearson`` field
+        with the estimator's settings. The retraining does not depend on ``damping`` and is
+        cached by ``memory``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_queries, n_features)
+            Query inputs.
+        y : array-like of shape (n_queries,) or (n_queries, n_targets)
+            Query targets; the measurement is the mean loss over the queries.
+        train_indices : array-like of int, default=None
+            Training row positions to remove, one at a time. None draws ``n_score_points``
+            of them with ``random_state``, the points :meth:`score` removes.
+        target : {"loo", "warm_loo", "pbrf"}, default=None
+            The retraining compared with; None uses ``score_target``.
+        pbrf_damping : float, default=None
+            Proximity damping of the ``"pbrf"`` target; None uses ``score_damping``.
+
+        Returns
+        -------
+        agreement : :class:`~sklearn.utils.Bunch`
+            ``removed`` (ndarray of shape (n_removed,), the training positions removed),
+            ``predicted`` and ``actual`` (ndarrays of shape (n_removed,), the predicted and
+            actual change of the mean loss on (X, y) for each removed point; positive means
+            removing it raises the loss), ``pearson`` and ``spearman`` (floats, their
+            correlation across the removed points; nan, with one warning, when either side
+            is constant).
+
+        Examples
+        --------
+        >>> from sklearn.datasets import load_diabetes
+        >>> from sklearn.linear_model import Ridge
+        >>> from sklearn_influence import InfluenceFunction
+        >>> X, y = load_diabetes(return_X_y=True)
+        >>> influence = InfluenceFunction(Ridge(alpha=1.0)).fit(X[:300], y[:300])
+        >>> agreement = influence.removal_agreement(X[300:], y[300:], train_indices=[0, 5, 9])
+        >>> agreement.actual.shape
+        (3,)
+        >>> bool(agreement.pearson > 0.99)
+        True
+        """
+        self._check_ready()
+        target = self.score_target if target is None else target
+        if target not in SCORE_TARGETS:
+            raise ValueError(f"target must be one of {SCORE_TARGETS}, got {target!r}.")
+        pbrf_damping = self.score_damping if pbrf_damping is None else pbrf_damping
+        if not isinstance(pbrf_damping, Real) or not pbrf_damping >= 0:
+            raise ValueError(f"pbrf_damping must be a number >= 0, got {pbrf_damping!r}.")
+        if train_indices is None:
+            removed = sample_training_points(self.n_train_, self.n_score_points, self.random_state)
+        else:
+            removed = check_train_indices(train_indices, self.n_train_)
+        inputs, targets = self._query_tensors(X, y)
+        X = validate_query_data(self, X)
+        (predicted,), actual = self._removal_effects(
+            self.engine_, self.X_train_, self.y_train_, (X, y, inputs, targets), removed,
+            (target, pbrf_damping), [self._damping()],
+        )  # fmt: skip
+        pearson = correlation(
+            predicted, actual, method="pearson", message=UNDEFINED_AGREEMENT, stacklevel=2
+        )
+        spearman = pearson if np.isnan(pearson) else correlation(
+            predicted, actual, method="spearman"
+        )  # fmt: skip
+        return Bunch(
+            removed=removed, predicted=predicted, actual=actual, pearson=pearson, spearman=spearman
         )
 
-    def _agreement(self, X, y, *, target, correlation, pbrf_damping):
-        """Correlation of predicted and actual mean loss changes over the score points."""
-        self._check_ready()
-        n_train = self.n_train_
-        removed = _score_points(n_train, self.n_score_points, self.random_state)
-        predicted = self._influence_matrix(X, y)[:, removed].mean(0)
-        X = validate_query_data(self, X)
-        # the retraining targets do not depend on damping: cache them with the fit
-        actual = cached_removal_changes(
-            self.memory,
-            self._engine,
-            self._fit_key(),
-            self._X_train,
-            self._y_train,
-            removed,
-            (target, pbrf_damping),
-            self.n_jobs,
-            X,
-            y,
+    def _removal_effects(self, engine, X_train, y_train, queries, removed, target, dampings):
+        """Predicted (one array per damping) and actual mean changes over the queries.
+
+        ``queries`` is ``(X, y, inputs, targets)``: the query data and its tensors. The actual
+        changes (:func:`~._responses._removal.removal_changes`) do not depend on the damping:
+        ``memory`` caches them with the fit, across the clones of a grid search.
+        """
+        X_query, y_query, inputs, targets = queries
+        predicted = [
+            to_numpy(engine.influence(inputs, targets, damping, self.n_jobs))[:, removed].mean(0)
+            for damping in dampings
+        ]
+        cached = check_memory(self.memory).cache(
+            _removal_changes, ignore=["adapter", "theta", "n_jobs"]
         )
-        return _correlation(predicted, actual, correlation)
+        actual = cached(
+            engine.adapter, engine.theta, X_train, y_train, removed, target, self.n_jobs,
+            X_query, y_query, self._fit_key(),
+        )  # fmt: skip
+        return predicted, actual
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -4,16 +4,13 @@ from numbers import Integral, Real
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, OutlierMixin, _fit_context, clone
-from sklearn.frozen import FrozenEstimator
-from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
+from sklearn.base import BaseEstimator, OutlierMixin, _fit_context
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from torch.func import vmap
 
-from ._adapters import fit_estimator, make_adapter
-from ._engine._curvature import CURVATURES
+from ._base import INFLUENCE_CONSTRAINTS, MODEL_CONSTRAINTS, fit_model_and_adapter
 from ._engine._gradients import batch_slices, measure
-from ._engine._solvers import SOLVERS
 from ._influence import InfluenceFunction
 from ._response_estimators import PBRF
 from ._torch_utils import resolve_device, seeded_torch, to_numpy
@@ -38,14 +35,14 @@ class _InfluenceScore:
             random_state=detector.random_state,
         ).fit(X, y)
         self.estimator = self.influence.estimator_
-        self.adapter = self.influence._engine.adapter
+        self.adapter = self.influence.engine_.adapter
         self.damping = detector.damping
 
     def training_scores(self):
         return self.influence.self_influence()
 
     def scores(self, inputs, targets):
-        engine = self.influence._engine
+        engine = self.influence.engine_
         return to_numpy(engine.query_self_influence(inputs, targets, self.damping))
 
 
@@ -53,14 +50,9 @@ class _LossScore:
     """The per-example loss L(h(θˢ, x), y) of the fitted model (a baseline)."""
 
     def __init__(self, detector, X, y):
+        device = resolve_device(detector.device)
         with seeded_torch(detector.random_state):
-            if isinstance(detector.estimator, FrozenEstimator):
-                self.estimator, fit_state = detector.estimator, None
-            else:
-                self.estimator = clone(detector.estimator)
-                fit_state = fit_estimator(self.estimator, X, y)
-            device = resolve_device(detector.device)
-            self.adapter = make_adapter(self.estimator, len(y), device, fit_state)
+            self.estimator, self.adapter = fit_model_and_adapter(detector.estimator, X, y, device)
         self.batch_size = detector.batch_size
         self._training = (self.adapter.inputs(X), self.adapter.targets(y))
 
@@ -110,7 +102,7 @@ class _PBRFScore:
             **options,
         ).fit(X, y)
         self.estimator = self.response.estimator_
-        problem = self.response._problem
+        problem = self.response.problem_
         self.adapter = problem.adapter
         self._training = (problem.inputs, problem.targets)
         thetas = torch.as_tensor(
@@ -263,18 +255,12 @@ class MislabelDetector(OutlierMixin, BaseEstimator):
     """
 
     _parameter_constraints = {
-        "estimator": [HasMethods(["fit"])],
+        **MODEL_CONSTRAINTS,
+        **INFLUENCE_CONSTRAINTS,
         "method": [StrOptions(set(METHODS))],
         "contamination": [Interval(Real, 0, 0.5, closed="right")],
-        "damping": [Interval(Real, 0, None, closed="left")],
-        "curvature": [StrOptions(set(CURVATURES))],
-        "solver": [StrOptions({"auto", *SOLVERS})],
-        "device": [str],
-        "batch_size": [Interval(Integral, 1, None, closed="left")],
-        "solver_options": [dict, None],
         "response_options": [dict, None],
         "n_jobs": [Integral, None],
-        "random_state": ["random_state"],
     }
 
     def __init__(

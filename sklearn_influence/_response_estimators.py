@@ -7,8 +7,7 @@ measurement :class:`~sklearn_influence.InfluenceFunction` predicts: one column p
 point, in the order of ``train_indices_``.
 """
 
-import warnings
-from numbers import Integral, Real
+from numbers import Integral
 
 import numpy as np
 import torch
@@ -17,111 +16,39 @@ from sklearn.base import (
     ClassNamePrefixFeaturesOutMixin,
     TransformerMixin,
     _fit_context,
-    clone,
 )
-from sklearn.frozen import FrozenEstimator
-from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
+from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
-from ._adapters import fit_estimator, make_adapter
-from ._engine._gradients import per_example_gradients, resolve_query_targets
-from ._engine._solvers import SOLVERS
+from ._base import (
+    MODEL_CONSTRAINTS,
+    OPTIMIZER_CONSTRAINTS,
+    PARALLEL_CONSTRAINTS,
+    SOLVER_CONSTRAINTS,
+    FittedModelMixin,
+    correlation,
+)
+from ._engine._gradients import per_example_gradients
 from ._responses._functions import (
-    METHODS,
-    ResponseProblem,
     cold_leave_one_out,
     linearized_pbrf,
     measurement_changes,
     proximal_response,
     warm_leave_one_out,
 )
-from ._responses._optimizers import OPTIMIZERS
 from ._torch_utils import resolve_device, seeded_torch, to_numpy
-from ._validation import query_tensors, validate_training_data
-
-
-class _FittedModelMixin:
-    """Fitting of the base model and validation of training and query data.
-
-    Shared by the response estimators and :class:`InfluenceDecomposition`: the model is
-    fitted (or used frozen) exactly as :class:`~sklearn_influence.InfluenceFunction` does
-    it, so that the same ``random_state`` gives the same θˢ.
-    """
-
-    def _fit_model(self, X, y, device):
-        """Fit a clone of the estimator (or take the frozen one); return the response problem."""
-        if isinstance(self.estimator, FrozenEstimator):
-            self.estimator_, fit_state = self.estimator, None
-        else:
-            self.estimator_ = clone(self.estimator)
-            fit_state = fit_estimator(self.estimator_, X, y)
-        adapter = make_adapter(self.estimator_, len(y), device, fit_state)
-        return ResponseProblem(adapter, X, y)
-
-    def _removed_points(self, n_train):
-        """``train_indices`` checked, or ``n_points`` distinct indices drawn by random_state."""
-        if n_train < 2:
-            raise ValueError(
-                f"{type(self).__name__} removes training points one at a time, which needs at "
-                f"least 2 training samples; got n_samples = {n_train}. Pass more data."
-            )
-        if self.train_indices is None:
-            rng = check_random_state(self.random_state)
-            return np.sort(rng.choice(n_train, size=min(self.n_points, n_train), replace=False))
-        indices = np.asarray(self.train_indices)
-        if indices.size == 0:
-            raise ValueError("train_indices is empty; pass at least one training row position.")
-        if indices.ndim != 1 or not np.issubdtype(indices.dtype, np.integer):
-            raise ValueError(
-                f"train_indices must be a 1-d array of integer row positions of the training "
-                f"data, got an array of dtype {indices.dtype} and shape {indices.shape}."
-            )
-        if indices.min() < 0 or indices.max() >= n_train:
-            raise ValueError(
-                f"train_indices must lie in [0, {n_train - 1}] (the training set has {n_train} "
-                f"rows); got values from {indices.min()} to {indices.max()}."
-            )
-        if len(np.unique(indices)) != len(indices):
-            raise ValueError("train_indices contains duplicates; pass each row position once.")
-        return indices.astype(np.intp)
-
-    def _query_tensors(self, X, y_test):
-        """Query inputs and measurement targets (the prediction when ``y_test`` is None)."""
-        problem = self._problem
-        inputs, targets = query_tensors(self, problem.adapter, X, y_test)
-        inputs = problem.tensor(inputs)
-        targets = None if targets is None else problem.tensor(targets)
-        return inputs, resolve_query_targets(problem.adapter, problem.theta, inputs, targets)
-
-
-def _pearson(first, second):
-    """Pearson correlation; nan with a warning when either side is constant."""
-    first, second = np.asarray(first, float), np.asarray(second, float)
-    if len(first) < 2 or np.std(first) == 0 or np.std(second) == 0:
-        warnings.warn(
-            "One side of the correlation is constant (or has fewer than two entries), so it "
-            "is undefined and nan is returned. Use more removed points or queries on which "
-            "the removed points matter.",
-            UserWarning,
-            stacklevel=3,
-        )
-        return float("nan")
-    return float(np.corrcoef(first, second)[0, 1])
+from ._validation import validate_training_data
 
 
 class _BaseResponse(
-    _FittedModelMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator
+    FittedModelMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator
 ):
     """fit / transform / score shared by the response estimators."""
 
     _parameter_constraints = {
-        "estimator": [HasMethods(["fit"])],
-        "damping": [Interval(Real, 0, None, closed="left")],
+        **MODEL_CONSTRAINTS,
         "train_indices": ["array-like", None],
         "n_points": [Interval(Integral, 1, None, closed="left")],
-        "device": [str],
-        "random_state": ["random_state"],
     }
 
     @_fit_context(prefer_skip_nested_validation=False)
@@ -144,9 +71,9 @@ class _BaseResponse(
         device = resolve_device(self.device)
         indices = self._removed_points(len(y))
         with seeded_torch(self.random_state) as seed:
-            problem = self._fit_model(X, y, device)
+            problem = self._fit_problem(X, y, device)
             result = self._responses(problem, indices, seed)
-        self._problem = problem
+        self.problem_ = problem
         self._shifts = {}
         self.train_indices_ = indices
         self.n_train_ = problem.n_train
@@ -183,7 +110,7 @@ class _BaseResponse(
         """
         check_is_fitted(self, "parameters_")
         inputs, targets = self._query_tensors(X, y_test)
-        problem = self._problem
+        problem = self.problem_
         thetas = torch.as_tensor(self.parameters_, dtype=problem.theta.dtype).to(
             problem.theta.device
         )
@@ -212,17 +139,17 @@ class _BaseResponse(
         """
         actual = self.transform(X, y).mean(0)
         inputs, targets = self._query_tensors(X, y)
-        problem = self._problem
+        problem = self.problem_
         query_gradient = per_example_gradients(problem.adapter, problem.theta, inputs, targets)
         predicted = to_numpy(self._linearized_shift() @ query_gradient.mean(0))
-        return _pearson(predicted, actual)
+        return correlation(predicted, actual, method="pearson")
 
     def _linearized_shift(self):
         """ε (G + λI)⁻¹ ∇L_m for the removed points at the fitted damping (cached)."""
         damping = self._fitted_damping
         if damping not in self._shifts:
-            result = linearized_pbrf(self._problem, self.train_indices_, damping=damping)
-            self._shifts[damping] = result.parameters - self._problem.theta
+            result = linearized_pbrf(self.problem_, self.train_indices_, damping=damping)
+            self._shifts[damping] = result.parameters - self.problem_.theta
         return self._shifts[damping]
 
     @property
@@ -278,6 +205,12 @@ class LeaveOneOut(_BaseResponse):
         Refit parameters, one row per removed point.
     reference_parameters_ : ndarray of shape (n_parameters,)
         θˢ, the parameters of the model fit on all points.
+    problem_ : ResponseProblem
+        What the responses share, for extensions and the package's other estimators:
+        ``adapter`` (the model's functional torch view), ``theta`` (θˢ in the working
+        dtype: float64 wherever the model evaluates in it), ``inputs`` and ``targets`` (the
+        training data as tensors), ``n_train``, ``epsilon`` (1/N) and ``outputs(thetas)``
+        (the outputs on the training inputs at each row of ``thetas``).
     n_train_ : int
         Number of training points N.
     n_features_in_ : int
@@ -302,9 +235,8 @@ class LeaveOneOut(_BaseResponse):
 
     _parameter_constraints = {
         **_BaseResponse._parameter_constraints,
+        **PARALLEL_CONSTRAINTS,
         "warm_start": ["boolean"],
-        "n_jobs": [Integral, None],
-        "verbose": ["verbose"],
     }
 
     def __init__(
@@ -398,6 +330,12 @@ _PROXIMAL_PARAMETERS_DOC = (
         Response parameters, one row per removed point.
     reference_parameters_ : ndarray of shape (n_parameters,)
         θˢ.
+    problem_ : ResponseProblem
+        What the responses share, for extensions and the package's other estimators:
+        ``adapter`` (the model's functional torch view), ``theta`` (θˢ in the working
+        dtype: float64 wherever the model evaluates in it), ``inputs`` and ``targets`` (the
+        training data as tensors), ``n_train``, ``epsilon`` (1/N) and ``outputs(thetas)``
+        (the outputs on the training inputs at each row of ``thetas``).
     converged_ : ndarray of bool, shape (n_points,)
         Whether each optimisation reached ``tol`` (Newton: gradient norm ≤ 1e-12).
     gradient_norm_ : ndarray of shape (n_points,)
@@ -422,15 +360,8 @@ class _ProximalBase(_BaseResponse):
 
     _parameter_constraints = {
         **_BaseResponse._parameter_constraints,
-        "method": [StrOptions(set(METHODS))],
-        "optimizer": [StrOptions(set(OPTIMIZERS))],
-        "learning_rate": [Interval(Real, 0, None, closed="neither"), StrOptions({"auto"})],
-        "n_iter": [Interval(Integral, 1, None, closed="left")],
-        "batch_size": [Interval(Integral, 1, None, closed="left"), None],
-        "tol": [Interval(Real, 0, None, closed="left")],
-        "optimizer_options": [dict, None],
-        "n_jobs": [Integral, None],
-        "verbose": ["verbose"],
+        **OPTIMIZER_CONSTRAINTS,
+        **PARALLEL_CONSTRAINTS,
     }
 
     def __init__(
@@ -493,7 +424,7 @@ class _ProximalBase(_BaseResponse):
         )
 
     def _record(self, result):
-        self.method_ = self._problem.method(self.method)
+        self.method_ = self.problem_.method(self.method)
         self.converged_ = np.asarray(result.converged, dtype=bool)
         self.gradient_norm_ = np.asarray(result.relative_gradient_norm, dtype=float)
         self.n_iter_ = np.asarray(result.n_iter)
@@ -619,6 +550,12 @@ class LinearizedPBRF(_BaseResponse):
         Linearized responses, one row per removed point.
     reference_parameters_ : ndarray of shape (n_parameters,)
         θˢ.
+    problem_ : ResponseProblem
+        What the responses share, for extensions and the package's other estimators:
+        ``adapter`` (the model's functional torch view), ``theta`` (θˢ in the working
+        dtype: float64 wherever the model evaluates in it), ``inputs`` and ``targets`` (the
+        training data as tensors), ``n_train``, ``epsilon`` (1/N) and ``outputs(thetas)``
+        (the outputs on the training inputs at each row of ``thetas``).
     solver_ : str
         The solver used.
     n_train_ : int
@@ -643,11 +580,7 @@ class LinearizedPBRF(_BaseResponse):
     (4, 5)
     """
 
-    _parameter_constraints = {
-        **_BaseResponse._parameter_constraints,
-        "solver": [StrOptions({"auto", *SOLVERS})],
-        "solver_options": [dict, None],
-    }
+    _parameter_constraints = {**_BaseResponse._parameter_constraints, **SOLVER_CONSTRAINTS}
 
     def __init__(
         self,

@@ -10,7 +10,9 @@ def make_influence_scorer(target="loo", correlation="pearson", pbrf_damping=1e-3
 
     It removes the estimator's ``n_score_points`` training points one at a time, retrains as
     ``target`` says, and correlates the actual change of the mean loss on (X, y) with the
-    predicted one. Use it as ``GridSearchCV(scoring=...)`` or in ``cross_validate``, for
+    predicted one: the ``correlation`` field of
+    :meth:`~sklearn_influence.InfluenceFunction.removal_agreement`. Use it as
+    ``GridSearchCV(scoring=...)`` or in ``cross_validate``, for
     example to select damping by rank agreement instead of the default Pearson score.
 
     Parameters
@@ -47,9 +49,8 @@ def make_influence_scorer(target="loo", correlation="pearson", pbrf_damping=1e-3
         raise ValueError(f"correlation must be one of {CORRELATIONS}, got {correlation!r}.")
 
     def influence_scorer(estimator, X, y):
-        return estimator._agreement(
-            X, y, target=target, correlation=correlation, pbrf_damping=pbrf_damping
-        )
+        agreement = estimator.removal_agreement(X, y, target=target, pbrf_damping=pbrf_damping)
+        return agreement[correlation]
 
     influence_scorer.__name__ = f"influence_{target}_{correlation}_scorer"
     return influence_scorer

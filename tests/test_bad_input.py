@@ -151,7 +151,7 @@ def test_device_auto_falls_back_to_cpu(iris):
     X, y = iris
     influence = InfluenceFunction(LogisticRegression(), device="auto").fit(X, y)
     expected = "cuda" if torch.cuda.is_available() else "cpu"
-    assert influence._engine.theta.device.type == expected
+    assert influence.engine_.theta.device.type == expected
     assert isinstance(influence.transform(X[:2]), np.ndarray)
 
 

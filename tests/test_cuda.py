@@ -70,7 +70,7 @@ def test_gpu_matches_cpu_and_stays_on_the_gpu(net, data, solver, options):
         results[device] = influence.transform(X_query, y_query)
         elapsed = time.perf_counter() - start
         print(f"{solver} transform on {device}: {elapsed:.3f} s")  # quoted in the report
-        engine = influence._engine
+        engine = influence.engine_
         if device == "cuda":
             assert _on_gpu(engine.theta) and _on_gpu(engine.train_gradients)
             solver_object = engine.solver
@@ -89,7 +89,7 @@ def test_gpu_matches_cpu_and_stays_on_the_gpu(net, data, solver, options):
 def test_auto_device_picks_the_gpu(net, data):
     X, y, X_query, y_query = data
     influence = InfluenceFunction(FrozenEstimator(net), device="auto").fit(X, y)
-    assert _on_gpu(influence._engine.theta)
+    assert _on_gpu(influence.engine_.theta)
     assert influence.transform(X_query, y_query).shape == (len(X_query), len(X))
 
 
@@ -108,7 +108,7 @@ def test_net_trained_on_the_gpu(data):
     np.testing.assert_allclose(
         on_gpu.transform(X_query, y_query), on_cpu.transform(X_query, y_query), rtol=1e-6
     )
-    adapter = on_gpu._engine.adapter
+    adapter = on_gpu.engine_.adapter
     again = adapter.retrain(X, y, warm_start=False)
     assert _on_gpu(again)
     torch.testing.assert_close(again, adapter.parameters(), rtol=1e-5, atol=1e-7)

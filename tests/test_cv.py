@@ -37,7 +37,7 @@ def test_cv_none_scores_each_damping_on_the_training_points(wine):
     np.testing.assert_allclose(selector.cv_scores_, expected, rtol=1e-9)
     assert selector.damping_ == DAMPINGS[int(np.argmax(expected))]
     # one factorization shared by every damping, and transform uses the selected one
-    assert selector._engine.solver.n_factorizations == 1
+    assert selector.engine_.solver.n_factorizations == 1
     chosen = InfluenceFunction(_model(), damping=selector.damping_).fit(X, y)
     np.testing.assert_allclose(selector.transform(X[:5], y[:5]), chosen.transform(X[:5], y[:5]))
 

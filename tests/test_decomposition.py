@@ -18,7 +18,8 @@ from sklearn_influence import (
     InfluenceFunction,
     LeaveOneOut,
 )
-from sklearn_influence._decomposition import OBJECTS, TERMS, row_correlations
+from sklearn_influence._base import mean_row_correlation
+from sklearn_influence._decomposition import OBJECTS, TERMS
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,7 @@ def converged(data):
 
 def _relative_gap(parts, first, second):
     """Output distance of two objects relative to how far removal moves the outputs."""
-    problem = parts._problem
+    problem = parts.problem_
     warm = torch.as_tensor(parts.parameters_["warm_loo"])
     moved = float((problem.outputs(warm) - problem.reference_outputs).norm(dim=-1).mean())
     return parts.output_distances_[first, second] / moved
@@ -118,18 +119,18 @@ def test_verbose_reports_each_stage(data, capsys):
         assert f"[InfluenceDecomposition] {stage}" in out
 
 
-def test_row_correlations_against_scipy():
+def test_mean_row_correlation_against_scipy():
     from scipy.stats import pearsonr, spearmanr
 
     rng = np.random.RandomState(0)
     first, second = rng.normal(size=(4, 9)), rng.normal(size=(4, 9))
     second[:, 0] = first[:, 0]  # a tie-free but correlated column
     expected = np.mean([pearsonr(a, b)[0] for a, b in zip(first, second, strict=True)])
-    assert row_correlations(first, second) == pytest.approx(expected, rel=1e-12)
+    assert mean_row_correlation(first, second) == pytest.approx(expected, rel=1e-12)
     ranks = np.mean([spearmanr(a, b)[0] for a, b in zip(first, second, strict=True)])
-    assert row_correlations(first, second, rank=True) == pytest.approx(ranks, rel=1e-12)
+    assert mean_row_correlation(first, second, method="spearman") == pytest.approx(ranks, rel=1e-12)
     constant = np.ones((2, 9))
-    assert np.isnan(row_correlations(constant, second[:2]))
+    assert np.isnan(mean_row_correlation(constant, second[:2]))
 
 
 def test_display(converged, data):
@@ -199,7 +200,7 @@ def test_mlp_influence_tracks_the_pbrf_not_cold_loo():
     np.testing.assert_array_equal(pbrf.reference_parameters_, cold.reference_parameters_)
     assert pbrf.converged_.all()
     predicted = influence.transform(X_test, y_test)[:, indices]
-    with_pbrf = row_correlations(predicted, pbrf.transform(X_test, y_test), rank=True)
-    with_cold = row_correlations(predicted, cold.transform(X_test, y_test), rank=True)
+    with_pbrf = mean_row_correlation(predicted, pbrf.transform(X_test, y_test), method="spearman")
+    with_cold = mean_row_correlation(predicted, cold.transform(X_test, y_test), method="spearman")
     assert with_pbrf >= 0.9
     assert with_pbrf > with_cold

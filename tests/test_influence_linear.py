@@ -326,7 +326,7 @@ def test_gauss_newton_equals_hessian_for_linear_models(model):
     gauss_newton = InfluenceFunction(frozen, curvature="gauss_newton").fit(X, y)
     hessian = InfluenceFunction(frozen, curvature="hessian").fit(X, y)
     np.testing.assert_allclose(
-        gauss_newton._engine.curvature.dense(), hessian._engine.curvature.dense(), atol=1e-12
+        gauss_newton.engine_.curvature.dense(), hessian.engine_.curvature.dense(), atol=1e-12
     )
     np.testing.assert_allclose(
         gauss_newton.transform(X_test, y_test), hessian.transform(X_test, y_test), rtol=1e-8
@@ -347,7 +347,7 @@ def test_new_damping_reuses_the_factorization():
     X, y, X_test, y_test = _standardized(load_wine, 120)
     influence = InfluenceFunction(LogisticRegression(max_iter=1000), damping=1e-3).fit(X, y)
     influence.transform(X_test, y_test)
-    solver = influence._engine.solver
+    solver = influence.engine_.solver
     for damping in (1e-2, 1e-1, 1.0):
         matrix = influence.set_params(damping=damping).transform(X_test, y_test)
         fresh = InfluenceFunction(LogisticRegression(max_iter=1000), damping=damping).fit(X, y)

@@ -50,16 +50,16 @@ def test_memory_shares_fits_across_dampings_and_changes_no_result(tmp_path):
 
 
 def test_memory_computes_the_retraining_targets_once_per_fold(tmp_path, monkeypatch):
-    from sklearn_influence import _influence
+    from sklearn_influence._responses import _removal
 
     calls = []
-    original = _influence.removal_parameters
+    original = _removal.removal_parameters
 
     def counting(*args, **kwargs):
         calls.append(1)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(_influence, "removal_parameters", counting)
+    monkeypatch.setattr(_removal, "removal_parameters", counting)
     _search(memory=None)
     assert len(calls) == 8  # every damping of every fold retrains
     calls.clear()

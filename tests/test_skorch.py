@@ -221,7 +221,7 @@ def test_cold_start_retrain_reproduces_the_fit_exactly(digits):
         verbose=0,
     )
     influence = InfluenceFunction(net, random_state=3).fit(X, y)
-    adapter = influence._engine.adapter
+    adapter = influence.engine_.adapter
     again = adapter.retrain(X, y, exclude=(), warm_start=False)
     assert torch.equal(again, adapter.parameters())
     assert "norm.running_mean" in adapter._constants  # eval mode uses the running statistics
@@ -296,7 +296,7 @@ def test_float32_net_takes_float64_input_and_matches_float64(digits):
         {k: v.double() for k, v in influence32.estimator_.module_.state_dict().items()}
     )
     influence64 = InfluenceFunction(FrozenEstimator(net64)).fit(X, y)
-    assert influence32._engine.theta.dtype == torch.float32
+    assert influence32.engine_.theta.dtype == torch.float32
     m32 = influence32.transform(digits[0][300:320], digits[1][300:320])
     m64 = influence64.transform(digits[0][300:320], digits[1][300:320])
     assert np.corrcoef(m32.ravel(), m64.ravel())[0, 1] > 0.9999
@@ -355,7 +355,7 @@ def test_unsupported_configurations_are_refused_before_training(digits, net, mat
 def test_adamw_without_decay_is_accepted(digits):
     net = _net("cross_entropy", optimizer=torch.optim.AdamW, optimizer__weight_decay=0.0)
     influence = InfluenceFunction(net, random_state=0).fit(digits[0][:60], digits[1][:60])
-    assert np.all(influence._engine.adapter.regularizer_diagonal().numpy() == 0)
+    assert np.all(influence.engine_.adapter.regularizer_diagonal().numpy() == 0)
 
 
 def test_untraceable_module_is_caught_when_the_adapter_is_built(digits):

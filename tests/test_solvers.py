@@ -346,8 +346,8 @@ def test_regressor_net_with_cg(digits):
         warnings.simplefilter("error", ConvergenceWarning)
         cg_matrix = influence.transform(X[:5], y[:5])
     assert _pearson(cg_matrix, direct.transform(X[:5], y[:5])) >= 0.999
-    assert isinstance(influence._engine.solver, CGSolver)
-    assert not isinstance(influence._engine.solver, LissaSolver)
+    assert isinstance(influence.engine_.solver, CGSolver)
+    assert not isinstance(influence.engine_.solver, LissaSolver)
 
 
 def test_direct_solver_keeps_small_eigenvalues_of_a_float32_curvature():

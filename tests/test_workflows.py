@@ -142,9 +142,9 @@ def test_set_output_pandas_gives_one_column_per_training_point(wine):
 
 # -- the objective mapping: each fitted estimator minimises the adapter's objective --------
 def _objective_gradient_norm(influence):
-    engine = influence._engine
+    engine = influence.engine_
     adapter = engine.adapter
-    inputs, targets = adapter.inputs(influence._X_train), adapter.targets(influence._y_train)
+    inputs, targets = adapter.inputs(influence.X_train_), adapter.targets(influence.y_train_)
 
     def objective(theta):
         return adapter.objective(theta, inputs, targets)
@@ -241,3 +241,55 @@ def test_pbrf_score_target_at_matching_damping_is_near_perfect(wine):
     # a far-off damping predicts the same PBRF target worse
     far = InfluenceFunction(model, damping=30.0, score_damping=0.1, **settings).fit(X, y)
     assert far.score(X_test, y_test) < matching.score(X_test, y_test)
+
+
+def test_removal_agreement_is_what_score_and_the_scorers_report(wine):
+    X, y, X_test, y_test = wine
+    X, X_test = StandardScaler().fit(X).transform(X), StandardScaler().fit(X).transform(X_test)
+    model = LogisticRegression(C=0.5, tol=1e-13, solver="newton-cholesky")
+    influence = InfluenceFunction(model, n_score_points=10, random_state=0).fit(X, y)
+    agreement = influence.removal_agreement(X_test, y_test)
+    # the points score removes, the mean influence over the queries, Newton LOO changes
+    removed = np.random.RandomState(0).choice(len(y), size=10, replace=False)
+    np.testing.assert_array_equal(agreement.removed, removed)
+    np.testing.assert_array_equal(
+        agreement.predicted, influence.transform(X_test, y_test)[:, removed].mean(0)
+    )
+    base = _mean_log_loss_without(influence, X, y, X_test, y_test, None)
+    actual = [_mean_log_loss_without(influence, X, y, X_test, y_test, m) - base for m in removed]
+    np.testing.assert_allclose(agreement.actual, actual, rtol=1e-6, atol=1e-9)
+    assert agreement.pearson == influence.score(X_test, y_test)
+    assert agreement.pearson == pytest.approx(np.corrcoef(agreement.predicted, actual)[0, 1])
+    spearman = make_influence_scorer(correlation="spearman")(influence, X_test, y_test)
+    assert agreement.spearman == spearman
+    # explicit points, another target
+    chosen = influence.removal_agreement(
+        X_test, y_test, train_indices=[3, 1, 4], target="pbrf", pbrf_damping=0.5
+    )
+    np.testing.assert_array_equal(chosen.removed, [3, 1, 4])
+    assert chosen.predicted.shape == chosen.actual.shape == (3,)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"target": "cold"}, "target must be one of"),
+        ({"pbrf_damping": -1.0}, "pbrf_damping must be a number >= 0"),
+        ({"train_indices": [0, 0]}, "duplicates"),
+        ({"train_indices": [130]}, r"must lie in \[0, 129\]"),
+    ],
+)
+def test_removal_agreement_rejects_bad_arguments(wine, kwargs, match):
+    X, y, X_test, y_test = wine
+    influence = InfluenceFunction(Ridge(), n_score_points=4).fit(X, y)
+    with pytest.raises(ValueError, match=match):
+        influence.removal_agreement(X_test, y_test, **kwargs)
+
+
+def test_undefined_agreement_warns_once_and_is_nan(wine):
+    X, y, X_test, y_test = wine
+    influence = InfluenceFunction(Ridge(), n_score_points=4).fit(X, y)
+    with pytest.warns(UserWarning, match="constant") as record:
+        agreement = influence.removal_agreement(X_test, y_test, train_indices=[5])
+    assert len(record) == 1
+    assert np.isnan(agreement.pearson) and np.isnan(agreement.spearman)

@@ -1,7 +1,17 @@
-"""Ground-truth targets for scoring influence estimates: the parameters after removal.
+"""Ground truth of removal: what actually happens when training points are removed.
 
-``removal_parameters`` returns a reference θ and one θ per removed training point, so that
-Δf = f(θ_m) − f(reference) is the actual change the influence estimate predicts:
+Estimators and metrics call this module, never the response functions directly:
+
+* :func:`removal_parameters` — a reference θ and one θ per removed training point, so that
+  Δf = f(θ_m) − f(reference) is the actual change an influence estimate predicts;
+* :func:`removal_changes` — those Δf for the mean measurement on a query set, the target of
+  :meth:`~sklearn_influence.InfluenceFunction.removal_agreement` (and so of ``score``, the
+  scorers, :class:`~sklearn_influence.InfluenceFunctionCV` and the command line);
+* :func:`subset_removal_parameters` and :func:`subset_removal_measurements` — the model refit
+  without whole subsets of the training set, and its measurements there (the linear
+  datamodeling score).
+
+The single-point targets (``kind``):
 
 * ``"loo"`` — leave-one-out retraining. For models linear in their parameters (convex
   objectives) this is the exact optimum of (1/N) Σ_{i≠m} L_i + R, found by Newton's method
@@ -13,9 +23,23 @@
 * ``"pbrf"`` — the proximal Bregman response function at a fixed reference damping, the
   object influence estimates approximate best for networks (Bae et al., 2022); the
   reference is θˢ.
+
+How the optima are found lives below: Newton's method in :mod:`._newton`, the PRF/PBRF
+optimisation in :mod:`._functions` and :mod:`._optimizers`.
 """
 
-from ._functions import ResponseProblem, leave_one_out_parameters, proximal_response
+import numpy as np
+import torch
+from sklearn.utils.parallel import Parallel, delayed
+
+from .._engine._gradients import measure
+from .._torch_utils import to_numpy
+from ._functions import (
+    ResponseProblem,
+    leave_one_out_parameters,
+    measurement_changes,
+    proximal_response,
+)
 from ._newton import leave_one_out_optima, minimize_convex
 
 SCORE_TARGETS = ("loo", "warm_loo", "pbrf")
@@ -53,3 +77,75 @@ def removal_parameters(
     reference = adapter.retrain(X, y, exclude=(), warm_start=warm_start)
     thetas = leave_one_out_parameters(adapter, X, y, removed, warm_start=warm_start, n_jobs=n_jobs)
     return reference.to(thetas.device), thetas
+
+
+def removal_changes(
+    adapter, theta, X, y, removed, X_query, y_query, *, kind="loo", pbrf_damping=1e-3, n_jobs=None
+):
+    """Actual change of the mean query measurement for each removed point, ndarray (k,).
+
+    The parameters come from :func:`removal_parameters` (same arguments); the measurement is
+    the loss on (``X_query``, ``y_query``), averaged over the queries.
+    """
+    reference, thetas = removal_parameters(
+        adapter, theta, X, y, removed, kind=kind, pbrf_damping=pbrf_damping, n_jobs=n_jobs
+    )
+    # responses may be computed in a wider dtype than the model's (see ResponseProblem)
+    inputs = adapter.inputs(X_query).to(reference.dtype)
+    targets = adapter.targets(y_query).to(reference.dtype)
+    return to_numpy(measurement_changes(adapter, reference, thetas, inputs, targets).mean(0))
+
+
+def _refit_without(adapter, theta, train, removed, warm_start):
+    """Parameters refit without the training rows where ``removed`` is True.
+
+    Models linear in their parameters are minimised exactly in torch (Newton's method on the
+    weighted objective, starting from θˢ; a convex objective has one minimiser, so the start
+    does not matter); other models are refit by their adapter.
+    """
+    inputs, targets, X, y = train
+    if adapter.linear_layout:
+        weights = torch.as_tensor(~removed, dtype=inputs.dtype, device=inputs.device)
+        return minimize_convex(adapter, theta, inputs, targets, weights)
+    return adapter.retrain(X, y, exclude=np.flatnonzero(removed), warm_start=warm_start)
+
+
+def subset_removal_parameters(adapter, theta, X, y, masks, *, warm_start=False, n_jobs=None):
+    """Parameters refit without each subset: one tensor (p,) per row of ``masks``.
+
+    Parameters
+    ----------
+    adapter : ModelAdapter
+    theta : Tensor of shape (p,)
+        θˢ (the start of the exact minimisation of convex models).
+    X, y : the training data passed to ``fit``.
+    masks : ndarray of bool, shape (n_subsets, n_train)
+        True where a training point is removed.
+    warm_start : bool
+        Models retrained by their adapter start at θˢ instead of the initialisation.
+    n_jobs : int or None
+        The refits run through :class:`sklearn.utils.parallel.Parallel`.
+    """
+    train = (adapter.inputs(X), adapter.targets(y), X, y)
+    thetas = Parallel(n_jobs=n_jobs)(
+        delayed(_refit_without)(adapter, theta, train, mask, warm_start) for mask in masks
+    )
+    return [refit.to(theta.device) for refit in thetas]
+
+
+def subset_removal_measurements(
+    adapter, theta, X, y, masks, inputs, targets, *, warm_start=False, n_jobs=None
+):
+    """Measurement of each query after refitting without each subset, (n_queries, n_subsets).
+
+    ``inputs`` and ``targets`` are the queries as the adapter encodes them, the targets
+    resolved (the predicted ones where the query has none); the refits are
+    :func:`subset_removal_parameters`.
+    """
+    thetas = subset_removal_parameters(
+        adapter, theta, X, y, masks, warm_start=warm_start, n_jobs=n_jobs
+    )
+    with torch.no_grad():
+        return np.stack(
+            [to_numpy(measure(adapter, refit, inputs, targets)) for refit in thetas], axis=1
+        )

@@ -14,16 +14,14 @@ import warnings
 from numbers import Integral, Real
 
 import numpy as np
-import torch
-from scipy.stats import rankdata
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions, validate_params
-from sklearn.utils.parallel import Parallel, delayed
 from sklearn.utils.validation import check_consistent_length, check_is_fitted, column_or_1d
 
-from .._engine._gradients import measure, resolve_query_targets
-from .._responses._newton import minimize_convex
-from .._torch_utils import to_numpy
+from .._base import row_correlations
+from .._engine._gradients import resolve_query_targets
+from .._responses._removal import subset_removal_measurements
+from .._validation import query_tensors
 from ._display import MislabelRecallDisplay
 
 __all__ = [
@@ -42,20 +40,6 @@ def _as_finite_array(values, name):
     if array.size and not np.all(np.isfinite(array)):
         raise ValueError(f"{name} contains NaN or infinity; remove or fix those entries.")
     return array
-
-
-def _row_correlation(predicted, actual):
-    """Pearson correlation along the last axis; NaN where either side is constant."""
-    constant = np.all(predicted == predicted[..., :1], axis=-1) | np.all(
-        actual == actual[..., :1], axis=-1
-    )
-    predicted = predicted - predicted.mean(-1, keepdims=True)
-    actual = actual - actual.mean(-1, keepdims=True)
-    numerator = (predicted * actual).sum(-1)
-    denominator = np.sqrt((predicted**2).sum(-1) * (actual**2).sum(-1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        correlation = np.clip(numerator / denominator, -1.0, 1.0)
-    return np.where(constant, np.nan, correlation), constant
 
 
 def _warn_constant(n_constant, n_total, what):
@@ -144,9 +128,7 @@ def influence_correlation(predicted, actual, *, method="pearson", axis=None):
         raise ValueError(
             f"A correlation needs at least 2 values per slice, got {predicted.shape[-1]}."
         )
-    if method == "spearman":
-        predicted, actual = rankdata(predicted, axis=-1), rankdata(actual, axis=-1)
-    correlation, constant = _row_correlation(predicted, actual)
+    correlation, constant = row_correlations(predicted, actual, method=method)
     if np.any(constant):
         _warn_constant(int(constant.sum()), constant.size, "slices")
     if axis is None or flat:
@@ -174,31 +156,16 @@ def _removal_masks(n_train, train_fraction, n_subsets, random_state):
     return masks
 
 
-def _retrain_without(adapter, theta, train, removed, warm_start):
-    """Parameters refit without the training rows where ``removed`` is True.
-
-    Models linear in their parameters are minimised exactly in torch (Newton's method on the
-    weighted objective, starting from θˢ; a convex objective has one minimiser, so the start
-    does not matter); other models are refit by their adapter.
-    """
-    inputs, targets, X, y = train
-    if adapter.linear_layout:
-        weights = torch.as_tensor(~removed, dtype=inputs.dtype, device=inputs.device)
-        return minimize_convex(adapter, theta, inputs, targets, weights)
-    return adapter.retrain(X, y, exclude=np.flatnonzero(removed), warm_start=warm_start)
-
-
 def _fitted_influence_parts(influence):
-    """The adapter, θˢ and training data of a fitted InfluenceFunction."""
-    if not hasattr(influence, "_engine"):
+    """The engine (adapter, θˢ) and the training data of a fitted InfluenceFunction."""
+    if not hasattr(influence, "removal_agreement"):
         raise TypeError(
             f"linear_datamodeling_score needs a fitted sklearn_influence.InfluenceFunction, "
             f"got {type(influence).__name__}. Fit an InfluenceFunction on the training set "
             "and pass it."
         )
-    check_is_fitted(influence)
-    engine = influence._engine
-    return engine.adapter, engine.theta, influence._X_train, influence._y_train
+    check_is_fitted(influence, "engine_")
+    return influence.engine_, influence.X_train_, influence.y_train_
 
 
 @validate_params(
@@ -301,12 +268,13 @@ def linear_datamodeling_score(
     >>> bool(lds > 0.8)
     True
     """
-    adapter, theta, X_train, y_train = _fitted_influence_parts(influence)
+    engine, X_train, y_train = _fitted_influence_parts(influence)
+    adapter, theta = engine.adapter, engine.theta
     n_train = influence.n_train_
     if attributions is None:
         attributions = influence.transform(X_test, y_test)
     attributions = _as_finite_array(attributions, "attributions")
-    inputs, targets = influence._query_tensors(X_test, y_test)
+    inputs, targets = query_tensors(influence, adapter, X_test, y_test)
     if attributions.shape != (len(inputs), n_train):
         raise ValueError(
             f"attributions has shape {attributions.shape} but X_test and the training set "
@@ -314,17 +282,19 @@ def linear_datamodeling_score(
         )
     targets = resolve_query_targets(adapter, theta, inputs, targets)
     masks = _removal_masks(n_train, train_fraction, n_subsets, random_state)
-    train = (adapter.inputs(X_train), adapter.targets(y_train), X_train, y_train)
-    thetas = Parallel(n_jobs=n_jobs)(
-        delayed(_retrain_without)(adapter, theta, train, mask, warm_start) for mask in masks
+    actual = subset_removal_measurements(
+        adapter,
+        theta,
+        X_train,
+        y_train,
+        masks,
+        inputs,
+        targets,
+        warm_start=warm_start,
+        n_jobs=n_jobs,
     )
-    with torch.no_grad():
-        actual = np.stack(
-            [to_numpy(measure(adapter, t.to(theta.device), inputs, targets)) for t in thetas],
-            axis=1,
-        )
     predicted = attributions @ masks.T.astype(np.float64)
-    per_query, constant = _row_correlation(rankdata(predicted, axis=1), rankdata(actual, axis=1))
+    per_query, constant = row_correlations(predicted, actual, method="spearman")
     if np.all(constant):
         raise ValueError(
             "For every query the predicted or the actual measurement is the same on all "

@@ -1,0 +1,215 @@
+"""What the estimators share: fit-then-adapter, point sampling, correlations, constraints.
+
+* :func:`fit_model_and_adapter` — fit a clone of the model (a ``FrozenEstimator`` is used
+  as fitted) and build its functional torch view; every estimator fits its model this way,
+  so the same ``random_state`` gives the same θˢ everywhere.
+* :func:`sample_training_points` — the training points that scores and responses remove.
+* :func:`correlation`, :func:`row_correlations`, :func:`mean_row_correlation` — Pearson or
+  Spearman agreement of predicted and actual effects; undefined (nan) where one side is
+  constant.
+* ``*_CONSTRAINTS`` — the ``_parameter_constraints`` pieces that the estimators extend, as
+  scikit-learn's linear models extend their base class's dict.
+* :class:`FittedModelMixin` — the fitted model, removed points and query tensors of the
+  response estimators and the decomposition.
+"""
+
+import warnings
+from numbers import Integral, Real
+
+import numpy as np
+from scipy.stats import rankdata, spearmanr
+from sklearn.base import clone
+from sklearn.frozen import FrozenEstimator
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
+
+from ._adapters import fit_estimator, make_adapter
+from ._engine._curvature import CURVATURES
+from ._engine._gradients import resolve_query_targets
+from ._engine._solvers import SOLVERS
+from ._responses._functions import METHODS, ResponseProblem
+from ._responses._optimizers import OPTIMIZERS
+from ._validation import query_tensors
+
+# -- parameter constraints -------------------------------------------------------------------
+
+#: the model, the damping λ, where the math runs and the seed: every estimator has them
+MODEL_CONSTRAINTS = {
+    "estimator": [HasMethods(["fit"])],
+    "damping": [Interval(Real, 0, None, closed="left")],
+    "device": [str],
+    "random_state": ["random_state"],
+}
+
+#: how the influence estimate applies (C + λI)⁻¹
+SOLVER_CONSTRAINTS = {
+    "solver": [StrOptions({"auto", *SOLVERS})],
+    "solver_options": [dict, None],
+}
+
+#: the curvature C and the rows per vectorised batch of the influence estimate
+INFLUENCE_CONSTRAINTS = {
+    **SOLVER_CONSTRAINTS,
+    "curvature": [StrOptions(set(CURVATURES))],
+    "batch_size": [Interval(Integral, 1, None, closed="left")],
+}
+
+#: how the PRF and PBRF objectives are minimised (``batch_size=None``: full batches)
+OPTIMIZER_CONSTRAINTS = {
+    "method": [StrOptions(set(METHODS))],
+    "optimizer": [StrOptions(set(OPTIMIZERS))],
+    "learning_rate": [Interval(Real, 0, None, closed="neither"), StrOptions({"auto"})],
+    "n_iter": [Interval(Integral, 1, None, closed="left")],
+    "batch_size": [Interval(Integral, 1, None, closed="left"), None],
+    "tol": [Interval(Real, 0, None, closed="left")],
+    "optimizer_options": [dict, None],
+}
+
+#: parallel workers and progress messages
+PARALLEL_CONSTRAINTS = {"n_jobs": [Integral, None], "verbose": ["verbose"]}
+
+
+# -- fitting -------------------------------------------------------------------------------
+
+
+def fit_model_and_adapter(estimator, X, y, device):
+    """Fit a clone of ``estimator`` and build its adapter; ``(fitted, adapter)``.
+
+    A :class:`~sklearn.frozen.FrozenEstimator` is used as fitted (no clone, no refit). Call
+    it inside :func:`~sklearn_influence._torch_utils.seeded_torch` when the fit is random.
+
+    Parameters
+    ----------
+    estimator : estimator object
+        A supported model (see :class:`~sklearn_influence.InfluenceFunction`).
+    X, y : array-like
+        The training data, already validated.
+    device : torch.device
+        Where the adapter keeps its parameters.
+    """
+    if isinstance(estimator, FrozenEstimator):
+        fitted, fit_state = estimator, None
+    else:
+        fitted = clone(estimator)
+        fit_state = fit_estimator(fitted, X, y)
+    return fitted, make_adapter(fitted, len(y), device, fit_state)
+
+
+def sample_training_points(n_train, n_points, random_state, *, sort=False):
+    """``min(n_points, n_train)`` distinct training positions drawn with ``random_state``."""
+    rng = check_random_state(random_state)
+    points = rng.choice(n_train, size=min(n_points, n_train), replace=False)
+    return np.sort(points) if sort else points
+
+
+def check_train_indices(train_indices, n_train):
+    """``train_indices`` as distinct row positions of the training set (an intp array)."""
+    indices = np.asarray(train_indices)
+    if indices.size == 0:
+        raise ValueError("train_indices is empty; pass at least one training row position.")
+    if indices.ndim != 1 or not np.issubdtype(indices.dtype, np.integer):
+        raise ValueError(
+            f"train_indices must be a 1-d array of integer row positions of the training "
+            f"data, got an array of dtype {indices.dtype} and shape {indices.shape}."
+        )
+    if indices.min() < 0 or indices.max() >= n_train:
+        raise ValueError(
+            f"train_indices must lie in [0, {n_train - 1}] (the training set has {n_train} "
+            f"rows); got values from {indices.min()} to {indices.max()}."
+        )
+    if len(np.unique(indices)) != len(indices):
+        raise ValueError("train_indices contains duplicates; pass each row position once.")
+    return indices.astype(np.intp)
+
+
+# -- correlations ----------------------------------------------------------------------------
+
+#: warning of :func:`correlation` when it is undefined (the caller may word its own)
+UNDEFINED_CORRELATION = (
+    "One side of the correlation is constant (or has fewer than two entries), so it is "
+    "undefined and nan is returned. Use more removed points or queries on which the removed "
+    "points matter."
+)
+
+
+def correlation(first, second, *, method="pearson", message=UNDEFINED_CORRELATION, stacklevel=2):
+    """Pearson or Spearman correlation of two 1-d arrays.
+
+    nan, with a ``UserWarning`` saying ``message``, when either side is constant or has fewer
+    than two entries. ``stacklevel`` counts from the caller of this function.
+    """
+    first, second = np.asarray(first, float), np.asarray(second, float)
+    if len(first) < 2 or np.std(first) == 0 or np.std(second) == 0:
+        warnings.warn(message, UserWarning, stacklevel=stacklevel + 1)
+        return float("nan")
+    if method == "spearman":
+        return float(spearmanr(first, second).statistic)
+    return float(np.corrcoef(first, second)[0, 1])
+
+
+def row_correlations(first, second, *, method="pearson"):
+    """Correlation along the last axis, vectorised; ``(correlation, constant)``.
+
+    ``correlation`` is nan where either side is constant (``constant`` is True there); no
+    warning, so that the caller says how many slices are undefined. ``"spearman"`` is the
+    Pearson correlation of average ranks, as :func:`scipy.stats.spearmanr`.
+    """
+    first, second = np.asarray(first, float), np.asarray(second, float)
+    if method == "spearman":
+        first, second = rankdata(first, axis=-1), rankdata(second, axis=-1)
+    constant = np.all(first == first[..., :1], axis=-1) | np.all(second == second[..., :1], axis=-1)
+    first = first - first.mean(-1, keepdims=True)
+    second = second - second.mean(-1, keepdims=True)
+    numerator = (first * second).sum(-1)
+    denominator = np.sqrt((first**2).sum(-1) * (second**2).sum(-1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        values = np.clip(numerator / denominator, -1.0, 1.0)
+    return np.where(constant, np.nan, values), constant
+
+
+def mean_row_correlation(first, second, *, method="pearson"):
+    """Mean over rows of :func:`row_correlations`; rows without one are skipped, silently.
+
+    nan when no row has a correlation.
+    """
+    values, constant = row_correlations(first, second, method=method)
+    if np.all(constant):
+        return float("nan")
+    return float(np.mean(values[~constant]))
+
+
+# -- the response estimators' model --------------------------------------------------------
+
+
+class FittedModelMixin:
+    """Fitting of the base model, the removed points and the query tensors of an estimator.
+
+    Shared by the response estimators and :class:`~sklearn_influence.InfluenceDecomposition`:
+    the model is fitted (or used frozen) exactly as :class:`~sklearn_influence.InfluenceFunction`
+    does it, so that the same ``random_state`` gives the same θˢ. The estimator stores the
+    :class:`~sklearn_influence._responses._functions.ResponseProblem` as ``problem_``.
+    """
+
+    def _fit_problem(self, X, y, device):
+        """Fit a clone of the estimator (or take the frozen one); return the response problem."""
+        self.estimator_, adapter = fit_model_and_adapter(self.estimator, X, y, device)
+        return ResponseProblem(adapter, X, y)
+
+    def _removed_points(self, n_train):
+        """``train_indices`` checked, or ``n_points`` distinct indices drawn by random_state."""
+        if n_train < 2:
+            raise ValueError(
+                f"{type(self).__name__} removes training points one at a time, which needs at "
+                f"least 2 training samples; got n_samples = {n_train}. Pass more data."
+            )
+        if self.train_indices is None:
+            return sample_training_points(n_train, self.n_points, self.random_state, sort=True)
+        return check_train_indices(self.train_indices, n_train)
+
+    def _query_tensors(self, X, y_test):
+        """Query inputs and measurement targets (the prediction when ``y_test`` is None)."""
+        problem = self.problem_
+        inputs, targets = query_tensors(self, problem.adapter, X, y_test)
+        inputs = problem.tensor(inputs)
+        targets = None if targets is None else problem.tensor(targets)
+        return inputs, resolve_query_targets(problem.adapter, problem.theta, inputs, targets)
