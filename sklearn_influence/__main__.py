@@ -70,7 +70,7 @@ def _mlp(args):
     """
     from skorch import NeuralNetClassifier
 
-    from .datasets import TanhMLP
+    from sklearn_influence.datasets import TanhMLP
 
     return NeuralNetClassifier(
         TanhMLP,

@@ -59,9 +59,9 @@ def _mlp():
     torch.manual_seed(0)
     net = NeuralNetClassifier(
         TanhMLP,
-        module__n_in=X.shape[1],
+        module__in_features=X.shape[1],
         module__hidden=3,
-        module__n_out=3,
+        module__out_features=3,
         criterion=torch.nn.CrossEntropyLoss,
         optimizer__weight_decay=1e-2,
         train_split=None,

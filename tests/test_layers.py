@@ -110,11 +110,13 @@ def test_a_linear_model_is_one_layer_over_theta(model):
 def test_skorch_mlp_layers_and_gradients():
     rng = np.random.default_rng(1)
     X, y = rng.normal(size=(25, 6)), rng.integers(0, 3, 25)
-    adapter = _skorch_adapter(TanhMLP, X, y, module__n_in=6, module__hidden=5, module__n_out=3)
+    adapter = _skorch_adapter(
+        TanhMLP, X, y, module__in_features=6, module__hidden=5, module__out_features=3
+    )
     structure = _check_gradients(adapter, adapter.inputs(X))
     assert [(layer.name, layer.kind) for layer in structure.layers] == [
         ("hidden", "linear"),
-        ("out", "linear"),
+        ("output", "linear"),
     ]
     assert structure.layers[0].weight_shape == (5, 6) and not structure.uncovered
     _check_partition(structure)
@@ -139,7 +141,7 @@ def test_a_frozen_bias_is_not_part_of_the_layer():
     rng = np.random.default_rng(3)
     X, y = rng.normal(size=(20, 6)), rng.integers(0, 3, 20)
     torch.manual_seed(0)
-    module = TanhMLP(n_in=6, hidden=4, n_out=3)
+    module = TanhMLP(in_features=6, hidden=4, out_features=3)
     module.hidden.bias.requires_grad_(False)
     adapter = _skorch_adapter(module, X, y)
     structure = _check_gradients(adapter, adapter.inputs(X))
