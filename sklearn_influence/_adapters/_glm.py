@@ -18,7 +18,11 @@ TweedieRegressor       p      log       μ^(1−p)((2−p)μ + (p−1)y) / μ^(2
 TweedieRegressor       p      identity  μ^(−p−1)((1−p)μ + p·y) / μ^(−p)
 =====================  =====  ========  ===========================================
 
-(``link="auto"`` is the identity for p ≤ 0 and the log link otherwise, as in scikit-learn.)
+(``link="auto"`` is the identity for p ≤ 0 and the log link otherwise, as in scikit-learn.
+Every power scikit-learn accepts is supported, including 0 < p < 1, for which no distribution
+exists but the deviance is still a strictly consistent loss; "Fisher information" then means
+the Hessian at y = μ. The identity link with p ≠ 0 needs positive predictions μ = η, as
+scikit-learn's own fit does.)
 
 **Gauss-Newton.** For a non-canonical link the Hessian of L in η depends on y (it can even be
 negative: Tweedie p > 2 or p < 1 with the log link). The package's label-free, positive
