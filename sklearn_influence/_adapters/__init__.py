@@ -6,6 +6,7 @@ A new model family is one new adapter module plus one entry in ``_FAMILIES``.
 from sklearn.pipeline import Pipeline
 
 from ._base import ModelAdapter, fit_model
+from ._glm import GLM_MODELS, GeneralizedLinearModelAdapter, check_glm_configuration
 from ._linear import SUPPORTED_LINEAR_MODELS, LinearModelAdapter, _check_linear_configuration
 from ._pipeline import unwrap
 from ._sklearn_mlp import SKLEARN_MLPS, SklearnMLPAdapter, check_mlp_configuration, fit_sklearn_mlp
@@ -13,6 +14,8 @@ from ._skorch import SKORCH_NETS, SkorchAdapter, check_skorch_configuration, fit
 
 SUPPORTED_ESTIMATORS_TEXT = (
     "LinearRegression, Ridge, LogisticRegression (L2 or no penalty), "
+    "RidgeCV, RidgeClassifier, RidgeClassifierCV, LogisticRegressionCV (L2, refit=True), "
+    "PoissonRegressor, GammaRegressor, TweedieRegressor, "
     "SGDClassifier(loss='log_loss'), SGDRegressor(loss='squared_error'), "
     "skorch's NeuralNetClassifier, NeuralNetBinaryClassifier or NeuralNetRegressor "
     "(with train_split=None), "
@@ -25,6 +28,7 @@ SUPPORTED_ESTIMATORS_TEXT = (
 # that fit (for example a network's initial weights), or None.
 _FAMILIES = [
     (SUPPORTED_LINEAR_MODELS, _check_linear_configuration, fit_model, LinearModelAdapter),
+    (GLM_MODELS, check_glm_configuration, fit_model, GeneralizedLinearModelAdapter),
     (SKORCH_NETS, check_skorch_configuration, fit_skorch, SkorchAdapter),
     (SKLEARN_MLPS, check_mlp_configuration, fit_sklearn_mlp, SklearnMLPAdapter),
 ]

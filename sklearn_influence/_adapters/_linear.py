@@ -13,7 +13,15 @@ Ridge                  Σ (y − ŷ)² + α‖w‖²                     ‖h �
 LogisticRegression     C Σ log-loss + ½‖w‖²                   log-loss, 1/(CN)
 SGDClassifier (log)    mean log-loss + α·½‖w‖²                log-loss (OvR), α
 SGDRegressor (squared) mean ½(y − ŷ)² + α·½‖w‖²               ½‖h − t‖², α
+RidgeClassifier        Σ ‖Y − Ŷ‖² + α‖W‖², Y ∈ {−1, 1}         ‖h − (2t − 1)‖², 2α/N
 =====================  ====================================  =================
+
+Estimators that choose their own regularisation (``RidgeCV``, ``RidgeClassifierCV``,
+``LogisticRegressionCV``) are treated as the plain estimator at the value they selected
+(``alpha_``, ``C_``): the objective is the plain one at that fixed value, and retraining refits
+the plain estimator (``Ridge(alpha=alpha_)``, ``RidgeClassifier(alpha=alpha_)``,
+``LogisticRegression(C=C_)``, with the same other settings) without re-running the selection.
+The selection itself is not differentiated.
 """
 
 import warnings
@@ -25,18 +33,25 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import (
     LinearRegression,
     LogisticRegression,
+    LogisticRegressionCV,
     Ridge,
+    RidgeClassifier,
+    RidgeClassifierCV,
+    RidgeCV,
     SGDClassifier,
     SGDRegressor,
 )
 
 from ._base import Layer, LayerStructure, ModelAdapter
-from ._losses import BinaryLogLoss, SoftmaxCrossEntropy, SquaredError
+from ._losses import BinaryLogLoss, SignedSquaredError, SoftmaxCrossEntropy, SquaredError
 
 SUPPORTED_LINEAR_MODELS = (
     LinearRegression,
     Ridge,
-    LogisticRegression,
+    RidgeCV,
+    RidgeClassifier,
+    RidgeClassifierCV,
+    LogisticRegression,  # includes LogisticRegressionCV
     SGDClassifier,
     SGDRegressor,
 )
@@ -76,6 +91,23 @@ def _check_linear_configuration(estimator):
                 "solver='liblinear' (it penalises the intercept and fits one-vs-rest)",
                 "Use solver='lbfgs' or 'newton-cholesky'.",
             )
+    if isinstance(estimator, LogisticRegressionCV):
+        l1_ratios = params.get("l1_ratios")
+        if not (l1_ratios is None or isinstance(l1_ratios, str)) and np.any(
+            np.asarray(l1_ratios, dtype=float) != 0
+        ):
+            _refuse(
+                estimator,
+                "a grid of L1 or elastic-net penalties (l1_ratios)",
+                "Use l1_ratios=(0,) (an L2 penalty).",
+            )
+        if not params.get("refit", True):
+            _refuse(
+                estimator,
+                "refit=False (its coefficients are averages over folds, not the minimiser "
+                "of an objective)",
+                "Use refit=True.",
+            )
     if isinstance(estimator, (SGDClassifier, SGDRegressor)):
         wanted = "log_loss" if isinstance(estimator, SGDClassifier) else "squared_error"
         if params["loss"] != wanted:
@@ -85,9 +117,50 @@ def _check_linear_configuration(estimator):
     return name
 
 
+def _selected_logistic_c(estimator):
+    """The single C a fitted LogisticRegressionCV selected (C_ may be repeated per class)."""
+    values = np.unique(np.ravel(np.asarray(estimator.C_, dtype=np.float64)))
+    if len(values) != 1:
+        raise ValueError(
+            f"LogisticRegressionCV selected different C per class ({values.tolist()}); the "
+            "influence needs one objective. Fit a LogisticRegression at one C instead."
+        )
+    l1_ratio = getattr(estimator, "l1_ratio_", None)
+    if l1_ratio is not None and np.any(
+        np.asarray([0.0 if r is None else r for r in np.ravel(l1_ratio)], dtype=float) != 0
+    ):
+        _refuse(estimator, "a selected L1 or elastic-net penalty", "Use l1_ratios=(0,).")
+    return float(values[0])
+
+
+def fixed_hyperparameter_model(estimator):
+    """The plain estimator minimising the same objective as a fitted CV estimator.
+
+    ``RidgeCV`` → ``Ridge(alpha=alpha_)``, ``RidgeClassifierCV`` →
+    ``RidgeClassifier(alpha=alpha_)``, ``LogisticRegressionCV`` → ``LogisticRegression(C=C_)``,
+    each with the CV estimator's other settings; any other estimator is returned as is.
+    """
+    if isinstance(estimator, RidgeCV):
+        return Ridge(alpha=estimator.alpha_, fit_intercept=estimator.fit_intercept)
+    if isinstance(estimator, RidgeClassifierCV):
+        return RidgeClassifier(alpha=estimator.alpha_, fit_intercept=estimator.fit_intercept)
+    if isinstance(estimator, LogisticRegressionCV):
+        return LogisticRegression(
+            C=_selected_logistic_c(estimator),
+            l1_ratio=0.0,
+            fit_intercept=estimator.fit_intercept,
+            intercept_scaling=estimator.intercept_scaling,
+            solver=estimator.solver,
+            tol=estimator.tol,
+            max_iter=estimator.max_iter,
+            random_state=estimator.random_state,
+        )
+    return estimator
+
+
 def _penalty_per_weight(estimator, n_train):
     """r for the coefficients (scalar or one value per output); the intercept has r = 0."""
-    if isinstance(estimator, Ridge):
+    if isinstance(estimator, (Ridge, RidgeClassifier)):
         return 2.0 * np.asarray(estimator.alpha, dtype=np.float64) / n_train
     if isinstance(estimator, LinearRegression):
         return 0.0
@@ -102,6 +175,8 @@ def _penalty_per_weight(estimator, n_train):
 def _output_loss(estimator, n_outputs):
     if isinstance(estimator, SGDRegressor):
         return SquaredError(0.5)
+    if isinstance(estimator, RidgeClassifier):
+        return SignedSquaredError()
     if isinstance(estimator, (LinearRegression, Ridge)):
         return SquaredError(1.0)
     if isinstance(estimator, LogisticRegression) and n_outputs > 1:
@@ -123,13 +198,22 @@ class LinearModelAdapter(ModelAdapter):
     device : torch.device
     fit_state : None
         Linear models need nothing recorded at fit time.
+
+    Notes
+    -----
+    A CV estimator (``RidgeCV``, ``RidgeClassifierCV``, ``LogisticRegressionCV``) is viewed at
+    the hyper-parameter it selected; the selection is not differentiated, and retraining
+    refits the plain estimator at that fixed value (:func:`fixed_hyperparameter_model`).
     """
 
     linear_layout = True
 
     def __init__(self, estimator, n_train, *, preprocess=None, device=None, fit_state=None):
-        _check_linear_configuration(estimator)
+        self._check_configuration(estimator)
         self.estimator = estimator
+        #: the estimator whose objective at fixed hyper-parameters the adapter writes down,
+        #: and which retraining refits (the estimator itself unless it is a CV estimator)
+        self.fixed_model = fixed_hyperparameter_model(estimator)
         self.n_train = n_train
         self.preprocess = preprocess
         self.device = torch.device("cpu") if device is None else device
@@ -139,9 +223,19 @@ class LinearModelAdapter(ModelAdapter):
         self.fit_intercept = bool(estimator.fit_intercept)
         self.is_classifier = hasattr(estimator, "classes_")
         self.classes_ = getattr(estimator, "classes_", None)
-        self.loss = _output_loss(estimator, self.n_outputs)
+        self.loss = self._make_loss(self.fixed_model)
         self._theta = self._pack(estimator)
-        self._penalty = _penalty_per_weight(estimator, n_train)
+        self._penalty = self._penalty_for(self.fixed_model, n_train)
+
+    # -- family hooks (overridden by the GLM adapter) ------------------------------------
+    def _check_configuration(self, estimator):
+        _check_linear_configuration(estimator)
+
+    def _make_loss(self, estimator):
+        return _output_loss(estimator, self.n_outputs)
+
+    def _penalty_for(self, estimator, n_train):
+        return _penalty_per_weight(estimator, n_train)
 
     # -- layout -------------------------------------------------------------------------
     def _pack(self, estimator):
@@ -221,7 +315,7 @@ class LinearModelAdapter(ModelAdapter):
 
     # -- retraining ---------------------------------------------------------------------
     def _retraining_clone(self, warm_start):
-        model = clone(self.estimator)
+        model = clone(self.fixed_model)
         params = model.get_params(deep=False)
         if "tol" in params and not isinstance(model, (SGDClassifier, SGDRegressor)):
             tol = params["tol"]

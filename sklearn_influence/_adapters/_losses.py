@@ -121,3 +121,30 @@ class BinaryLogLoss(OutputLoss):
         if outputs.shape[-1] == 1:
             return (outputs > 0).to(outputs.dtype)
         return F.one_hot(outputs.argmax(-1), outputs.shape[-1]).to(outputs.dtype)
+
+
+class SignedSquaredError(OutputLoss):
+    """RidgeClassifier's loss: L(h, t) = ‖h − (2t − 1)‖² on its ±1 target coding.
+
+    ``targets`` are one-hot rows (or the 0/1 positive-class indicator of a binary model with one
+    output), as for every classifier; scikit-learn's ridge classifiers regress the decision
+    values on the same rows mapped to {−1, +1}.
+    """
+
+    is_classification = True
+
+    def __call__(self, outputs, targets):
+        return ((outputs - (2.0 * targets - 1.0)) ** 2).sum(-1)
+
+    def hessian_factor(self, outputs):
+        k = outputs.shape[-1]
+        eye = torch.eye(k, dtype=outputs.dtype, device=outputs.device)
+        return 2.0**0.5 * eye.expand(*outputs.shape[:-1], k, k)
+
+    def bregman(self, outputs, reference_outputs):
+        return ((outputs - reference_outputs) ** 2).sum(-1)
+
+    def predicted_targets(self, outputs):
+        if outputs.shape[-1] == 1:
+            return (outputs > 0).to(outputs.dtype)
+        return F.one_hot(outputs.argmax(-1), outputs.shape[-1]).to(outputs.dtype)
