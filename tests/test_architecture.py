@@ -38,3 +38,78 @@ def test_the_command_line_imports_public_names_only():
             if node.module not in ("_cli_data", "_cli_output"):
                 private.append(f"{'.' * node.level}{node.module}")
     assert private == []
+
+
+def _imports_of(path):
+    """The package modules ``path`` imports (absolute and relative, at any depth of the file)."""
+    module = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    if module.endswith(".__init__"):
+        package = module = module[: -len(".__init__")]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            names = [f"{target}.{alias.name}" for alias in node.names]
+            found.update([target, *names])
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return module, {name for name in found if name.startswith("sklearn_influence")}
+
+
+#: each layer and the layers it must never import (DESIGN.md §3: arrows point down)
+FORBIDDEN = {
+    "sklearn_influence._adapters": ("_engine", "_responses", "metrics", "_influence", "_base"),
+    "sklearn_influence._engine": ("_responses", "metrics", "_influence", "_cv", "_base"),
+    "sklearn_influence._responses": ("metrics", "_influence", "_cv", "_mislabel", "_base"),
+    "sklearn_influence.metrics": ("_influence", "_cv", "_mislabel", "_decomposition"),
+}
+
+
+def test_layers_import_only_downward():
+    offenders = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        module, imported = _imports_of(path)
+        for layer, forbidden in FORBIDDEN.items():
+            if module == layer or module.startswith(layer + "."):
+                offenders += [
+                    f"{module} imports {name}"
+                    for name in imported
+                    for part in forbidden
+                    if name == f"sklearn_influence.{part}"
+                    or name.startswith(f"sklearn_influence.{part}.")
+                ]
+    assert offenders == []
+
+
+def test_no_import_cycle_between_the_package_modules():
+    modules = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        module, imported = _imports_of(path)
+        modules[module] = imported
+    graph = {
+        module: {name for name in imported if name in modules and name != module}
+        for module, imported in modules.items()
+    }
+    # a package's __init__ re-exporting its own submodules is not a cycle of the layers
+    for module in graph:
+        graph[module] = {name for name in graph[module] if not module.startswith(name + ".")}
+    state, cycle = {}, []
+
+    def visit(node, trail):
+        state[node] = "open"
+        for name in sorted(graph[node]):
+            if state.get(name) == "open":
+                cycle.append(" -> ".join([*trail[trail.index(name) :], name]))
+            elif name not in state:
+                visit(name, [*trail, name])
+        state[node] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert cycle == []
