@@ -277,7 +277,8 @@ def environment(threads, load_at_start):
         f"- machine: {platform.machine()}, {os.cpu_count()} CPU cores, "
         f"load average {load_at_start:.2f} at start and {_load():.2f} at the end (other "
         "processes share the cores: compare ratios within one run, and CPU s rather than wall "
-        "s, when the load exceeds the number of cores)",
+        "s, when the load exceeds the number of cores); this process at niceness "
+        f"{os.nice(0)}",
         f"- threads: torch {torch.get_num_threads()}"
         + (f" (pinned to {threads}, BLAS too)" if threads else " (default)"),
         f"- versions: python {platform.python_version()}, torch {torch.__version__}, "
