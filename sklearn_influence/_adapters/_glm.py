@@ -131,6 +131,14 @@ class TweedieHalfDeviance(OutputLoss):
     def __call__(self, outputs, targets):
         return self.half_deviance(outputs, targets).sum(-1)
 
+    def output_gradient(self, outputs, targets):
+        """∂L/∂η = (μ − y)(dμ/dη)/μ^p: μ^(2−p) − y μ^(1−p) (log link), (μ − y) μ^(−p) (identity)."""
+        p, y = self.power, targets
+        if self.link == "log":
+            return self._mean_power(outputs, 2 - p) - y * self._mean_power(outputs, 1 - p)
+        residual = outputs - y
+        return residual if p == 0 else residual * self._mean_power(outputs, -p)
+
     # -- curvature ------------------------------------------------------------------------
     def fisher_weight(self, outputs):
         """(dμ/dη)² / μ^p: μ^(2−p) for the log link, μ^(−p) for the identity link."""

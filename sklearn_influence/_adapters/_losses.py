@@ -1,4 +1,4 @@
-"""Per-example losses on model outputs, their output Hessians and Bregman divergences.
+"""Per-example losses on model outputs, their output gradients and Hessians, Bregman divergences.
 
 Every loss works on the last axis: ``outputs`` has shape ``(..., k)`` and ``targets`` the
 same shape (one-hot rows for classifiers, values for regressors), so the same function
@@ -6,13 +6,16 @@ serves a single example inside :func:`torch.func.vmap` and a whole batch.
 """
 
 import torch
+from torch.func import grad
 from torch.nn import functional as F
 
 
 class OutputLoss:
     """A loss L(h, t) that is convex in the outputs h.
 
-    Subclasses implement :meth:`__call__`, :meth:`hessian_factor` and :meth:`bregman`.
+    Subclasses implement :meth:`__call__`, :meth:`hessian_factor` and :meth:`bregman`, and
+    may override :meth:`output_gradient` with a closed form (the default differentiates
+    :meth:`__call__`).
     """
 
     #: whether the loss belongs to a classifier (targets are one-hot rows)
@@ -20,6 +23,16 @@ class OutputLoss:
 
     def __call__(self, outputs, targets):
         raise NotImplementedError
+
+    def output_gradient(self, outputs, targets):
+        """∇_h L(h, t) for every row, shape ``(..., k)`` like ``outputs``.
+
+        The generic fallback differentiates :meth:`__call__` with :func:`torch.func.grad`
+        (each row's loss depends on its own outputs only, so the gradient of the sum is the
+        per-row gradient); it composes with autograd and :mod:`torch.func` like the closed
+        forms of the subclasses.
+        """
+        return grad(lambda h: self(h, targets).sum())(outputs)
 
     def hessian_factor(self, outputs):
         """A matrix A (shape ``(..., r, k)``) with AᵀA = ∇²_h L, independent of the target."""
@@ -48,6 +61,9 @@ class SquaredError(OutputLoss):
     def __call__(self, outputs, targets):
         return self.scale * ((outputs - targets) ** 2).sum(-1)
 
+    def output_gradient(self, outputs, targets):
+        return (2.0 * self.scale) * (outputs - targets)
+
     def hessian_factor(self, outputs):
         k = outputs.shape[-1]
         eye = torch.eye(k, dtype=outputs.dtype, device=outputs.device)
@@ -67,6 +83,9 @@ class SoftmaxCrossEntropy(OutputLoss):
 
     def __call__(self, outputs, targets):
         return torch.logsumexp(outputs, -1) - (outputs * targets).sum(-1)
+
+    def output_gradient(self, outputs, targets):
+        return torch.softmax(outputs, -1) - targets
 
     def hessian_factor(self, outputs):
         # diag(p) − ppᵀ = AᵀA with A = diag(√p)(I − 1pᵀ)
@@ -104,6 +123,9 @@ class BinaryLogLoss(OutputLoss):
     def __call__(self, outputs, targets):
         return (_softplus(outputs) - outputs * targets).sum(-1)
 
+    def output_gradient(self, outputs, targets):
+        return torch.sigmoid(outputs) - targets
+
     def hessian_factor(self, outputs):
         # σ(h)σ(−h) rather than σ(1 − σ): no cancellation for confident outputs
         return torch.diag_embed((torch.sigmoid(outputs) * torch.sigmoid(-outputs)).sqrt())
@@ -135,6 +157,9 @@ class SignedSquaredError(OutputLoss):
 
     def __call__(self, outputs, targets):
         return ((outputs - (2.0 * targets - 1.0)) ** 2).sum(-1)
+
+    def output_gradient(self, outputs, targets):
+        return 2.0 * (outputs - (2.0 * targets - 1.0))
 
     def hessian_factor(self, outputs):
         k = outputs.shape[-1]

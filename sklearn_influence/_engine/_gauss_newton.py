@@ -88,28 +88,47 @@ class GaussNewton(Curvature):
             yield whitened
 
     def _linear_data_term(self):
-        """Σ_i H_i ⊗ z̃_i z̃_iᵀ for h = W̃ z̃ — the Kronecker structure makes it one matmul.
+        """Σ_i w_i H_i ⊗ z̃_i z̃_iᵀ for h = W̃ z̃: k(k+1)/2 weighted Gram matrices, no Jacobians.
 
-        Only the output pairs a ≤ b are computed (H_i is symmetric); the other half of the
-        blocks are their transposes.
+        Block (a, b) of the matrix (θ = W̃.ravel() row-major) is Zᵀ diag(w ⊙ H[:, a, b]) Z.
+        Only the pairs a ≤ b are computed (H_i is symmetric; block (b, a) is the transpose),
+        pairs whose weight is zero on every row are skipped (the diagonal Hessians of the
+        one-vs-rest log-loss and of squared errors), and an output Hessian that is the same
+        on every row (squared errors) gives H ⊗ Zᵀ diag(w) Z from a single Gram matrix. One
+        output (binary classifiers, regressors) is a single weighted Gram matrix.
         """
         adapter, theta, inputs, weights = self.adapter, self.theta, self.inputs, self.weights
         k, width = adapter.n_outputs, inputs.shape[1]
-        first, second = torch.triu_indices(k, k, device=inputs.device)
-        total = theta.new_zeros((width, len(first) * width))
-        for rows in batch_slices(self.n_train, self.batch_size):
-            Z = inputs[rows]
-            H = adapter.loss.output_hessian(adapter.outputs(theta, Z))  # (b, k, k)
-            if weights is not None:
-                H = H * weights[rows].reshape(-1, 1, 1)
-            weighted = (H[:, first, second].unsqueeze(2) * Z.unsqueeze(1)).reshape(len(Z), -1)
-            total += Z.T @ weighted
-        # total[e, (pair, f)] = Σ_i H_i[a, b] z_e z_f for pair = (a, b), a ≤ b
-        blocks = total.reshape(width, len(first), width).transpose(0, 1)
-        matrix = theta.new_zeros((k, k, width, width))
-        matrix[first, second] = blocks
-        matrix[second, first] = blocks.transpose(1, 2)
-        return matrix.permute(0, 2, 1, 3).reshape(k * width, k * width)
+        H = self._linear_output_hessians()  # (N, k, k), without the weights
+        matrix = theta.new_zeros((k, width, k, width))
+        if len(inputs) == 0:
+            return matrix.reshape(k * width, k * width)
+        if k > 1 and bool((H == H[:1]).all()):
+            weighted = inputs if weights is None else inputs * weights.reshape(-1, 1)
+            return torch.kron(H[0], inputs.T @ weighted)
+        for a in range(k):
+            for b in range(a, k):
+                weight = H[:, a, b] if weights is None else H[:, a, b] * weights
+                if a != b and not bool(weight.any()):
+                    continue
+                gram = inputs.T @ (weight.unsqueeze(1) * inputs)
+                matrix[a, :, b, :] = gram
+                if a != b:
+                    matrix[b, :, a, :] = gram.T
+        return matrix.reshape(k * width, k * width)
+
+    def _linear_output_hessians(self, limit=2**22):
+        """∇²_h L_i for every training row, shape (N, k, k), in blocks of rows."""
+        adapter, theta, inputs = self.adapter, self.theta, self.inputs
+        k = adapter.n_outputs
+        rows_per_block = max(self.batch_size, limit // max(1, k * k))
+        blocks = [
+            adapter.loss.output_hessian(adapter.outputs(theta, inputs[rows]))
+            for rows in batch_slices(self.n_train, rows_per_block)
+        ]
+        if not blocks:
+            return theta.new_zeros((0, k, k))
+        return torch.cat(blocks) if len(blocks) > 1 else blocks[0]
 
 
 def output_jacobians(adapter, theta, inputs):

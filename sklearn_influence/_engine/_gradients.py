@@ -1,4 +1,4 @@
-"""Per-example gradients and measurements, vectorised with :mod:`torch.func`.
+"""Per-example gradients and measurements: closed form for linear models, else :mod:`torch.func`.
 
 The measurement of a query is its loss L(h(θ, x_q), t_q); with ``targets=None`` it is the
 model output itself (single-output regressors). Classifier queries without a label use the
@@ -40,7 +40,41 @@ def resolve_query_targets(adapter, theta, inputs, targets):
 
 
 def per_example_gradients(adapter, theta, inputs, targets, batch_size=1024):
-    """∇_θ f_i(θ) for every row i, shape (n, p), computed in batches with vmap(grad)."""
+    """∇_θ f_i(θ) for every row i, shape (n, p).
+
+    For a model linear in its parameters (``adapter.linear_layout``: h = W̃ z̃, θ = W̃.ravel()
+    row-major) the gradient is the outer product (∂f/∂h)_i ⊗ z̃_i, with ∂f/∂h the loss's
+    :meth:`~sklearn_influence._adapters._losses.OutputLoss.output_gradient` (or e₀ when the
+    measurement is the output itself): no per-example autodiff. Otherwise each row is
+    differentiated with vmap(grad), in batches of ``batch_size`` rows.
+    """
+    if getattr(adapter, "linear_layout", False):
+        return _linear_gradients(adapter, theta, inputs, targets)
+    return _vmap_gradients(adapter, theta, inputs, targets, batch_size)
+
+
+def output_gradients(adapter, theta, inputs, targets):
+    """∂f_i/∂h at the outputs of every row, shape (n, k): the loss's output gradient, or e₀
+    (the first output) when ``targets`` is None and the measurement is the output itself."""
+    outputs = adapter.outputs(theta, inputs)
+    if targets is None:
+        gradient = torch.zeros_like(outputs)
+        gradient[..., 0] = 1.0
+        return gradient
+    return adapter.loss.output_gradient(outputs, targets)
+
+
+def _linear_gradients(adapter, theta, inputs, targets):
+    """(∂f/∂h)_i ⊗ z̃_i for h = W̃ z̃, flattened like θ = W̃.ravel(): shape (n, k · width)."""
+    residual = output_gradients(adapter, theta, inputs, targets)  # (n, k)
+    n, k = residual.shape
+    if k == 1:
+        return inputs * residual
+    return (residual.unsqueeze(2) * inputs.unsqueeze(1)).reshape(n, k * inputs.shape[1])
+
+
+def _vmap_gradients(adapter, theta, inputs, targets, batch_size):
+    """∇_θ f_i(θ) for every row by vmap(grad) over single-row measurements, in batches."""
 
     def single(theta_, x, t):
         t = None if t is None else t.unsqueeze(0)
