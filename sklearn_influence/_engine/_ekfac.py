@@ -1,10 +1,8 @@
 """EK-FAC: K-FAC's Kronecker eigenbasis with eigenvalues re-fitted to the exact Gauss-Newton
 diagonal in that basis (George et al. 2018; Grosse et al. 2023). Factors: :mod:`._kronecker`."""
 
-import torch
-
-from ._kronecker import _REFIT_ELEMENTS, KroneckerFactoredCurvature
 from ._gradients import batch_slices
+from ._kronecker import _REFIT_ELEMENTS, KroneckerFactoredCurvature
 
 
 class EKFAC(KroneckerFactoredCurvature):
@@ -47,9 +45,7 @@ class EKFAC(KroneckerFactoredCurvature):
                 total += _rotated_squares(factors, a, g)
         for total, factors in zip(totals, layers, strict=True):
             factors.data_eigenvalues = total / max(self.n_train, 1)
-            factors.eigenvalues = factors.data_eigenvalues + self.regularizer_in_eigenbasis(
-                factors
-            )
+            factors.eigenvalues = factors.data_eigenvalues + self.regularizer_in_eigenbasis(factors)
 
 
 def _rotated_squares(factors, a, g):

@@ -136,7 +136,7 @@ def layer_activations_and_gradients(layer, tape, repeats):
         gradients.append(g)
     a, g = torch.cat(activations, 1), torch.cat(gradients, 1)
     if layer.bias is not None:
-        a = torch.cat([a, a.new_ones(a.shape[:-1] + (1,))], -1)
+        a = torch.cat([a, a.new_ones((*a.shape[:-1], 1))], -1)
     return a, g
 
 
@@ -177,9 +177,7 @@ class KroneckerFactoredCurvature(Curvature):
     factored = True
 
     def __init__(self, adapter, theta, inputs, targets=None, *, batch_size=1024, weights=None):
-        super().__init__(
-            adapter, theta, inputs, targets, batch_size=batch_size, weights=weights
-        )
+        super().__init__(adapter, theta, inputs, targets, batch_size=batch_size, weights=weights)
         self.n_eigendecompositions = 0
         self._layers = None
         self._fallback_index = None
@@ -217,10 +215,13 @@ class KroneckerFactoredCurvature(Curvature):
         """
         for rows in batch_slices(self.n_train, self._rows_per_batch(self._n_factor_rows())):
             tapes, repeats = self._expanded_tapes(rows)
-            yield rows, [
-                layer_activations_and_gradients(layer, tapes[position], repeats)
-                for position, layer in kept
-            ]
+            yield (
+                rows,
+                [
+                    layer_activations_and_gradients(layer, tapes[position], repeats)
+                    for position, layer in kept
+                ],
+            )
 
     def _n_factor_rows(self):
         """r, the rows of one example's output-Hessian factor."""
