@@ -126,13 +126,14 @@ def layer_activations_and_gradients(layer, tape, repeats):
     """
     activations, gradients = [], []
     for a, g in zip(tape.inputs, tape.output_gradients, strict=True):
+        a = a[::repeats]
         if layer.kind == "conv2d":
             a = unfold_conv_inputs(layer, a).transpose(1, 2)
             g = g.flatten(2).transpose(1, 2)
         else:
             a = a.reshape(a.shape[0], -1, a.shape[-1])
             g = g.reshape(g.shape[0], -1, g.shape[-1])
-        activations.append(a[::repeats])
+        activations.append(a)
         gradients.append(g)
     a, g = torch.cat(activations, 1), torch.cat(gradients, 1)
     if layer.bias is not None:
