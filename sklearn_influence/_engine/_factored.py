@@ -48,6 +48,7 @@ class FactoredSolver(Solver):
 
     def prepare(self):
         _ = self.curvature.layers  # factors and eigendecompositions, once
+        self.n_factorizations = self.curvature.n_eigendecompositions
         return self
 
     def solve(self, rhs, damping):

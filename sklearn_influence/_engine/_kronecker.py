@@ -183,6 +183,7 @@ class KroneckerFactoredCurvature(Curvature):
         self._layers = None
         self._fallback_index = None
         self._fallback_diagonal = None
+        self._smallest = None
         self.fallback_parameters = ()
 
     # -- factors ------------------------------------------------------------------------
@@ -361,11 +362,7 @@ class KroneckerFactoredCurvature(Curvature):
             raise ValueError(f"damping must be >= 0, got {damping!r}.")
         block = vectors.to(self.dtype)
         block = block.unsqueeze(0) if block.dim() == 1 else block
-        smallest = min(
-            [float(f.eigenvalues.min()) for f in self.layers if f.eigenvalues.numel()]
-            + ([float(self._fallback_diagonal.min())] if self._fallback_index is not None else [])
-            + [float("inf")]
-        )
+        smallest = self.smallest_eigenvalue()
         if not smallest + damping > 0:
             raise ValueError(
                 f"The factored curvature {self.name!r} is singular (smallest eigenvalue "
@@ -373,6 +370,15 @@ class KroneckerFactoredCurvature(Curvature):
             )
         result = self._apply(block, lambda values: 1.0 / (values + damping))
         return result if vectors.dim() == 2 else result[0]
+
+    def smallest_eigenvalue(self):
+        """The smallest eigenvalue of the factored matrix (cached; inf when p = 0)."""
+        if self._smallest is None:
+            values = [float(f.eigenvalues.min()) for f in self.layers if f.eigenvalues.numel()]
+            if self._fallback_index is not None:
+                values.append(float(self._fallback_diagonal.min()))
+            self._smallest = min(values, default=float("inf"))
+        return self._smallest
 
     def diagonal(self):
         """diag(C) of the factored matrix: (Q_S∘Q_S) Λ (Q_A∘Q_A)ᵀ per layer."""
