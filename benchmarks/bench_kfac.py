@@ -62,6 +62,7 @@ def measure(weights, curvature, solver, options, threads, output):
     warm = InfluenceFunction(FrozenEstimator(net), curvature=curvature, solver="cg")
     warm.fit(X[:5], y[:5]).transform(X_query[:1], y_query[:1])
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    cpu_start = time.process_time()
     start = time.perf_counter()
     influence = InfluenceFunction(
         FrozenEstimator(net),
@@ -73,10 +74,11 @@ def measure(weights, curvature, solver, options, threads, output):
     ).fit(X, y)
     matrix = influence.transform(X_query, y_query)
     elapsed = time.perf_counter() - start
+    cpu = time.process_time() - cpu_start
     peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline) / 1024
     np.save(output, matrix)
     solver_object = influence._engine.solver
-    print(json.dumps({"seconds": elapsed, "peak_mib": peak, "solver": influence.solver_,
+    print(json.dumps({"seconds": elapsed, "cpu": cpu, "peak_mib": peak, "solver": influence.solver_,
                       "iterations": getattr(solver_object, "n_iter_", None)}))  # fmt: skip
 
 
@@ -119,17 +121,20 @@ def main():
         emit(f"* date: {time.strftime('%Y-%m-%d %H:%M')}; network trained in "
              f"{train_seconds:.0f} s (not counted), test accuracy {accuracy:.3f}")  # fmt: skip
         emit(
-            f"* time: median of {args.repeats} fresh processes, fit + transform; peak: "
-            "largest extra RSS of those runs; Pearson: with the exact Gauss-Newton answer"
+            f"* wall and CPU (all threads of the process) seconds: median of {args.repeats} "
+            "fresh processes, fit + transform; peak: largest extra RSS of those runs; "
+            "Pearson: with the exact Gauss-Newton answer"
         )
         emit()
         label, curvature, solver, options = REFERENCE
         output = os.path.join(folder, "reference.npy")
         reference_run = _run_child(weights, curvature, solver, options, args.threads, output)
         reference = np.load(output)
-        emit("| configuration | time (s) | peak RSS (MiB) | CG iterations | Pearson vs exact |")
-        emit("|---|---|---|---|---|")
-        emit(f"| {label} | {reference_run['seconds']:.2f} | {reference_run['peak_mib']:.0f} | "
+        emit("| configuration | wall (s) | CPU (s) | peak RSS (MiB) | CG iterations "
+             "| Pearson vs exact |")  # fmt: skip
+        emit("|---|---|---|---|---|---|")
+        emit(f"| {label} | {reference_run['seconds']:.2f} | {reference_run['cpu']:.2f} | "
+             f"{reference_run['peak_mib']:.0f} | "
              f"{reference_run['iterations']} | 1 |")  # fmt: skip
         for label, curvature, solver, options in CONFIGURATIONS:
             runs = []
@@ -140,9 +145,10 @@ def main():
                 run["pearson"] = float(np.corrcoef(matrix.ravel(), reference.ravel())[0, 1])
                 runs.append(run)
             seconds = float(np.median([run["seconds"] for run in runs]))
+            cpu = float(np.median([run["cpu"] for run in runs]))
             peak = max(run["peak_mib"] for run in runs)
             iterations = runs[0]["iterations"] if runs[0]["iterations"] is not None else "—"
-            emit(f"| {label} | {seconds:.2f} | {peak:.0f} | {iterations} | "
+            emit(f"| {label} | {seconds:.2f} | {cpu:.2f} | {peak:.0f} | {iterations} | "
                  f"{runs[0]['pearson']:.5f} |")  # fmt: skip
     emit()
     emit("For reference (issue 10): the fastest established library (EK-FAC on a sampled "
