@@ -175,8 +175,6 @@ class KroneckerFactoredCurvature(Curvature):
         Symmetric eigendecompositions performed so far (two per layer, once).
     """
 
-    factored = True
-
     def __init__(self, adapter, theta, inputs, targets=None, *, batch_size=1024, weights=None):
         super().__init__(adapter, theta, inputs, targets, batch_size=batch_size, weights=weights)
         self.n_eigendecompositions = 0
@@ -293,10 +291,9 @@ class KroneckerFactoredCurvature(Curvature):
         factors.eigenvalues_A, factors.QA = self._eigh(A_eff)
 
     @staticmethod
-    def regularizer_in_eigenbasis(factors, D=None):
+    def regularizer_in_eigenbasis(factors):
         """(Q_S∘Q_S)ᵀ D (Q_A∘Q_A): the diagonal of D in the Kronecker eigenbasis."""
-        D = factors.regularizer if D is None else D
-        return (factors.QS**2).T @ D @ factors.QA**2
+        return (factors.QS**2).T @ factors.regularizer @ factors.QA**2
 
     def _eigenvalues(self, layers, kept):
         """Set ``eigenvalues`` (and ``data_eigenvalues``) of every layer (subclasses)."""
