@@ -11,6 +11,7 @@ over a damping sweep, and unknown options refused.
 import numpy as np
 import pytest
 import torch
+from _kfac_truth import factored_truth
 from _nets import TanhMLP
 from sklearn.linear_model import LogisticRegression, Ridge
 from skorch import NeuralNetClassifier
@@ -122,8 +123,18 @@ def _identity_truth(adapter, theta, inputs, targets, weights):
     return np.eye(theta.numel())
 
 
+def _kfac_truth(adapter, theta, inputs, targets, weights):
+    return factored_truth("kfac", adapter, theta, inputs, weights)
+
+
+def _ekfac_truth(adapter, theta, inputs, targets, weights):
+    return factored_truth("ekfac", adapter, theta, inputs, weights)
+
+
 TRUTH = {
     "gauss_newton": (_gauss_newton_truth, 1e-10),
+    "kfac": (_kfac_truth, 1e-10),  # dense factors from one example and Hessian row at a time
+    "ekfac": (_ekfac_truth, 1e-10),
     "hessian": (_hessian_truth, 1e-6),  # finite differences
     "identity": (_identity_truth, 0.0),
 }
@@ -214,7 +225,17 @@ def system():
     queries = torch.randn(4, theta.numel(), generator=generator, dtype=theta.dtype)
     matrix, _ = _truth("gauss_newton", adapter, theta, inputs, targets)
     curvature = make_curvature("gauss_newton", adapter, theta, inputs, targets)
-    return curvature, train_gradients, queries, matrix
+    factored = make_curvature("kfac", adapter, theta, inputs, targets)
+    return curvature, train_gradients, queries, matrix, factored
+
+
+def _system_for(name, system):
+    """(curvature, T, Q, dense C) for solver ``name``: solvers that need a factored curvature
+    (``needs_factored_curvature``) get the K-FAC curvature and its dense matrix."""
+    curvature, T, Q, C, factored = system
+    if getattr(SOLVERS[name], "needs_factored_curvature", False):
+        return factored, T, Q, factored.dense().numpy()
+    return curvature, T, Q, C
 
 
 def _relative_error(actual, expected):
@@ -225,7 +246,7 @@ def _relative_error(actual, expected):
 @pytest.mark.parametrize("damping", DAMPINGS)
 @pytest.mark.parametrize("name", sorted(SOLVERS))
 def test_solver_matches_dense_reference(name, damping, system):
-    curvature, T, Q, C = system
+    curvature, T, Q, C = _system_for(name, system)
     options, tolerance = SOLVER_SETTINGS.get(name, ({}, 1e-8))
     solver = make_solver(name, curvature, T, {"seed": 0, **options})
     assert isinstance(solver, Solver) and solver.name == name
@@ -242,7 +263,7 @@ def test_solver_matches_dense_reference(name, damping, system):
 
 @pytest.mark.parametrize("name", sorted(SOLVERS))
 def test_solver_refuses_unknown_options_and_accepts_a_seed(name, system):
-    curvature, T, _, _ = system
+    curvature, T, _, _ = _system_for(name, system)
     with pytest.raises(TypeError, match=r"Unknown solver_options \['bogus'\].*accepts \[.*'seed'"):
         SOLVERS[name](curvature, T, bogus=1)
     with pytest.raises(TypeError, match=r"Unknown solver_options \['bogus'\]"):
@@ -253,7 +274,8 @@ def test_solver_refuses_unknown_options_and_accepts_a_seed(name, system):
 
 
 def test_auto_solver_and_unknown_solver(system):
-    curvature, T, _, _ = system
+    curvature, T, _, _, factored = system
+    assert make_solver("auto", factored, T).name == "factored"
     assert make_solver("auto", curvature, T).name == "direct"  # p = 27: dense fits
     with pytest.raises(ValueError, match="Unknown solver 'newton'; choose 'auto' or one of"):
         make_solver("newton", curvature, T)

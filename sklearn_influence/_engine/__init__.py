@@ -6,6 +6,9 @@
 ``_gauss_newton.py``         Gauss-Newton (with the Kronecker path for linear models)
 ``_hessian.py``              Hessian of the training objective
 ``_identity.py``             identity
+``_kronecker.py``            Kronecker factors, eigenbases: base of the factored curvatures
+``_kfac.py``                 K-FAC (per layer S ⊗ A)
+``_ekfac.py``                EK-FAC (K-FAC's eigenbasis, re-fitted eigenvalues)
 ``_curvature.py``            registry ``CURVATURES`` and factory ``make_curvature``
 ``_layers.py``               layer inputs and output gradients (for factored curvatures)
 ``_solver_base.py``          :class:`Solver`, the solver contract; ``DenseSolver``
@@ -15,6 +18,7 @@
 ``_cg.py``                   preconditioned block conjugate gradient
 ``_lissa.py``                LiSSA
 ``_nystrom.py``              Nyström preconditioner for CG
+``_factored.py``             a factored curvature's own damped inverse (``"factored"``)
 ``_power_iteration.py``      ``top_eigenvalue`` (LiSSA's scale, the optimisers' step size)
 ``_solvers.py``              registry ``SOLVERS``, factory ``make_solver``, ``"auto"``
 ``_influence_engine.py``     ``InfluenceEngine``: influence matrix, self-influence, top-k

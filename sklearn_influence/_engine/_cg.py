@@ -7,6 +7,7 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 
 from .._torch_utils import orthonormal_rows, small_dense_algebra
+from ._curvature import make_curvature
 from ._iterative import IterativeSolver
 from ._nystrom import NystromPreconditioner
 
@@ -77,6 +78,42 @@ def block_conjugate_gradient(apply, precondition, rhs, *, tol, maxiter):
     return solution, relative, n_iter
 
 
+#: accepted values of the ``preconditioner`` option
+PRECONDITIONERS = ("nystrom", "kfac", "ekfac", None)
+
+
+class FactoredPreconditioner:
+    """P⁻¹ = (C_factored + λI)⁻¹ of a K-FAC/EK-FAC curvature, for CG on another curvature.
+
+    The factored curvature is the given one when it already is of that kind, else it is built
+    on the same adapter, θ, rows and weights; its factors are computed on first use and reused
+    for every λ. With λ = 0 a tiny floor (machine epsilon times the largest diagonal entry)
+    keeps a singular factored matrix invertible.
+    """
+
+    def __init__(self, curvature, kind):
+        if curvature.name == kind:
+            self.factored = curvature
+        else:
+            self.factored = make_curvature(
+                kind,
+                curvature.adapter,
+                curvature.theta,
+                curvature.inputs,
+                curvature.targets,
+                batch_size=curvature.batch_size,
+                weights=curvature.weights,
+            )
+        self._floor = None
+
+    def apply(self, residuals, damping):
+        """Rows of R P⁻¹."""
+        if self._floor is None:
+            largest = float(self.factored.diagonal().max()) if self.factored.n_params else 0.0
+            self._floor = max(largest, 1.0) * torch.finfo(self.factored.dtype).eps
+        return self.factored.inverse_matmul(residuals, max(float(damping), self._floor))
+
+
 class CGSolver(IterativeSolver):
     """Preconditioned block conjugate gradient on (C + λI) x = b, matrix-free.
 
@@ -103,7 +140,11 @@ class CGSolver(IterativeSolver):
     maxiter : int, default=100
         Iterations per block; a :class:`~sklearn.exceptions.ConvergenceWarning` with the
         largest relative residual is issued when ``tol`` is not reached.
-    preconditioner : {"nystrom", None}, default="nystrom"
+    preconditioner : {"nystrom", "kfac", "ekfac", None}, default="nystrom"
+        ``"kfac"``/``"ekfac"``: the damped inverse of a K-FAC/EK-FAC approximation of the
+        Gauss-Newton matrix (regularizer included), built once on the curvature's adapter, θ
+        and rows (the curvature itself when it is that factored curvature) and applied with
+        each solve's λ.
     rank : "auto" or int, default="auto"
         Nyström sketch size; "auto" doubles it from 64 until its smallest eigenvalue is at
         most λ/4 above the regularizer's floor (at most ``max_rank``).
@@ -150,8 +191,10 @@ class CGSolver(IterativeSolver):
             raise ValueError(f"tol must be positive, got {tol!r}.")
         if int(maxiter) < 1:
             raise ValueError(f"maxiter must be a positive integer, got {maxiter!r}.")
-        if preconditioner not in ("nystrom", None):
-            raise ValueError(f"preconditioner must be 'nystrom' or None, got {preconditioner!r}.")
+        if preconditioner not in PRECONDITIONERS:
+            raise ValueError(
+                f"preconditioner must be one of {PRECONDITIONERS}, got {preconditioner!r}."
+            )
         if rank != "auto" and not (isinstance(rank, int) and rank >= 1):
             raise ValueError(f"rank must be 'auto' or a positive integer, got {rank!r}.")
         if not 0 < float(coverage) <= 1:
@@ -168,6 +211,8 @@ class CGSolver(IterativeSolver):
                 coverage=coverage,
                 seed=self.seed,
             )
+        elif preconditioner in ("kfac", "ekfac") and self.curvature.needs_preconditioner:
+            self.preconditioner = FactoredPreconditioner(self.curvature, preconditioner)
 
     def _solve_block(self, rhs, damping):
         def apply(block):

@@ -8,7 +8,12 @@ name              matrix C (DESIGN.md §2)                module
 ``gauss_newton``  (1/N) Σ_i w_i J_iᵀ H_h,i J_i + ∇²R     ``_gauss_newton.py``
 ``hessian``       ∇²J(θ)                                 ``_hessian.py``
 ``identity``      I                                      ``_identity.py``
+``kfac``          per layer S ⊗ A (Kronecker factors)    ``_kfac.py``
+``ekfac``         K-FAC basis, re-fitted eigenvalues     ``_ekfac.py``
 ================  =====================================  ==========================
+
+``kfac`` and ``ekfac`` are *factored*: they also bring their own damped inverse
+``inverse_matmul(V, damping)`` (used by the ``factored`` solver and as a CG preconditioner).
 
 A new curvature is one module plus one line in :data:`CURVATURES`; the estimators' parameter
 validation, the solvers and the contract tests (``tests/test_engine_contracts.py``) pick it
@@ -16,15 +21,19 @@ up from the registry.
 """
 
 from ._curvature_base import DENSE_LIMIT_BYTES, Curvature, check_dense_size
+from ._ekfac import EKFAC
 from ._gauss_newton import GaussNewton
 from ._hessian import Hessian
 from ._identity import Identity
+from ._kfac import KFAC
 
 #: name → curvature class
 CURVATURES = {
     "gauss_newton": GaussNewton,
     "hessian": Hessian,
     "identity": Identity,
+    "kfac": KFAC,
+    "ekfac": EKFAC,
 }
 
 
@@ -54,7 +63,7 @@ def make_curvature(name, adapter, theta, inputs, targets=None, *, batch_size=102
     >>> make_curvature("newton", None, None, None)
     Traceback (most recent call last):
     ...
-    ValueError: Unknown curvature 'newton'; choose one of ['gauss_newton', 'hessian', 'identity'].
+    ValueError: Unknown curvature 'newton'; choose one of ['ekfac', 'gauss_newton', 'hessian', ...].
     """
     if name not in CURVATURES:
         raise ValueError(f"Unknown curvature {name!r}; choose one of {sorted(CURVATURES)}.")
@@ -72,6 +81,8 @@ def dense_curvature(adapter, theta, inputs, targets, kind, batch_size=1024, weig
 __all__ = [
     "CURVATURES",
     "DENSE_LIMIT_BYTES",
+    "EKFAC",
+    "KFAC",
     "Curvature",
     "GaussNewton",
     "Hessian",

@@ -25,7 +25,8 @@ def check_dense_size(n_params, dtype, limit_bytes=DENSE_LIMIT_BYTES):
         raise MemoryError(
             f"A dense {n_params} × {n_params} curvature matrix needs {needed / 1024**3:.1f} GiB, "
             f"more than the {limit_bytes / 1024**3:.1f} GiB allowed. Use solver='cg' or "
-            "solver='lissa', which only need curvature-vector products."
+            "solver='lissa', which only need curvature-vector products, or a factored "
+            "curvature (curvature='kfac' or 'ekfac') with solver='auto'."
         )
     return needed
 

@@ -11,6 +11,7 @@ name            method                                           module
 ``cholesky``    Cholesky factor of C + λI per damping            ``_cholesky.py``
 ``cg``          preconditioned block CG, matrix-free             ``_cg.py``
 ``lissa``       stochastic Neumann series, matrix-free           ``_lissa.py``
+``factored``    a factored curvature's own inverse (K-FAC, ...)  ``_factored.py``
 ==============  ===============================================  ===============
 
 A new solver is one module plus one line in :data:`SOLVERS`.
@@ -22,6 +23,7 @@ from ._cg import CGSolver
 from ._cholesky import CholeskySolver
 from ._curvature_base import DENSE_LIMIT_BYTES
 from ._direct import DirectSolver
+from ._factored import FactoredSolver
 from ._lissa import LissaSolver
 from ._solver_base import DenseSolver, Solver
 
@@ -31,6 +33,7 @@ SOLVERS = {
     "cholesky": CholeskySolver,
     "cg": CGSolver,
     "lissa": LissaSolver,
+    "factored": FactoredSolver,
 }
 
 
@@ -60,7 +63,11 @@ def make_solver(name, curvature, train_gradients, options=None):
     ...
     ValueError: Unknown solver 'newton'; choose 'auto' or one of ['cg', 'cholesky', ...].
     """
-    resolved = resolve_solver_name(name, curvature.n_params) if name == "auto" else name
+    if name == "auto":
+        factored = callable(getattr(curvature, "inverse_matmul", None))
+        resolved = resolve_solver_name(name, curvature.n_params, factored=factored)
+    else:
+        resolved = name
     if resolved not in SOLVERS:
         raise ValueError(f"Unknown solver {name!r}; choose 'auto' or one of {sorted(SOLVERS)}.")
     return SOLVERS[resolved](curvature, train_gradients, **(options or {}))
@@ -86,10 +93,14 @@ def dense_fits_comfortably(n_params):
     return n_params <= AUTO_DIRECT_MAX_PARAMS and needed <= budget
 
 
-def resolve_solver_name(name, n_params):
-    """``"auto"`` → ``"direct"`` when the dense matrix fits comfortably in memory, else ``"cg"``."""
+def resolve_solver_name(name, n_params, factored=False):
+    """``"auto"`` → ``"factored"`` for a factored curvature (K-FAC, EK-FAC: its own inverse,
+    fast and approximate); otherwise ``"direct"`` when the dense matrix fits comfortably in
+    memory, else ``"cg"``."""
     if name != "auto":
         return name
+    if factored:
+        return "factored"
     return "direct" if dense_fits_comfortably(n_params) else "cg"
 
 
@@ -105,6 +116,7 @@ __all__ = [
     "CholeskySolver",
     "DenseSolver",
     "DirectSolver",
+    "FactoredSolver",
     "LissaSolver",
     "Solver",
     "make_solver",
