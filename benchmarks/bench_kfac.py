@@ -77,7 +77,7 @@ def measure(weights, curvature, solver, options, threads, output):
     cpu = time.process_time() - cpu_start
     peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline) / 1024
     np.save(output, matrix)
-    solver_object = influence._engine.solver
+    solver_object = influence.engine_.solver
     print(json.dumps({"seconds": elapsed, "cpu": cpu, "peak_mib": peak, "solver": influence.solver_,
                       "iterations": getattr(solver_object, "n_iter_", None)}))  # fmt: skip
 

@@ -78,7 +78,7 @@ def _net(module, **params):
 
 
 NETS = {
-    "mlp": lambda: _net(TanhMLP, module__n_in=64, module__hidden=5, module__n_out=4),
+    "mlp": lambda: _net(TanhMLP, module__in_features=64, module__hidden=5, module__out_features=4),
     "conv": lambda: _net(TinyConvNet),
 }
 
@@ -218,7 +218,7 @@ def test_damping_sweep_does_not_refactor(name):
     influence = InfluenceFunction(FrozenEstimator(_fit(NETS["mlp"](), X, y)), curvature=name)
     influence.fit(X, y)
     assert influence.solver_ == "factored"
-    curvature = influence._engine.curvature
+    curvature = influence.engine_.curvature
     first = influence.set_params(damping=1e-3).transform(X[:5], y[:5])
     count = curvature.n_eigendecompositions
     assert count == 2 * len(curvature.layers) == 4

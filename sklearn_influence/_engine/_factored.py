@@ -28,7 +28,7 @@ class FactoredSolver(Solver):
     >>> X, y = load_diabetes(return_X_y=True)
     >>> exact = InfluenceFunction(Ridge()).fit(X[:100], y[:100])
     >>> kfac = InfluenceFunction(Ridge(), curvature="kfac").fit(X[:100], y[:100])
-    >>> kfac._engine.solver_name
+    >>> kfac.solver_
     'factored'
     >>> bool(np.allclose(kfac.transform(X[100:103], y[100:103]),
     ...                  exact.transform(X[100:103], y[100:103])))
