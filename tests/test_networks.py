@@ -97,7 +97,7 @@ def _flat_jacobian(module, theta_names, theta, X):
 
 # -- gradients and curvature -----------------------------------------------------------------
 def test_per_example_gradients_match_autograd_on_single_examples(fitted):
-    name, (X, y, _, _), influence = fitted
+    _name, (X, y, _, _), influence = fitted
     adapter = influence.engine_.adapter
     gradients = per_example_gradients(
         adapter, adapter.parameters(), adapter.inputs(X), adapter.targets(y)
@@ -114,7 +114,7 @@ def test_per_example_gradients_match_autograd_on_single_examples(fitted):
 
 def test_gauss_newton_products_equal_a_dense_float64_computation(fitted):
     """G V from forward-mode products (attention on its math path) equals JᵀHJ/N + diag(r)."""
-    name, (X, y, _, _), influence = fitted
+    _name, (X, y, _, _), influence = fitted
     adapter = influence.engine_.adapter
     theta, inputs = adapter.parameters(), adapter.inputs(X)
     curvature = make_curvature("gauss_newton", adapter, theta, inputs, adapter.targets(y))
@@ -133,7 +133,7 @@ def test_gauss_newton_products_equal_a_dense_float64_computation(fitted):
 
 
 def test_cg_equals_direct(fitted):
-    name, (X, y, X_query, y_query), influence = fitted
+    _name, (X, y, X_query, y_query), influence = fitted
     direct = influence.transform(X_query, y_query)
     cg = InfluenceFunction(
         FrozenEstimator(influence.estimator_),
@@ -178,7 +178,7 @@ def test_every_curvature_and_solver_agrees_with_direct(fitted, curvature, dampin
 
 # -- response functions ----------------------------------------------------------------------
 def test_pbrf_converges_and_matches_its_linearisation(fitted):
-    name, (X, y, X_query, y_query), influence = fitted
+    _name, (X, y, X_query, y_query), influence = fitted
     frozen = FrozenEstimator(influence.estimator_)
     settings = dict(damping=1.0, n_points=3, random_state=0)
     pbrf = PBRF(frozen, tol=1e-3, **settings).fit(X, y)
@@ -196,13 +196,13 @@ def test_decomposition_runs_on_a_conv_net(digits):
             _net("lenet", max_epochs=3), damping=1.0, n_points=2, n_iter=200, random_state=0
         ).fit(X, y)
     table = parts.decompose(X_query, y_query)
-    assert list(table.index)[0] == "warm_start_gap"
+    assert next(iter(table.index)) == "warm_start_gap"
     assert np.all(np.isfinite(table["output_distance"].to_numpy()))
 
 
 # -- inputs ----------------------------------------------------------------------------------
 def test_nd_inputs_keep_their_shape_and_bookkeeping(fitted):
-    name, (X, y, X_query, y_query), influence = fitted
+    _name, (X, _y, X_query, y_query), influence = fitted
     assert influence.n_features_in_ == X.shape[1]  # scikit-learn's rule for n-d arrays
     assert not hasattr(influence, "feature_names_in_")
     assert influence.transform(X_query, y_query).shape == (len(X_query), len(X))
@@ -210,7 +210,7 @@ def test_nd_inputs_keep_their_shape_and_bookkeeping(fitted):
 
 
 def test_bad_nd_inputs_are_refused_clearly(fitted):
-    name, (X, y, X_query, y_query), influence = fitted
+    _name, (X, y, X_query, y_query), influence = fitted
     bad = X.copy()
     bad[3, ..., 2] = np.nan
     with pytest.raises(ValueError, match="Input X contains NaN"):
@@ -274,9 +274,7 @@ def test_transformer_fast_path_would_break_forward_mode(digits):
         {"optimizer__weight_decay": 0.0},
     ],
 )
-def test_weight_decays_are_read_without_constructing_an_optimizer(
-    digits, monkeypatch, settings
-):
+def test_weight_decays_are_read_without_constructing_an_optimizer(digits, monkeypatch, settings):
     X, y, X_query, y_query = _data("lenet", digits)
     influence = InfluenceFunction(_net("lenet", max_epochs=1, **settings), random_state=0)
     net = influence.fit(X, y).estimator_
