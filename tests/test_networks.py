@@ -188,6 +188,20 @@ def test_pbrf_converges_and_matches_its_linearisation(fitted):
     assert np.corrcoef(actual.ravel(), predicted.ravel())[0, 1] > 0.999
 
 
+def test_float32_batch_norm_net_evaluates_in_float64_for_responses(digits):
+    """The response functions work in float64: the buffers are cast with the parameters."""
+    X, y, _, _ = _data("resnet", digits)
+    net = _net("resnet", module__dtype=torch.float32, max_epochs=1)
+    adapter = InfluenceFunction(net, random_state=0).fit(X, y).engine_.adapter
+    theta, inputs = adapter.parameters(), adapter.inputs(X[:4])
+    assert theta.dtype == torch.float32
+    with torch.no_grad():
+        low = adapter.outputs(theta, inputs)
+        high = adapter.outputs(theta.double(), inputs.double())
+    assert high.dtype == torch.float64
+    torch.testing.assert_close(high.float(), low, rtol=1e-4, atol=1e-5)
+
+
 def test_decomposition_runs_on_a_conv_net(digits):
     X, y, X_query, y_query = _data("lenet", digits)
     with warnings.catch_warnings():

@@ -175,6 +175,12 @@ class SkorchAdapter(ModelAdapter):
     rows dropped; a warm start continues from θˢ (and the fitted buffers) with a fresh
     optimizer state.
 
+    Batch normalisation: the functional view (gradients, curvature, PRF/PBRF) is the module
+    in eval mode with the running statistics of θˢ held fixed (buffers, not parameters; the
+    affine weights are parameters). Retraining runs skorch's training, in train mode: a
+    cold start re-estimates the running statistics from the recorded initial buffers, a warm
+    start continues them from the fitted ones.
+
     Parameters
     ----------
     net : fitted NeuralNetClassifier, NeuralNetBinaryClassifier or NeuralNetRegressor
@@ -363,10 +369,14 @@ class SkorchAdapter(ModelAdapter):
         return self._theta
 
     def _raw_outputs(self, theta, inputs):
+        constants = self._constants
+        if theta.dtype != self.dtype:  # e.g. float64 responses of a float32 net: cast the
+            constants = {  # buffers (batch-norm statistics) along with the parameters
+                name: value.to(theta.dtype) if value.is_floating_point() else value
+                for name, value in constants.items()
+            }
         with differentiable_attention():
-            out = functional_call(
-                self._module, {**self._constants, **self._unflatten(theta)}, (inputs,)
-            )
+            out = functional_call(self._module, {**constants, **self._unflatten(theta)}, (inputs,))
         return out[0] if isinstance(out, tuple) else out
 
     def outputs(self, theta, inputs):
