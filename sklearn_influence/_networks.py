@@ -61,7 +61,17 @@ class LeNet(nn.Module):
         self.output = nn.Linear(hidden, n_classes, dtype=dtype)
 
     def forward(self, X):
-        """Logits of shape (n_samples, n_classes) for images of shape (n_samples, 1, s, s)."""
+        """Logits of the images.
+
+        Parameters
+        ----------
+        X : torch.Tensor of shape (n_samples, 1, s, s)
+            The inputs.
+
+        Returns
+        -------
+        logits : torch.Tensor of shape (n_samples, n_classes)
+        """
         out = self.pool(torch.tanh(self.conv1(_images(X, self.image_size))))
         out = self.pool(torch.tanh(self.conv2(out)))
         return self.output(torch.tanh(self.hidden(out.flatten(1))))
@@ -125,7 +135,17 @@ class ResNet(nn.Module):
         self.output = nn.Linear(width, n_classes, dtype=dtype)
 
     def forward(self, X):
-        """Logits of shape (n_samples, n_classes) for images of shape (n_samples, 1, s, s)."""
+        """Logits of the images.
+
+        Parameters
+        ----------
+        X : torch.Tensor of shape (n_samples, 1, s, s)
+            The inputs.
+
+        Returns
+        -------
+        logits : torch.Tensor of shape (n_samples, n_classes)
+        """
         out = torch.relu(self.stem_norm(self.stem(_images(X, self.image_size))))
         out = self.blocks(out)
         return self.output(out.mean((2, 3)))
@@ -205,7 +225,17 @@ class TransformerClassifier(nn.Module):
         self.output = nn.Linear(d_model, n_classes, dtype=dtype)
 
     def forward(self, X):
-        """Logits of shape (n_samples, n_classes) for token sequences (n_samples, rows, cols)."""
+        """Logits of the token sequences.
+
+        Parameters
+        ----------
+        X : torch.Tensor of shape (n_samples, n_tokens, token_size)
+            The inputs.
+
+        Returns
+        -------
+        logits : torch.Tensor of shape (n_samples, n_classes)
+        """
         out = self.embedding(X.reshape(len(X), self.n_tokens, self.token_size)) + self.position
         for layer in self.layers:
             out = layer(out)

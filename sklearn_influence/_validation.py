@@ -17,6 +17,7 @@ the influence computations slice and vmap one input tensor.
 from collections.abc import Mapping
 
 import numpy as np
+from scipy.sparse import issparse
 from sklearn.frozen import FrozenEstimator
 from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import (
@@ -47,7 +48,7 @@ def _takes_nd_input(model):
 
 
 def _refuse_dict(estimator, X):
-    if isinstance(X, Mapping):
+    if isinstance(X, Mapping) and not issparse(X):  # scipy's dok arrays are dicts
         raise TypeError(
             f"{type(estimator).__name__} does not support dict inputs (skorch's several "
             "named arrays for forward(**X)): the influence computations slice and vectorise "
