@@ -132,6 +132,28 @@ def test_gauss_newton_products_equal_a_dense_float64_computation(fitted):
     torch.testing.assert_close(curvature.matmul(V), V @ dense, rtol=1e-10, atol=1e-12)
 
 
+def test_hessian_is_symmetric_and_equals_finite_differences_of_the_gradient(fitted):
+    """Guards against PyTorch's wrong forward-mode derivative of layer_norm's backward (input
+    and weight both depending on θ, as in every Transformer): the Hessian is reverse over
+    reverse."""
+    _name, (X, y, _, _), influence = fitted
+    adapter = influence.engine_.adapter
+    theta, inputs, targets = adapter.parameters(), adapter.inputs(X), adapter.targets(y)
+    dense = make_curvature("hessian", adapter, theta, inputs, targets).dense()
+    torch.testing.assert_close(dense, dense.T, rtol=0, atol=1e-12)
+
+    def gradient(t):
+        return torch.func.grad(lambda u: adapter.objective(u, inputs, targets))(t)
+
+    rows = torch.randperm(theta.numel())[:12]
+    basis = torch.eye(theta.numel(), dtype=theta.dtype)[rows]
+    step = 1e-5
+    finite = torch.stack(
+        [(gradient(theta + step * e) - gradient(theta - step * e)) / (2 * step) for e in basis]
+    )
+    torch.testing.assert_close(dense[rows], finite, rtol=0, atol=1e-8)
+
+
 def test_cg_equals_direct(fitted):
     _name, (X, y, X_query, y_query), influence = fitted
     direct = influence.transform(X_query, y_query)
@@ -170,7 +192,7 @@ def test_every_curvature_and_solver_agrees_with_direct(fitted, curvature, dampin
     reference = matrix("direct")
     scale = np.abs(reference).max()
     np.testing.assert_allclose(matrix("cholesky"), reference, rtol=0, atol=1e-8 * scale)
-    np.testing.assert_allclose(matrix("cg", {"tol": 1e-10}), reference, rtol=0, atol=1e-2 * scale)
+    np.testing.assert_allclose(matrix("cg", {"tol": 1e-10}), reference, rtol=0, atol=1e-6 * scale)
     if name == "lenet":  # the stochastic solver once, on the best conditioned net
         lissa = matrix("lissa", {"depth": 100})
         assert np.corrcoef(lissa.ravel(), reference.ravel())[0, 1] > 0.999
