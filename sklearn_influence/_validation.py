@@ -4,14 +4,32 @@ A model given as a :class:`~sklearn.pipeline.Pipeline` converts X itself (its st
 a DataFrame's columns or non-numeric values), so for it only shapes and the scikit-learn
 bookkeeping (``n_features_in_``, ``feature_names_in_``) are checked and X is passed on as
 given; any other model gets a validated numeric array.
+
+A skorch net (not inside a pipeline) takes X in the shape its module takes: an array with
+more than two dimensions, such as images of shape (n, 1, 8, 8) or token sequences of shape
+(n, 8, 8), is checked as an n-d numeric array (finite, one row per target, the same trailing
+shape at query time as at fit time). ``n_features_in_`` then follows scikit-learn's rule for
+n-d arrays (``X.shape[1]``, as :func:`sklearn.utils.validation.validate_data` would record).
+skorch's dict inputs (several named arrays passed to ``forward`` as keywords) are refused:
+the influence computations slice and vmap one input tensor.
 """
 
+from collections.abc import Mapping
+
 import numpy as np
+from scipy.sparse import issparse
 from sklearn.frozen import FrozenEstimator
 from sklearn.pipeline import Pipeline
-from sklearn.utils.validation import validate_data
+from sklearn.utils.validation import (
+    _check_feature_names,
+    _check_n_features,
+    check_array,
+    check_X_y,
+    validate_data,
+)
 
-from ._adapters import check_supported
+from ._adapters import SKORCH_NETS, check_supported
+from ._adapters._pipeline import unwrap
 
 
 def is_pipeline(model):
@@ -21,12 +39,67 @@ def is_pipeline(model):
     return isinstance(model, Pipeline)
 
 
+def _takes_nd_input(model):
+    """Whether X goes straight to a skorch net's module (which may take n-d arrays)."""
+    if is_pipeline(model):
+        return False
+    _, final = unwrap(model)
+    return isinstance(final, SKORCH_NETS)
+
+
+def _refuse_dict(estimator, X):
+    if isinstance(X, Mapping) and not issparse(X):  # scipy's dok arrays are dicts
+        raise TypeError(
+            f"{type(estimator).__name__} does not support dict inputs (skorch's several "
+            "named arrays for forward(**X)): the influence computations slice and vectorise "
+            "one input array. Pass a single array, for example np.concatenate of the inputs "
+            "along axis 1, and split it inside the module's forward."
+        )
+
+
+def _is_nd(X):
+    """Whether X is an array-like with more than two dimensions (n-d inputs of a net)."""
+    if hasattr(X, "ndim"):
+        return X.ndim > 2
+    if isinstance(X, (list, tuple)):
+        try:
+            return np.asarray(X).ndim > 2
+        except ValueError:  # ragged: let check_array explain
+            return False
+    return False
+
+
+def _record_sample_shape(estimator, X):
+    estimator._sample_shape = tuple(X.shape[1:])
+
+
+def _check_sample_shape(estimator, X):
+    expected = getattr(estimator, "_sample_shape", None)
+    if expected is not None and tuple(X.shape[1:]) != expected:
+        raise ValueError(
+            f"X has samples of shape {tuple(X.shape[1:])}, but {type(estimator).__name__} "
+            f"was fitted on samples of shape {expected}; pass data shaped like the training "
+            "data."
+        )
+
+
 def validate_training_data(estimator, X, y):
     """Refuse an unsupported model, then validate (X, y) and record the feature bookkeeping."""
     check_supported(estimator.estimator)
     if is_pipeline(estimator.estimator):
         validate_data(estimator, X, y, dtype=None, ensure_all_finite=False, multi_output=True)
         return X, np.asarray(y)
+    if _takes_nd_input(estimator.estimator):
+        _refuse_dict(estimator, X)
+        if _is_nd(X):
+            X, y = check_X_y(
+                X, y, allow_nd=True, multi_output=True, y_numeric=False, estimator=estimator
+            )
+            _check_n_features(estimator, X, reset=True)
+            _check_feature_names(estimator, X, reset=True)
+            _record_sample_shape(estimator, X)
+            return X, y
+        estimator.__dict__.pop("_sample_shape", None)
     return validate_data(estimator, X, y, multi_output=True, y_numeric=False)
 
 
@@ -35,6 +108,13 @@ def validate_query_data(estimator, X):
     if is_pipeline(estimator.estimator):
         validate_data(estimator, X, reset=False, dtype=None, ensure_all_finite=False)
         return X
+    if _takes_nd_input(estimator.estimator):
+        _refuse_dict(estimator, X)
+        if _is_nd(X) or getattr(estimator, "_sample_shape", None) is not None:
+            X = check_array(X, allow_nd=True, estimator=estimator)
+            _check_sample_shape(estimator, X)
+            _check_n_features(estimator, X, reset=False)
+            return X
     return validate_data(estimator, X, reset=False)
 
 

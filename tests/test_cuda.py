@@ -112,3 +112,49 @@ def test_net_trained_on_the_gpu(data):
     again = adapter.retrain(X, y, warm_start=False)
     assert _on_gpu(again)
     torch.testing.assert_close(again, adapter.parameters(), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["lenet", "resnet", "transformer"])
+def test_networks_beyond_mlps_on_the_gpu(name):
+    """The conv net, the residual net with batch norm and the Transformer (attention steered
+    to its math kernel on CUDA too): trained on the GPU, cg there equals direct on the CPU."""
+    from sklearn_influence.datasets import (
+        LeNet,
+        ResNet,
+        TransformerClassifier,
+        load_digits_split,
+    )
+
+    module, settings, shape = {
+        "lenet": (LeNet, {"channels": (2, 3), "hidden": 6}, (1, 8, 8)),
+        "resnet": (ResNet, {"width": 3, "n_blocks": 1}, (1, 8, 8)),
+        "transformer": (TransformerClassifier, {"d_model": 4, "dim_feedforward": 8}, (8, 8)),
+    }[name]
+    digits = load_digits_split(n_train=60, n_test=5, random_state=0)
+    X, X_query = digits.images_train.reshape(-1, *shape), digits.images_test.reshape(-1, *shape)
+    model = NeuralNetClassifier(
+        module,
+        **{f"module__{key}": value for key, value in settings.items()},
+        module__dtype=torch.float64,
+        criterion=torch.nn.CrossEntropyLoss,
+        optimizer__weight_decay=1e-3,
+        train_split=None,
+        max_epochs=3,
+        lr=0.1,
+        device="cuda",
+        verbose=0,
+    )
+    on_gpu = InfluenceFunction(
+        model, solver="cg", solver_options={"tol": 1e-10}, damping=1e-2, device="cuda"
+    ).fit(X, digits.y_train)
+    assert _on_gpu(on_gpu.engine_.theta)
+    on_cpu = InfluenceFunction(
+        FrozenEstimator(on_gpu.estimator_), solver="direct", damping=1e-2, device="cpu"
+    ).fit(X, digits.y_train)
+    expected = on_cpu.transform(X_query, digits.y_test)
+    np.testing.assert_allclose(
+        on_gpu.transform(X_query, digits.y_test),
+        expected,
+        rtol=0,
+        atol=1e-6 * np.abs(expected).max(),
+    )

@@ -385,3 +385,11 @@ def test_string_labels_are_refused_with_the_fix(digits):
 def test_unfitted_net_is_refused_by_the_adapter():
     with pytest.raises(ValueError, match="is not fitted"):
         SkorchAdapter(_net("cross_entropy"), 10)
+
+
+def test_two_dimensional_y_is_refused_before_label_ranges(digits):
+    X, y = digits[0][:60], digits[1][:60]
+    with pytest.raises(ValueError, match=r"1-d y .* of shape \(60, 2\).*argmax"):
+        InfluenceFunction(_net("cross_entropy")).fit(X, np.column_stack([y, y]))
+    with pytest.raises(ValueError, match=r"1-d y .*y\.ravel\(\)"):
+        InfluenceFunction(_net("binary")).fit(X, (y % 2).reshape(-1, 1))

@@ -20,10 +20,19 @@ the 1/k. ``optimizer__weight_decay = wd`` of an optimizer with coupled L2 decay 
 …: the update uses grad + wd·θ) is R(θ) = (wd/2)‖θ‖², read per parameter from the fitted
 optimizer's parameter groups. The module is evaluated in eval mode (no dropout, batch
 normalisation with its running statistics) through :func:`torch.func.functional_call`.
+
+Attention: every functional evaluation runs inside :func:`differentiable_attention`, which
+turns off PyTorch's fused Transformer fast path and restricts scaled-dot-product attention
+to its math kernel. The fused kernels (``_transformer_encoder_layer_fwd``, flash attention
+on CPU and CUDA) have no forward-mode derivatives, which the Gauss-Newton and Hessian
+products (``jvp``) need; the math kernel is made of ordinary differentiable operations and
+gives the same outputs up to round-off.
 """
 
+import contextlib
 import copy
 import os
+import threading
 import warnings
 
 import numpy as np
@@ -31,6 +40,7 @@ import torch
 from sklearn.base import clone
 from skorch import NeuralNetBinaryClassifier, NeuralNetClassifier, NeuralNetRegressor
 from torch.func import functional_call, grad, jvp, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .._torch_utils import array_to_tensor
 from ._base import Layer, LayerStructure, ModelAdapter, ParameterBlock
@@ -38,8 +48,8 @@ from ._losses import BinaryLogLoss, SoftmaxCrossEntropy, SquaredError
 from ._skorch_checks import (
     SKORCH_NETS,
     _criterion_class_and_params,
-    _refuse,
     check_skorch_configuration,
+    parameter_weight_decays,
 )
 from ._skorch_training import (
     _as_module_array,
@@ -52,7 +62,51 @@ from ._skorch_training import (
     fit_skorch,
 )
 
-__all__ = ["SKORCH_NETS", "SkorchAdapter", "check_skorch_configuration", "fit_skorch"]
+# -- attention ----------------------------------------------------------------------------
+_ATTENTION_LOCK = threading.Lock()
+_ATTENTION_STATE = {"depth": 0, "fastpath": None, "kernel": None}
+
+
+@contextlib.contextmanager
+def differentiable_attention():
+    """Evaluate attention through differentiable operations only, restoring the settings after.
+
+    Inside the context ``torch.backends.mha`` fast path is off (``nn.TransformerEncoderLayer``
+    and ``nn.MultiheadAttention`` in eval mode would otherwise call fused kernels) and
+    :func:`torch.nn.functional.scaled_dot_product_attention` uses its math backend (flash and
+    memory-efficient attention have no forward-mode AD). Both settings are process-wide, so
+    the context is reference-counted under a lock: the first entry (in any thread) saves the
+    user's settings and the last exit restores them, which keeps concurrent influence
+    computations safe. Attention run elsewhere in the process meanwhile takes the math path:
+    slower, the same result up to round-off.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_influence._adapters._skorch import differentiable_attention
+    >>> with differentiable_attention():
+    ...     torch.backends.mha.get_fastpath_enabled()
+    False
+    >>> torch.backends.mha.get_fastpath_enabled()
+    True
+    """
+    with _ATTENTION_LOCK:
+        if _ATTENTION_STATE["depth"] == 0:
+            _ATTENTION_STATE["fastpath"] = torch.backends.mha.get_fastpath_enabled()
+            kernel = sdpa_kernel([SDPBackend.MATH])
+            kernel.__enter__()
+            _ATTENTION_STATE["kernel"] = kernel
+            torch.backends.mha.set_fastpath_enabled(False)
+        _ATTENTION_STATE["depth"] += 1
+    try:
+        yield
+    finally:
+        with _ATTENTION_LOCK:
+            _ATTENTION_STATE["depth"] -= 1
+            if _ATTENTION_STATE["depth"] == 0:
+                torch.backends.mha.set_fastpath_enabled(_ATTENTION_STATE["fastpath"])
+                _ATTENTION_STATE["kernel"].__exit__(None, None, None)
+                _ATTENTION_STATE["kernel"] = None
 
 
 # -- adapter ------------------------------------------------------------------------------
@@ -120,6 +174,12 @@ class SkorchAdapter(ModelAdapter):
     recorded by :func:`fit_skorch` and replays the same seeded data order with the excluded
     rows dropped; a warm start continues from θˢ (and the fitted buffers) with a fresh
     optimizer state.
+
+    Batch normalisation: the functional view (gradients, curvature, PRF/PBRF) is the module
+    in eval mode with the running statistics of θˢ held fixed (buffers, not parameters; the
+    affine weights are parameters). Retraining runs skorch's training, in train mode: a
+    cold start re-estimates the running statistics from the recorded initial buffers, a warm
+    start continues them from the fitted ones.
 
     Parameters
     ----------
@@ -210,28 +270,13 @@ class SkorchAdapter(ModelAdapter):
         }
 
     def _weight_decays(self):
-        """Per-parameter L2 coefficient r_j from the fitted optimizer's parameter groups."""
-        source = getattr(self.net.module_, "_orig_mod", self.net.module_)
-        by_id = {id(p): name for name, p in source.named_parameters()}
-        decay = {}
-        for group in self.net.optimizer_.param_groups:
-            wd = float(group.get("weight_decay", 0.0))
-            if wd and (group.get("decoupled_weight_decay", False) or group.get("maximize")):
-                _refuse(
-                    self.net,
-                    "the fitted optimizer applies decoupled weight decay (AdamW-style) or "
-                    "maximizes",
-                    "Use torch.optim.Adam or SGD with optimizer__weight_decay (an L2 penalty).",
-                )
-            for parameter in group["params"]:
-                if id(parameter) in by_id:
-                    decay[by_id[id(parameter)]] = wd
-        missing = [name for name in self._names if name not in decay]
-        if missing:
-            raise ValueError(
-                f"The trainable parameters {missing[:5]} are not updated by the net's optimizer, "
-                "so they are not fitted; set requires_grad=False on them."
-            )
+        """Per-parameter L2 coefficient r_j, read from the net's optimizer settings.
+
+        The figures come from ``optimizer__weight_decay``, ``optimizer__param_groups`` and
+        the optimizer class's default (what skorch passes to the optimizer), so no optimizer
+        is constructed here (constructing the first one imports ``torch._dynamo``: seconds).
+        """
+        decay = parameter_weight_decays(self.net, self._names)
         return torch.cat(
             [
                 torch.full((size,), decay[name], dtype=self.dtype, device=self.device)
@@ -324,9 +369,14 @@ class SkorchAdapter(ModelAdapter):
         return self._theta
 
     def _raw_outputs(self, theta, inputs):
-        out = functional_call(
-            self._module, {**self._constants, **self._unflatten(theta)}, (inputs,)
-        )
+        constants = self._constants
+        if theta.dtype != self.dtype:  # e.g. float64 responses of a float32 net: cast the
+            constants = {  # buffers (batch-norm statistics) along with the parameters
+                name: value.to(theta.dtype) if value.is_floating_point() else value
+                for name, value in constants.items()
+            }
+        with differentiable_attention():
+            out = functional_call(self._module, {**constants, **self._unflatten(theta)}, (inputs,))
         return out[0] if isinstance(out, tuple) else out
 
     def outputs(self, theta, inputs):
@@ -422,5 +472,6 @@ __all__ = [
     "SKORCH_NETS",
     "SkorchAdapter",
     "check_skorch_configuration",
+    "differentiable_attention",
     "fit_skorch",
 ]

@@ -103,6 +103,79 @@ def _effective_weight_decays(net):
     return decays, params
 
 
+def _optimizer_groups(net, module):
+    """The optimizer's parameter groups (dicts with ``params`` and their settings).
+
+    An already constructed ``net.optimizer_`` is read as it is (it also reflects settings
+    changed with ``set_params`` after initialisation); otherwise the groups are assembled
+    exactly as skorch would pass them to the optimizer (``get_params_for_optimizer``: the
+    ``optimizer__*`` settings and ``optimizer__param_groups`` patterns), with the optimizer
+    class's own defaults from its signature, without constructing it.
+    """
+    if getattr(net, "optimizer_", None) is not None:
+        return net.optimizer_.param_groups
+    named = [(name, p) for name, p in module.named_parameters() if p.requires_grad]
+    args, kwargs = net.get_params_for_optimizer("optimizer", named)
+    groups = args[0] if args else []
+    if groups and not isinstance(groups[0], dict):
+        groups = [{"params": list(groups)}]
+    optimizer = net.optimizer
+    defaults = {}
+    if isinstance(optimizer, type):
+        defaults = {
+            name: parameter.default
+            for name, parameter in inspect.signature(optimizer).parameters.items()
+            if parameter.default is not inspect.Parameter.empty
+        }
+    return [{**defaults, **kwargs, **group} for group in groups]
+
+
+def parameter_weight_decays(net, names):
+    """The L2 coefficient of each trainable parameter of the net's module, by name.
+
+    Parameters
+    ----------
+    net : fitted or initialized skorch net
+    names : list of str
+        The trainable parameters' names (``module.named_parameters`` order).
+
+    Returns
+    -------
+    decays : dict
+        name → weight decay (float).
+
+    Raises
+    ------
+    ValueError
+        For a group with decoupled weight decay or ``maximize``, or a trainable parameter
+        that no optimizer group updates.
+    """
+    module = getattr(net.module_, "_orig_mod", net.module_)
+    by_id = {id(p): name for name, p in module.named_parameters()}
+    decay = {}
+    for group in _optimizer_groups(net, module):
+        wd = float(group.get("weight_decay", 0.0) or 0.0)
+        decoupled = group.get("decoupled_weight_decay", False) or (
+            isinstance(net.optimizer, type) and issubclass(net.optimizer, torch.optim.AdamW)
+        )
+        if wd and (decoupled or group.get("maximize")):
+            _refuse(
+                net,
+                "the optimizer applies decoupled weight decay (AdamW-style) or maximizes",
+                "Use torch.optim.Adam or SGD with optimizer__weight_decay (an L2 penalty).",
+            )
+        for parameter in group["params"]:
+            if id(parameter) in by_id:
+                decay[by_id[id(parameter)]] = wd
+    missing = [name for name in names if name not in decay]
+    if missing:
+        raise ValueError(
+            f"The trainable parameters {missing[:5]} are not updated by the net's optimizer, "
+            "so they are not fitted; set requires_grad=False on them."
+        )
+    return decay
+
+
 def _check_optimizer(net):
     optimizer = net.optimizer
     decays, params = _effective_weight_decays(net)

@@ -97,6 +97,14 @@ def _prepare_targets(net, y, n_outputs, dtype):
                 "output(s); make the module's output width match the targets."
             )
         return values
+    if y.ndim != 1:
+        kind = "one-hot or multilabel y" if y.ndim == 2 and y.shape[1] > 1 else "y"
+        raise ValueError(
+            f"{type(net).__name__} trains on a 1-d y (one integer class index per row), but "
+            f"got a {kind} of shape {y.shape}. Pass one label per row: y.ravel() for a "
+            "single column, y.argmax(axis=1) for one-hot labels; for several targets per row "
+            "use NeuralNetRegressor."
+        )
     if y.dtype.kind == "O":  # numbers stored as objects are still numbers
         try:
             y = y.astype(np.float64)
@@ -106,7 +114,7 @@ def _prepare_targets(net, y, n_outputs, dtype):
         y.dtype.kind == "f" and np.all(np.isfinite(y)) and np.all(y == np.round(y))
     )
     n_classes = 2 if isinstance(net, NeuralNetBinaryClassifier) else n_outputs
-    if not labels_ok or y.ndim != 1 or (len(y) and (y.min() < 0 or y.max() >= n_classes)):
+    if not labels_ok or (len(y) and (y.min() < 0 or y.max() >= n_classes)):
         shown = np.unique(y.astype(str) if y.dtype.kind not in "iufb" else y)[:10].tolist()
         kind = "Unknown label type" if not labels_ok else "Labels out of range"
         raise ValueError(
