@@ -138,6 +138,20 @@ class ModelAdapter:
     def _tensor(self, array):
         return array_to_tensor(array, dtype=self.dtype, device=self.device)
 
+    def _checked_feature_matrix(self, Z, model_noun):
+        """``Z`` if it is a finite (n, n_features) matrix, else a ValueError naming the fix."""
+        if Z.ndim != 2 or Z.shape[1] != self.n_features:
+            raise ValueError(
+                f"The {model_noun} expects {self.n_features} features but got an array of shape "
+                f"{Z.shape}; pass data with the same columns as the training data."
+            )
+        if not np.all(np.isfinite(Z)):
+            raise ValueError(
+                f"The {model_noun}'s input features contain NaN or infinity; impute or drop them "
+                "(for example with sklearn.impute.SimpleImputer in the pipeline)."
+            )
+        return Z
+
     # -- model --------------------------------------------------------------------------
     def parameters(self):
         """The fitted parameters θˢ as a flat tensor of shape (p,)."""

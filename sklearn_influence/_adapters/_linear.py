@@ -268,17 +268,7 @@ class LinearModelAdapter(ModelAdapter):
     def features(self, X):
         Z = X if self.preprocess is None else self.preprocess(X)
         Z = np.asarray(Z, dtype=np.float64)
-        if Z.ndim != 2 or Z.shape[1] != self.n_features:
-            raise ValueError(
-                f"The model expects {self.n_features} features but got an array of shape "
-                f"{Z.shape}; pass data with the same columns as the training data."
-            )
-        if not np.all(np.isfinite(Z)):
-            raise ValueError(
-                "The model's input features contain NaN or infinity; impute or drop them "
-                "(for example with sklearn.impute.SimpleImputer in the pipeline)."
-            )
-        return Z
+        return self._checked_feature_matrix(Z, "model")
 
     def inputs(self, X):
         Z = self.features(X)

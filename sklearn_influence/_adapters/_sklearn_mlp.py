@@ -211,17 +211,7 @@ class SklearnMLPAdapter(ModelAdapter):
         Z = self._network_input(X)
         Z = Z.toarray() if scipy.sparse.issparse(Z) else np.asarray(Z)
         Z = Z.astype(np.float64)
-        if Z.ndim != 2 or Z.shape[1] != self.n_features:
-            raise ValueError(
-                f"The network expects {self.n_features} features but got an array of shape "
-                f"{Z.shape}; pass data with the same columns as the training data."
-            )
-        if not np.all(np.isfinite(Z)):
-            raise ValueError(
-                "The network's input features contain NaN or infinity; impute or drop them "
-                "(for example with sklearn.impute.SimpleImputer in the pipeline)."
-            )
-        return Z
+        return self._checked_feature_matrix(Z, "network")
 
     def inputs(self, X):
         return self._tensor(self.features(X))
