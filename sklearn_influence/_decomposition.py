@@ -12,6 +12,7 @@ term (a) as the mean distance between the two objects' outputs on the training i
 (b) as the correlation of their measurement changes on queries.
 """
 
+import warnings
 from numbers import Integral
 
 import numpy as np
@@ -127,6 +128,10 @@ class InfluenceDecomposition(FittedModelMixin, BaseEstimator):
     parameters_ : dict of str to ndarray of shape (n_points, n_parameters)
         Parameters of each object (keys: ``"cold_loo"``, ``"warm_loo"``, ``"prf"``,
         ``"pbrf"``, ``"linearized_pbrf"``, ``"influence"``).
+    stationarity_ : float
+        Relative gradient norm of the training objective at θˢ (0 at an optimum; see
+        :attr:`InfluenceFunction.stationarity_ <sklearn_influence.InfluenceFunction>`); a
+        convex model above 1e-2 raises a ``ConvergenceWarning`` at ``fit``.
     reference_parameters_ : ndarray of shape (n_parameters,)
         θˢ.
     problem_ : ResponseProblem
@@ -241,15 +246,18 @@ class InfluenceDecomposition(FittedModelMixin, BaseEstimator):
         with seeded_torch(self.random_state) as seed:
             problem = self._fit_problem(X, y, device)
             results = self._objects(problem, indices, seed)
-        self.influence_ = InfluenceFunction(
-            FrozenEstimator(self.estimator_),
-            damping=self.damping,
-            curvature=self.curvature,
-            solver=self.solver,
-            solver_options=self.solver_options,
-            device=self.device,
-            random_state=self.random_state,
-        ).fit(X, y)
+        with warnings.catch_warnings():
+            # the same model and data: _fit_problem has warned already
+            warnings.filterwarnings("ignore", "InfluenceFunction: the fitted model is not at")
+            self.influence_ = InfluenceFunction(
+                FrozenEstimator(self.estimator_),
+                damping=self.damping,
+                curvature=self.curvature,
+                solver=self.solver,
+                solver_options=self.solver_options,
+                device=self.device,
+                random_state=self.random_state,
+            ).fit(X, y)
         engine = self.influence_.engine_
         index = torch.as_tensor(indices, device=problem.theta.device)
         shift = engine.solver.solve(engine.train_gradients[index], self.damping)

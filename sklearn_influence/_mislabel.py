@@ -9,7 +9,12 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from torch.func import vmap
 
-from ._base import INFLUENCE_CONSTRAINTS, MODEL_CONSTRAINTS, fit_model_and_adapter
+from ._base import (
+    INFLUENCE_CONSTRAINTS,
+    MODEL_CONSTRAINTS,
+    fit_model_and_adapter,
+    warn_if_not_stationary,
+)
 from ._engine._gradients import batch_slices, measure
 from ._influence import InfluenceFunction
 from ._response_estimators import PBRF
@@ -53,6 +58,7 @@ class _LossScore:
         device = resolve_device(detector.device)
         with seeded_torch(detector.random_state):
             self.estimator, self.adapter = fit_model_and_adapter(detector.estimator, X, y, device)
+        warn_if_not_stationary(self.adapter, type(detector).__name__, stacklevel=4)
         self.batch_size = detector.batch_size
         self._training = (self.adapter.inputs(X), self.adapter.targets(y))
 
@@ -218,6 +224,11 @@ class MislabelDetector(OutlierMixin, BaseEstimator):
     response_ : PBRF or None
         The fitted PBRF responses to removing each training point
         (``method="pbrf_self_influence"``; see its ``converged_``), else None.
+    stationarity_ : float
+        Relative gradient norm of the training objective at the fitted parameters (0 at an
+        optimum; see :attr:`InfluenceFunction.stationarity_
+        <sklearn_influence.InfluenceFunction>`); a convex model above 1e-2 raises a
+        ``ConvergenceWarning`` at ``fit``.
     mislabel_scores_ : ndarray of shape (n_train,)
         Suspicion of each training point (higher = more likely mislabeled); equal to
         ``-score_samples(X_train, y_train)``.
@@ -311,6 +322,7 @@ class MislabelDetector(OutlierMixin, BaseEstimator):
         X, y = validate_training_data(self, X, y)
         self._score = _SCORES[self.method](self, X, y)
         self.estimator_ = self._score.estimator
+        self.stationarity_ = self._score.adapter.stationarity
         self.influence_ = getattr(self._score, "influence", None)
         self.response_ = getattr(self._score, "response", None)
         self.mislabel_scores_ = self._score.training_scores()

@@ -203,6 +203,10 @@ class LeaveOneOut(_BaseResponse):
         The removed training points, in the column order of :meth:`transform`.
     parameters_ : ndarray of shape (n_points, n_parameters)
         Refit parameters, one row per removed point.
+    stationarity_ : float
+        Relative gradient norm of the training objective at θˢ (0 at an optimum; see
+        :attr:`InfluenceFunction.stationarity_ <sklearn_influence.InfluenceFunction>`); a
+        convex model above 1e-2 raises a ``ConvergenceWarning`` at ``fit``.
     reference_parameters_ : ndarray of shape (n_parameters,)
         θˢ, the parameters of the model fit on all points.
     problem_ : ResponseProblem
@@ -328,6 +332,10 @@ _PROXIMAL_PARAMETERS_DOC = (
         The removed training points, in the column order of :meth:`transform`.
     parameters_ : ndarray of shape (n_points, n_parameters)
         Response parameters, one row per removed point.
+    stationarity_ : float
+        Relative gradient norm of the training objective at θˢ (0 at an optimum; see
+        :attr:`InfluenceFunction.stationarity_ <sklearn_influence.InfluenceFunction>`); a
+        convex model above 1e-2 raises a ``ConvergenceWarning`` at ``fit``.
     reference_parameters_ : ndarray of shape (n_parameters,)
         θˢ.
     problem_ : ResponseProblem
@@ -548,6 +556,10 @@ class LinearizedPBRF(_BaseResponse):
         The removed training points, in the column order of :meth:`transform`.
     parameters_ : ndarray of shape (n_points, n_parameters)
         Linearized responses, one row per removed point.
+    stationarity_ : float
+        Relative gradient norm of the training objective at θˢ (0 at an optimum; see
+        :attr:`InfluenceFunction.stationarity_ <sklearn_influence.InfluenceFunction>`); a
+        convex model above 1e-2 raises a ``ConvergenceWarning`` at ``fit``.
     reference_parameters_ : ndarray of shape (n_parameters,)
         θˢ.
     problem_ : ResponseProblem

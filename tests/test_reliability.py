@@ -1,0 +1,178 @@
+"""Reliability: stationarity at fit, clear errors before numerical work, resumable long runs,
+documented commands without the optional extras, PRF convergence with its defaults."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from sklearn.exceptions import ConvergenceWarning, NotFittedError
+from sklearn.frozen import FrozenEstimator
+from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+import sklearn_influence._base as base_module
+import sklearn_influence._influence as influence_module
+from sklearn_influence import PBRF, InfluenceDecomposition, InfluenceFunction, MislabelDetector
+from sklearn_influence.datasets import load_digits_split
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits_split(n_train=300, n_test=40, random_state=0)
+
+
+def _stationarity_warnings(records):
+    return [r for r in records if "not at an optimum" in str(r.message)]
+
+
+# -- 1. stationarity ---------------------------------------------------------------------------
+
+
+def test_unconverged_frozen_model_warns_with_figure(digits):
+    model = LogisticRegression(max_iter=2).fit(digits.X_train, digits.y_train)
+    with pytest.warns(ConvergenceWarning, match="stationarity_ = ") as records:
+        influence = InfluenceFunction(FrozenEstimator(model)).fit(digits.X_train, digits.y_train)
+    message = str(_stationarity_warnings(records)[0].message)
+    assert "disagree with actual retraining" in message
+    assert "max_iter" in message and "tol" in message and "really fitted on" in message
+    assert influence.stationarity_ > 0.1
+    assert f"{influence.stationarity_:.3g}" in message
+
+
+def test_converged_model_does_not_warn(digits):
+    model = LogisticRegression(tol=1e-10, max_iter=1000).fit(digits.X_train, digits.y_train)
+    with warnings.catch_warnings(record=True) as records:
+        warnings.simplefilter("always")
+        influence = InfluenceFunction(FrozenEstimator(model)).fit(digits.X_train, digits.y_train)
+    assert not _stationarity_warnings(records)
+    assert influence.stationarity_ < 1e-6
+    # scikit-learn's default tolerance is well inside the threshold as well
+    with warnings.catch_warnings(record=True) as records:
+        warnings.simplefilter("always")
+        InfluenceFunction(LogisticRegression()).fit(digits.X_train, digits.y_train)
+    assert not _stationarity_warnings(records)
+
+
+def test_frozen_model_fitted_on_other_data_warns(digits):
+    model = LogisticRegression(tol=1e-10).fit(digits.X_test, digits.y_test)
+    with pytest.warns(ConvergenceWarning, match="not at an optimum"):
+        InfluenceFunction(FrozenEstimator(model)).fit(digits.X_train, digits.y_train)
+
+
+def test_stationarity_on_response_estimators_and_detector(digits):
+    model = FrozenEstimator(LogisticRegression(max_iter=3).fit(digits.X_train, digits.y_train))
+    X, y = digits.X_train, digits.y_train
+    with pytest.warns(ConvergenceWarning, match="PBRF: the fitted model is not at"):
+        pbrf = PBRF(model, train_indices=[0, 1]).fit(X, y)
+    with pytest.warns(ConvergenceWarning, match="not at an optimum"):
+        detector = MislabelDetector(model, method="loss").fit(X, y)
+    assert pbrf.stationarity_ == pytest.approx(detector.stationarity_)
+    with warnings.catch_warnings(record=True) as records:
+        warnings.simplefilter("always")
+        parts = InfluenceDecomposition(model, n_points=2, random_state=0).fit(X, y)
+    assert len(_stationarity_warnings(records)) == 1  # not once more for its inner influence
+    assert parts.stationarity_ == pytest.approx(pbrf.stationarity_)
+
+
+def test_stationarity_reported_for_a_network_without_warning(digits):
+    from skorch import NeuralNetClassifier
+
+    from sklearn_influence.datasets import TanhMLP
+
+    net = NeuralNetClassifier(
+        TanhMLP, criterion=torch.nn.CrossEntropyLoss, optimizer=torch.optim.Adam, lr=1e-2,
+        optimizer__weight_decay=1e-3, max_epochs=5, train_split=None, verbose=0,
+    )  # fmt: skip
+    with warnings.catch_warnings(record=True) as records:
+        warnings.simplefilter("always")
+        influence = InfluenceFunction(net, solver="cg", random_state=0).fit(
+            digits.X_train.astype("float32"), digits.y_train
+        )
+    assert not _stationarity_warnings(records)
+    assert 0 < influence.stationarity_ <= 1
+
+
+def test_stationarity_definition_is_bounded_and_zero_at_the_optimum():
+    rng = np.random.RandomState(0)
+    X = rng.normal(size=(60, 4))
+    y = X @ [1.0, -2.0, 0.5, 0.0] + rng.normal(size=60)
+    assert InfluenceFunction(Ridge(alpha=1.0)).fit(X, y).stationarity_ < 1e-10
+    off = Ridge(alpha=1.0).fit(X, y)
+    off.coef_ = off.coef_ + 1.0
+    with pytest.warns(ConvergenceWarning):
+        figure = InfluenceFunction(FrozenEstimator(off)).fit(X, y).stationarity_
+    assert 0.01 < figure <= 1
+
+
+def test_huge_features_stop_with_the_cause(digits):
+    with pytest.raises(ValueError, match="unscaled or huge features"):
+        InfluenceFunction(LogisticRegression()).fit(digits.X_train * 1e200, digits.y_train)
+
+
+def test_factorization_failure_is_a_clear_value_error(digits, monkeypatch):
+    from sklearn_influence._engine import _solvers
+
+    def failing(*args, **kwargs):
+        raise torch.linalg.LinAlgError("linalg.eigh: The algorithm failed to converge")
+
+    monkeypatch.setattr(_solvers, "make_solver", failing)
+    monkeypatch.setattr("sklearn_influence._engine._influence_engine.make_solver", failing)
+    with pytest.raises(ValueError, match="could not be factorized.*Scale the features"):
+        InfluenceFunction(LogisticRegression()).fit(digits.X_train, digits.y_train)
+
+
+# -- 3. clear errors before any numerical work ---------------------------------------------------
+
+
+@pytest.fixture
+def no_numerical_work(monkeypatch):
+    """Fail the test if fitting or gradients are reached."""
+
+    def reached(*args, **kwargs):
+        raise AssertionError("numerical work was reached before the error")
+
+    monkeypatch.setattr(influence_module, "fit_model_and_adapter", reached)
+    monkeypatch.setattr(base_module, "fit_model_and_adapter", reached)
+    monkeypatch.setattr(base_module, "per_example_gradients", reached)
+
+
+def _small():
+    rng = np.random.RandomState(0)
+    X = rng.normal(size=(40, 3))
+    return X, (X[:, 0] > 0).astype(int)
+
+
+@pytest.mark.parametrize("estimator_class", [InfluenceFunction, PBRF])
+def test_class_instead_of_instance(no_numerical_work, estimator_class):
+    X, y = _small()
+    with pytest.raises(TypeError, match=r"pass an instance, e.g. LogisticRegression\(\)"):
+        estimator_class(LogisticRegression).fit(X, y)
+
+
+@pytest.mark.parametrize("estimator_class", [InfluenceFunction, PBRF])
+def test_frozen_unfitted_model(no_numerical_work, estimator_class):
+    X, y = _small()
+    with pytest.raises(NotFittedError, match="LogisticRegression inside FrozenEstimator is not"):
+        estimator_class(FrozenEstimator(LogisticRegression())).fit(X, y)
+
+
+def test_frozen_unfitted_pipeline(no_numerical_work):
+    X, y = _small()
+    unfitted = make_pipeline(StandardScaler(), LogisticRegression())
+    with pytest.raises(NotFittedError, match="StandardScaler .*pipeline step 'standardscaler'"):
+        InfluenceFunction(FrozenEstimator(unfitted)).fit(X, y)
+    half = make_pipeline(StandardScaler().fit(X), LogisticRegression())
+    with pytest.raises(NotFittedError, match="step 'logisticregression'"):
+        InfluenceFunction(FrozenEstimator(half)).fit(X, y)
+
+
+def test_frozen_uninitialized_skorch_net_names_the_pretrained_route(no_numerical_work):
+    from skorch import NeuralNetClassifier
+
+    X, y = _small()
+    module = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Softmax(dim=-1))
+    net = NeuralNetClassifier(module, train_split=None, verbose=0)
+    with pytest.raises(NotFittedError, match=r"net.initialize\(\).*module_.load_state_dict"):
+        InfluenceFunction(FrozenEstimator(net)).fit(X.astype("float32"), y)
