@@ -176,3 +176,87 @@ def test_frozen_uninitialized_skorch_net_names_the_pretrained_route(no_numerical
     net = NeuralNetClassifier(module, train_split=None, verbose=0)
     with pytest.raises(NotFittedError, match=r"net.initialize\(\).*module_.load_state_dict"):
         InfluenceFunction(FrozenEstimator(net)).fit(X.astype("float32"), y)
+
+
+# -- 5. documented commands after the documented install (no optional extras) ------------------
+
+#: every command README.md and doc/install.rst show, with small settings appended
+DOCUMENTED_COMMANDS = [
+    ["--help"],
+    ["explain", "--help"],
+    ["--n-train", "150", "--n-queries", "1", "--k", "2", "--n-removed", "3", "--no-images"],
+    ["--n-queries", "5", "--k", "4", "--damping", "1e-3", "--n-train", "150", "--n-removed", "3"],
+    ["explain", "--n-queries", "5", "--k", "4", "--damping", "1e-3", "--n-removed", "3",
+     "--n-train", "150"],
+    ["explain", "--model", "mlp", "--check", "pbrf", "--n-train", "100", "--n-queries", "1",
+     "--n-removed", "3", "--no-images"],
+    ["decompose", "--n-train", "80", "--n-points", "2", "--n-test", "20"],
+    ["decompose", "--output", "decomposition.png", "--n-train", "80", "--n-points", "2",
+     "--n-test", "20"],
+    ["mislabeled", "--flip-fraction", "0.1", "--output", "recall.png", "--n-train", "150"],
+    ["mislabeled", "--csv", "data.csv", "--target", "label", "--k", "20"],
+]  # fmt: skip
+
+_WITHOUT_EXTRAS = """
+import contextlib, importlib.machinery, io, json, sys
+
+EXTRAS = ("matplotlib", "pandas", "dask", "distributed")
+path_find_spec = importlib.machinery.PathFinder.find_spec
+
+
+def find_spec(name, path=None, target=None):
+    # the optional extras are not found, exactly as when they are not installed
+    if name.split(".")[0] in EXTRAS:
+        return None
+    return path_find_spec(name, path, target)
+
+
+importlib.machinery.PathFinder.find_spec = find_spec
+from sklearn_influence.__main__ import main
+results = []
+for argv in json.loads(sys.argv[1]):
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):
+            status = main(argv + ["--quiet"] if "--help" not in argv else argv, out=out)
+    except SystemExit as stop:
+        status = stop.code
+    results.append([status, out.getvalue()])
+print(json.dumps(results))
+"""
+
+
+def _package_env():
+    """The environment of a subprocess that imports this checkout of the package."""
+    import os
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[1])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    return env
+
+
+def test_documented_commands_run_without_optional_extras(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    rng = np.random.RandomState(0)
+    rows = ["a,b,c,label"] + [
+        f"{x:.3f},{y:.3f},{z:.3f},{int(x + y > 0)}" for x, y, z in rng.normal(size=(60, 3))
+    ]
+    (tmp_path / "data.csv").write_text("\n".join(rows) + "\n")
+    completed = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_EXTRAS, json.dumps(DOCUMENTED_COMMANDS)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600, env=_package_env(),
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    results = json.loads(completed.stdout.strip().splitlines()[-1])
+    for argv, (status, output) in zip(DOCUMENTED_COMMANDS, results, strict=True):
+        assert status in (0, None), (argv, output, completed.stderr[-3000:])
+    decompose_output = results[DOCUMENTED_COMMANDS.index(DOCUMENTED_COMMANDS[6])][1]
+    assert "Figure not saved to decomposition.png: it needs matplotlib" in decompose_output
+    assert "warm_start_gap" in decompose_output or "proximity" in decompose_output
+    assert "Figure not saved to recall.png" in results[8][1]
+    assert not (tmp_path / "decomposition.png").exists()
