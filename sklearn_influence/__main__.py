@@ -387,7 +387,7 @@ def _figure_skipped(path, out):
         return False
     print(
         f"\nFigure not saved to {path}: it needs matplotlib (pip install matplotlib, or "
-        "pip install -e \".[plot]\"); the table above has the same numbers.",
+        'pip install -e ".[plot]"); the table above has the same numbers.',
         file=out,
     )
     return True

@@ -140,9 +140,7 @@ def stationarity(adapter, inputs, targets, *, batch_size=512):
     total = torch.zeros_like(theta)
     norms = theta.new_zeros(())
     for rows in batch_slices(len(inputs), batch_size):
-        gradients = per_example_gradients(
-            adapter, theta, inputs[rows], targets[rows], batch_size
-        )
+        gradients = per_example_gradients(adapter, theta, inputs[rows], targets[rows], batch_size)
         total += gradients.sum(0)
         norms += gradients.norm(dim=1).sum()
         if not (bool(torch.isfinite(gradients).all()) and bool(torch.isfinite(norms))):
