@@ -73,6 +73,18 @@ OPTIMIZER_CONSTRAINTS = {
 #: parallel workers and progress messages
 PARALLEL_CONSTRAINTS = {"n_jobs": [Integral, None], "verbose": ["verbose"]}
 
+#: where long runs save their finished chunks (a folder or a joblib.Memory)
+MEMORY_CONSTRAINTS = {"memory": [None, str, HasMethods(["cache"])]}
+
+#: the docstring entry of ``memory`` for the estimators that compute responses
+MEMORY_DOC = """    memory : str or object with the joblib.Memory interface, default=None
+        Saves the finished chunks of removed points as they complete (a folder, or a
+        ``joblib.Memory``): a long run that is interrupted (Ctrl-C, a killed job) and
+        started again with the same ``memory`` computes only what was not finished, and its
+        result is bitwise identical to an uninterrupted run with ``memory``. With it the
+        chunks are fixed by the removed points alone (at least 20), whatever ``n_jobs``.
+        None: nothing is saved."""
+
 
 # -- fitting -------------------------------------------------------------------------------
 
@@ -281,6 +293,10 @@ class FittedModelMixin:
         self.stationarity_ = adapter.stationarity
         warn_if_not_stationary(adapter, type(self).__name__, stacklevel=4)
         return ResponseProblem(adapter, X, y)
+
+    def _memory_key(self):
+        """What, with θˢ and the training data, fixes the responses saved in ``memory``."""
+        return (self.estimator, str(self.device), self.random_state)
 
     def _removed_points(self, n_train):
         """``train_indices`` checked, or ``n_points`` distinct indices drawn by random_state."""

@@ -64,18 +64,21 @@ def _fit_engine(estimator, X, y, *, device, random_state, **engine_settings):
     return fitted, engine
 
 
-def _removal_changes(adapter, theta, X, y, removed, target, n_jobs, X_query, y_query, fit_key):
+def _removal_changes(
+    adapter, theta, X, y, removed, target, n_jobs, X_query, y_query, fit_key, memory=None
+):
     """:func:`~._responses._removal.removal_changes` in the form that ``memory`` caches.
 
-    ``target`` is ``(kind, pbrf_damping)``. ``fit_key`` is unused here: it identifies the fit
-    in the cache key instead of ``adapter`` and ``theta``, whose hash is not stable from one
-    unpickled copy to the next (which made every clone retrain); ``fit_key`` (estimator,
-    device, random_state) and the training data identify the fit.
+    ``target`` is ``(kind, pbrf_damping)``. ``fit_key`` identifies the fit in the cache key
+    instead of ``adapter`` and ``theta``, whose hash is not stable from one unpickled copy to
+    the next (which made every clone retrain); ``fit_key`` (estimator, device, random_state)
+    and the training data identify the fit. ``memory`` (ignored in the key) also saves the
+    retraining's finished chunks as they complete, so an interrupted ``score`` resumes.
     """
     kind, pbrf_damping = target
     return removal_changes(
         adapter, theta, X, y, removed, X_query, y_query, kind=kind, pbrf_damping=pbrf_damping,
-        n_jobs=n_jobs,
+        n_jobs=n_jobs, memory=memory, key=fit_key,
     )  # fmt: skip
 
 
@@ -515,11 +518,11 @@ class InfluenceFunction(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
             for damping in dampings
         ]
         cached = check_memory(self.memory).cache(
-            _removal_changes, ignore=["adapter", "theta", "n_jobs"]
+            _removal_changes, ignore=["adapter", "theta", "n_jobs", "memory"]
         )
         actual = cached(
             engine.adapter, engine.theta, X_train, y_train, removed, target, self.n_jobs,
-            X_query, y_query, self._fit_key(),
+            X_query, y_query, self._fit_key(), self.memory,
         )  # fmt: skip
         return predicted, actual
 

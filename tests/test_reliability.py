@@ -260,3 +260,103 @@ def test_documented_commands_run_without_optional_extras(tmp_path):
     assert "warm_start_gap" in decompose_output or "proximity" in decompose_output
     assert "Figure not saved to recall.png" in results[8][1]
     assert not (tmp_path / "decomposition.png").exists()
+
+
+# -- 4. resumable long runs --------------------------------------------------------------------
+
+_RESUMABLE_RUN = """
+import sys
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn_influence import PBRF
+
+rng = np.random.RandomState(0)
+X = rng.normal(size=(80, 4))
+y = (X @ [1.0, -1.0, 0.5, 0.0] + 0.5 * rng.normal(size=80) > 0).astype(int)
+pbrf = PBRF(
+    LogisticRegression(tol=1e-10), train_indices=np.arange(40), method="optimizer",
+    n_iter=int(sys.argv[2]), tol=0.0, memory=sys.argv[1], random_state=0,
+)
+pbrf.fit(X, y)
+np.save(sys.argv[3], pbrf.parameters_)
+"""
+
+
+def _saved_chunks(folder):
+    return sorted(folder.rglob("_run_chunk/*/output.pkl"))
+
+
+def _run_resumable(folder, n_iter, result, **kwargs):
+    import subprocess
+    import sys
+
+    return subprocess.Popen(
+        [sys.executable, "-c", _RESUMABLE_RUN, str(folder), str(n_iter), str(result)],
+        env=_package_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kwargs,
+    )  # fmt: skip
+
+
+def test_interrupted_pbrf_resumes_bitwise(tmp_path, monkeypatch):
+    import time
+
+    import sklearn_influence._responses._functions as functions
+
+    n_iter = 150
+    # uninterrupted reference run, in its own memory
+    start = time.perf_counter()
+    reference = _run_resumable(tmp_path / "reference", n_iter, tmp_path / "reference.npy")
+    assert reference.wait(timeout=300) == 0
+    full_time = time.perf_counter() - start
+    assert len(_saved_chunks(tmp_path / "reference")) == 20  # 40 points in 20 fixed chunks
+
+    # the same run, killed once a few chunks are saved
+    folder = tmp_path / "interrupted"
+    process = _run_resumable(folder, n_iter, tmp_path / "never.npy")
+    deadline = time.monotonic() + 300
+    while len(_saved_chunks(folder)) < 12 and time.monotonic() < deadline:
+        assert process.poll() is None, "the run finished before it could be interrupted"
+        time.sleep(0.05)
+    process.kill()
+    process.wait()
+    finished = len(_saved_chunks(folder))
+    assert 12 <= finished < 20
+    assert not (tmp_path / "never.npy").exists()
+
+    # resumed in this process: only the unfinished chunks are computed
+    computed = []
+    original = functions._optimizer_chunk
+
+    def counting(problem, kind, chunk, *args):
+        computed.append(len(chunk))
+        return original(problem, kind, chunk, *args)
+
+    monkeypatch.setattr(functions, "_optimizer_chunk", counting)
+    rng = np.random.RandomState(0)
+    X = rng.normal(size=(80, 4))
+    y = (X @ [1.0, -1.0, 0.5, 0.0] + 0.5 * rng.normal(size=80) > 0).astype(int)
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        resumed = PBRF(
+            LogisticRegression(tol=1e-10), train_indices=np.arange(40), method="optimizer",
+            n_iter=n_iter, tol=0.0, memory=str(folder), random_state=0,
+        ).fit(X, y)  # fmt: skip
+    resumed_time = time.perf_counter() - start
+    assert len(computed) == 20 - finished  # nothing finished is recomputed
+    assert sum(computed) == 2 * (20 - finished)
+    np.testing.assert_array_equal(resumed.parameters_, np.load(tmp_path / "reference.npy"))
+    # the resumed run does only part of the work (the full time includes start-up)
+    assert resumed_time < full_time, (resumed_time, full_time)
+
+
+def test_progress_shows_done_total_and_time_left(tmp_path, capsys):
+    rng = np.random.RandomState(0)
+    X = rng.normal(size=(60, 3))
+    y = (X[:, 0] > 0).astype(int)
+    settings = dict(train_indices=np.arange(6), memory=str(tmp_path), random_state=0, verbose=1)
+    PBRF(LogisticRegression(tol=1e-10), **settings).fit(X, y)
+    lines = capsys.readouterr().err.splitlines()
+    assert any("[PBRF] 2/6 removed points done, about" in line for line in lines)
+    assert any("6/6 removed points done" in line for line in lines)
+    PBRF(LogisticRegression(tol=1e-10), **settings).fit(X, y)
+    assert "[PBRF] 6/6 removed points loaded from memory" in capsys.readouterr().err
