@@ -196,6 +196,14 @@ def _add_common_arguments(parser, *, n_train, damping):
         default=0,
         help="seed of the split and of every random choice (default 0)",
     )
+    parser.add_argument(
+        "--memory",
+        metavar="DIR",
+        default=None,
+        help="folder where the long steps (fits, retraining checks, PBRF and refits of removed "
+        "examples) save their finished parts as they go: run the same command again after an "
+        "interruption and it resumes where it stopped, with the same result (default: none)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
 
 
@@ -340,7 +348,11 @@ def _run_explain(args, out):
     progress = Progress(args.quiet)
     estimator = _build_estimator(args)
     influence = InfluenceFunction(
-        estimator, damping=args.damping, device=args.device, random_state=args.random_state
+        estimator,
+        damping=args.damping,
+        device=args.device,
+        memory=args.memory,
+        random_state=args.random_state,
     )
     start = time.perf_counter()
     progress(f"fitting {type(estimator).__name__} and the influence matrix")
@@ -455,6 +467,7 @@ def _run_decompose(args, out):
         damping=args.damping,
         n_points=args.n_points,
         device=args.device,
+        memory=args.memory,
         random_state=args.random_state,
     )
     progress(
@@ -550,6 +563,7 @@ def _run_mislabeled(args, out):
     progress = Progress(args.quiet)
     estimator = _build_estimator(args)
     common = dict(damping=args.damping, device=args.device, random_state=args.random_state)
+    common["memory"] = args.memory
     progress(f"fitting {type(estimator).__name__} and ranking by {args.method}")
     detector = MislabelDetector(estimator, method=args.method, **common)
     detector.fit(data.X_train, data.y_train)

@@ -24,6 +24,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._base import (
     INFLUENCE_CONSTRAINTS,
+    MEMORY_CONSTRAINTS,
     MODEL_CONSTRAINTS,
     OPTIMIZER_CONSTRAINTS,
     PARALLEL_CONSTRAINTS,
@@ -112,6 +113,11 @@ class InfluenceDecomposition(FittedModelMixin, BaseEstimator):
         ``"cpu"``, ``"cuda"`` or ``"auto"``.
     n_jobs : int, default=None
         Parallel refits and chunks of batched optimisations (:mod:`sklearn.utils.parallel`).
+    memory : str or object with the joblib.Memory interface, default=None
+        Saves the finished refits and chunks of PRF/PBRF optimisations as they complete (a
+        folder, or a ``joblib.Memory``): an interrupted ``fit`` started again with the same
+        ``memory`` computes only what was not finished, with a bitwise identical result.
+        None: nothing is saved.
     random_state : int, RandomState instance or None, default=None
         Draws the removed points; seeds torch in a forked RNG.
     verbose : int, default=0
@@ -179,6 +185,7 @@ class InfluenceDecomposition(FittedModelMixin, BaseEstimator):
         **INFLUENCE_CONSTRAINTS,
         **OPTIMIZER_CONSTRAINTS,  # batch_size: the optimizer's (None: full batches)
         **PARALLEL_CONSTRAINTS,
+        **MEMORY_CONSTRAINTS,
         "train_indices": ["array-like", None],
         "n_points": [Interval(Integral, 2, None, closed="left")],
     }
@@ -202,6 +209,7 @@ class InfluenceDecomposition(FittedModelMixin, BaseEstimator):
         optimizer_options=None,
         device="cpu",
         n_jobs=None,
+        memory=None,
         random_state=None,
         verbose=0,
     ):
@@ -221,6 +229,7 @@ class InfluenceDecomposition(FittedModelMixin, BaseEstimator):
         self.optimizer_options = optimizer_options
         self.device = device
         self.n_jobs = n_jobs
+        self.memory = memory
         self.random_state = random_state
         self.verbose = verbose
 
@@ -272,7 +281,8 @@ class InfluenceDecomposition(FittedModelMixin, BaseEstimator):
 
     def _objects(self, problem, indices, seed):
         """Parameters of the five response objects, shape (n_points, p) each."""
-        common = {"n_jobs": self.n_jobs, "verbose": self.verbose}
+        common = {"n_jobs": self.n_jobs, "verbose": self.verbose, "memory": self.memory}
+        common["key"] = self._memory_key()
         settings = {
             "optimizer": self.optimizer,
             "learning_rate": self.learning_rate,

@@ -11,6 +11,7 @@ from torch.func import vmap
 
 from ._base import (
     INFLUENCE_CONSTRAINTS,
+    MEMORY_CONSTRAINTS,
     MODEL_CONSTRAINTS,
     fit_model_and_adapter,
     warn_if_not_stationary,
@@ -37,6 +38,7 @@ class _InfluenceScore:
             batch_size=detector.batch_size,
             solver_options=detector.solver_options,
             n_jobs=detector.n_jobs,
+            memory=detector.memory,
             random_state=detector.random_state,
         ).fit(X, y)
         self.estimator = self.influence.estimator_
@@ -87,7 +89,7 @@ class _PBRFScore:
     """
 
     #: PBRF parameters the detector sets itself
-    _OWN = ("estimator", "damping", "device", "n_jobs", "random_state", "train_indices")
+    _OWN = ("estimator", "damping", "device", "n_jobs", "memory", "random_state", "train_indices")
 
     def __init__(self, detector, X, y):
         options = dict(detector.response_options or {})
@@ -96,7 +98,8 @@ class _PBRFScore:
         if unknown:
             raise ValueError(
                 f"response_options has unknown key(s) {unknown}; the PBRF responses accept "
-                f"{allowed} (damping, device, n_jobs and random_state come from the detector)."
+                f"{allowed} (damping, device, n_jobs, memory and random_state come from the "
+                "detector)."
             )
         self.response = PBRF(
             detector.estimator,
@@ -104,6 +107,7 @@ class _PBRFScore:
             train_indices=np.arange(len(y)),
             device=detector.device,
             n_jobs=detector.n_jobs,
+            memory=detector.memory,
             random_state=detector.random_state,
             **options,
         ).fit(X, y)
@@ -212,6 +216,11 @@ class MislabelDetector(OutlierMixin, BaseEstimator):
     n_jobs : int, default=None
         Parallel workers, through :mod:`sklearn.utils.parallel`, for the PBRF responses and
         the influence computations that support it.
+    memory : str or object with the joblib.Memory interface, default=None
+        Caches the influence fit, and saves the finished chunks of the PBRF responses
+        (``method="pbrf_self_influence"``) as they complete: an interrupted ``fit`` started
+        again with the same ``memory`` computes only what was not finished, with a bitwise
+        identical result. None: nothing is saved.
     random_state : int, RandomState instance or None, default=None
         Seeds model fitting and any stochastic solver inside a forked torch RNG.
 
@@ -272,6 +281,7 @@ class MislabelDetector(OutlierMixin, BaseEstimator):
         "contamination": [Interval(Real, 0, 0.5, closed="right")],
         "response_options": [dict, None],
         "n_jobs": [Integral, None],
+        **MEMORY_CONSTRAINTS,
     }
 
     def __init__(
@@ -288,6 +298,7 @@ class MislabelDetector(OutlierMixin, BaseEstimator):
         solver_options=None,
         response_options=None,
         n_jobs=None,
+        memory=None,
         random_state=None,
     ):
         self.estimator = estimator
@@ -301,6 +312,7 @@ class MislabelDetector(OutlierMixin, BaseEstimator):
         self.solver_options = solver_options
         self.response_options = response_options
         self.n_jobs = n_jobs
+        self.memory = memory
         self.random_state = random_state
 
     @_fit_context(prefer_skip_nested_validation=False)

@@ -301,7 +301,7 @@ def test_interrupted_pbrf_resumes_bitwise(tmp_path, monkeypatch):
 
     import sklearn_influence._responses._functions as functions
 
-    n_iter = 150
+    n_iter = 60
     # uninterrupted reference run, in its own memory
     start = time.perf_counter()
     reference = _run_resumable(tmp_path / "reference", n_iter, tmp_path / "reference.npy")
