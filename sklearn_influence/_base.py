@@ -151,6 +151,8 @@ def stationarity(adapter, inputs, targets, *, batch_size=512):
         )
     total = torch.zeros_like(theta)
     norms = theta.new_zeros(())
+    # blocks of at most ~2**26 gradient entries, whatever p
+    batch_size = max(1, min(batch_size, (1 << 26) // max(theta.numel(), 1)))
     for rows in batch_slices(len(inputs), batch_size):
         gradients = per_example_gradients(adapter, theta, inputs[rows], targets[rows], batch_size)
         total += gradients.sum(0)

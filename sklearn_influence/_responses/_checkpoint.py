@@ -108,7 +108,7 @@ class ChunkStore:
         n_loaded = sum(len(c) for c, was in zip(chunks, done_before, strict=True) if was)
         if self.verbose and n_loaded:
             self._report(f"{n_loaded}/{total} removed points loaded from memory")
-        generator = Parallel(n_jobs=n_jobs, return_as="generator")(
+        tasks = [
             delayed(function)(
                 self.fingerprint,
                 self.kind,
@@ -118,7 +118,15 @@ class ChunkStore:
                 arguments(number, chunk),
             )
             for number, chunk in enumerate(chunks, 1)
-        )
+        ]
+        generator = None
+        if self.verbose:
+            try:  # results as they finish, for the progress lines
+                generator = Parallel(n_jobs=n_jobs, return_as="generator")(tasks)
+            except ValueError:  # a backend without generators (multiprocessing); nothing ran
+                generator = None
+        if generator is None:
+            generator = Parallel(n_jobs=n_jobs)(tasks)
         for chunk, was_done, result in zip(chunks, done_before, generator, strict=True):
             results.append(result)
             done += len(chunk)
