@@ -98,8 +98,8 @@ class ChunkStore:
         list of results."""
         chunks = list(chunks)
         total = sum(len(chunk) for chunk in chunks)
+        function = None
         if not self.enabled:
-            function = _run_chunk
             done_before = [False] * len(chunks)
         else:
             function = self._cached()
@@ -108,17 +108,22 @@ class ChunkStore:
         n_loaded = sum(len(c) for c, was in zip(chunks, done_before, strict=True) if was)
         if self.verbose and n_loaded:
             self._report(f"{n_loaded}/{total} removed points loaded from memory")
-        tasks = [
-            delayed(function)(
-                self.fingerprint,
-                self.kind,
-                self.settings,
-                tuple(int(i) for i in chunk),
-                run,
-                arguments(number, chunk),
-            )
-            for number, chunk in enumerate(chunks, 1)
-        ]
+        if self.enabled:
+            tasks = [
+                delayed(function)(
+                    self.fingerprint,
+                    self.kind,
+                    self.settings,
+                    tuple(int(i) for i in chunk),
+                    run,
+                    arguments(number, chunk),
+                )
+                for number, chunk in enumerate(chunks, 1)
+            ]
+        else:  # the chunk function itself (its name shows in a Dask dashboard)
+            tasks = [
+                delayed(run)(*arguments(number, chunk)) for number, chunk in enumerate(chunks, 1)
+            ]
         generator = None
         if self.verbose:
             try:  # results as they finish, for the progress lines
