@@ -196,6 +196,14 @@ def _add_common_arguments(parser, *, n_train, damping):
         default=0,
         help="seed of the split and of every random choice (default 0)",
     )
+    parser.add_argument(
+        "--memory",
+        metavar="DIR",
+        default=None,
+        help="folder where the long steps (fits, retraining checks, PBRF and refits of removed "
+        "examples) save their finished parts as they go: run the same command again after an "
+        "interruption and it resumes where it stopped, with the same result (default: none)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
 
 
@@ -340,7 +348,11 @@ def _run_explain(args, out):
     progress = Progress(args.quiet)
     estimator = _build_estimator(args)
     influence = InfluenceFunction(
-        estimator, damping=args.damping, device=args.device, random_state=args.random_state
+        estimator,
+        damping=args.damping,
+        device=args.device,
+        memory=args.memory,
+        random_state=args.random_state,
     )
     start = time.perf_counter()
     progress(f"fitting {type(estimator).__name__} and the influence matrix")
@@ -373,8 +385,32 @@ def _run_explain(args, out):
 _FIGURE_TYPES = (".png", ".pdf", ".svg")
 
 
+def _have_matplotlib():
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _figure_skipped(path, out):
+    """Print the one-line note and return True when the figure cannot be drawn."""
+    if _have_matplotlib():
+        return False
+    print(
+        f"\nFigure not saved to {path}: it needs matplotlib (pip install matplotlib, or "
+        'pip install -e ".[plot]"); the table above has the same numbers.',
+        file=out,
+    )
+    return True
+
+
 def _check_output(parser, path):
-    """A figure path with a known extension in an existing directory, and matplotlib."""
+    """A figure path with a known extension in an existing directory.
+
+    Without matplotlib the command still runs: it prints its table and a one-line note
+    instead of the figure (the documented install has no matplotlib).
+    """
     if path is None:
         return
     if os.path.splitext(path)[1].lower() not in _FIGURE_TYPES:
@@ -382,10 +418,6 @@ def _check_output(parser, path):
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         parser.error(f"--output {path!r}: the folder {folder!r} does not exist; create it first")
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        parser.error("--output needs matplotlib: pip install matplotlib")
 
 
 # -- decompose ------------------------------------------------------------------------------
@@ -409,7 +441,8 @@ def _add_decompose_arguments(parser):
     parser.add_argument(
         "--output",
         default="decomposition.png",
-        help="figure file of the five terms: .png, .pdf or .svg (default decomposition.png)",
+        help="figure file of the five terms: .png, .pdf or .svg (default decomposition.png; "
+        "skipped with a note when matplotlib is not installed)",
     )
 
 
@@ -434,6 +467,7 @@ def _run_decompose(args, out):
         damping=args.damping,
         n_points=args.n_points,
         device=args.device,
+        memory=args.memory,
         random_state=args.random_state,
     )
     progress(
@@ -463,6 +497,8 @@ def _run_decompose(args, out):
             f"{row['pearson']:>9.4f}{row['spearman']:>9.4f}",
             file=out,
         )
+    if _figure_skipped(args.output, out):
+        return 0
     display = InfluenceDecompositionDisplay(table, estimator_name=type(estimator).__name__)
     display.plot(ax=new_axes((7, 3.5)))
     display.figure_.savefig(args.output)
@@ -527,6 +563,7 @@ def _run_mislabeled(args, out):
     progress = Progress(args.quiet)
     estimator = _build_estimator(args)
     common = dict(damping=args.damping, device=args.device, random_state=args.random_state)
+    common["memory"] = args.memory
     progress(f"fitting {type(estimator).__name__} and ranking by {args.method}")
     detector = MislabelDetector(estimator, method=args.method, **common)
     detector.fit(data.X_train, data.y_train)
@@ -573,7 +610,7 @@ def _run_mislabeled(args, out):
         f"{'random (expected)':<21}" + "".join(f"{f:>15.3f}" for f in _INSPECTED) + f"{0.5:>8.3f}",
         file=out,
     )
-    if args.output is not None:
+    if args.output is not None and not _figure_skipped(args.output, out):
         ax = new_axes((5, 4))
         for position, (name, values) in enumerate(scores.items()):
             MislabelRecallDisplay.from_predictions(

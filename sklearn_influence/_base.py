@@ -9,6 +9,9 @@
   constant.
 * ``*_CONSTRAINTS`` — the ``_parameter_constraints`` pieces that the estimators extend, as
   scikit-learn's linear models extend their base class's dict.
+* :func:`stationarity` and :func:`warn_if_not_stationary` — how far the fitted parameters
+  are from a stationary point of the training objective (the fitted ``stationarity_``), and
+  the ``ConvergenceWarning`` for convex models that are not at their optimum.
 * :class:`FittedModelMixin` — the fitted model, removed points and query tensors of the
   response estimators and the decomposition.
 """
@@ -17,15 +20,17 @@ import warnings
 from numbers import Integral, Real
 
 import numpy as np
+import torch
 from scipy.stats import rankdata, spearmanr
 from sklearn.base import clone
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.frozen import FrozenEstimator
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 
 from ._adapters import fit_estimator, make_adapter
 from ._engine._curvature import CURVATURES
-from ._engine._gradients import resolve_query_targets
+from ._engine._gradients import batch_slices, per_example_gradients, resolve_query_targets
 from ._engine._solvers import SOLVERS
 from ._responses._functions import METHODS, ResponseProblem
 from ._responses._optimizers import OPTIMIZERS
@@ -68,6 +73,18 @@ OPTIMIZER_CONSTRAINTS = {
 #: parallel workers and progress messages
 PARALLEL_CONSTRAINTS = {"n_jobs": [Integral, None], "verbose": ["verbose"]}
 
+#: where long runs save their finished chunks (a folder or a joblib.Memory)
+MEMORY_CONSTRAINTS = {"memory": [None, str, HasMethods(["cache"])]}
+
+#: the docstring entry of ``memory`` for the estimators that compute responses
+MEMORY_DOC = """    memory : str or object with the joblib.Memory interface, default=None
+        Saves the finished chunks of removed points as they complete (a folder, or a
+        ``joblib.Memory``): a long run that is interrupted (Ctrl-C, a killed job) and
+        started again with the same ``memory`` computes only what was not finished, and its
+        result is bitwise identical to an uninterrupted run with ``memory``. With it the
+        chunks are fixed by the removed points alone (at least 20), whatever ``n_jobs``.
+        None: nothing is saved."""
+
 
 # -- fitting -------------------------------------------------------------------------------
 
@@ -86,13 +103,96 @@ def fit_model_and_adapter(estimator, X, y, device):
         The training data, already validated.
     device : torch.device
         Where the adapter keeps its parameters.
+
+    The adapter records :func:`stationarity` at the fitted parameters as its attribute
+    ``stationarity``; non-finite gradients stop here, before any other numerical work, with
+    a ``ValueError`` naming the likely cause.
     """
     if isinstance(estimator, FrozenEstimator):
         fitted, fit_state = estimator, None
     else:
         fitted = clone(estimator)
         fit_state = fit_estimator(fitted, X, y)
-    return fitted, make_adapter(fitted, len(y), device, fit_state)
+    adapter = make_adapter(fitted, len(y), device, fit_state)
+    adapter.stationarity = stationarity(adapter, adapter.inputs(X), adapter.targets(y))
+    return fitted, adapter
+
+
+# -- stationarity ----------------------------------------------------------------------------
+
+#: relative gradient norm (:func:`stationarity`) above which a convex model is warned about.
+#: Measured on 600 digits, a frozen LogisticRegression gives 0.17 / 0.050 / 0.013 at
+#: max_iter 2 / 5 / 20 (influence matrices correlating 0.50 / 0.60 / 0.99 with the tightly
+#: converged model's), 7e-4 with scikit-learn's defaults (tol=1e-4) and 1e-7 at tol=1e-10;
+#: fitted on other data, 0.14
+STATIONARITY_TOL = 1e-2
+
+
+def stationarity(adapter, inputs, targets, *, batch_size=512):
+    """Relative gradient norm of the training objective at the fitted parameters θˢ.
+
+    .. math:: s = \\frac{\\lVert \\nabla J(\\theta^s) \\rVert}
+              {\\frac{1}{N}\\sum_i \\lVert \\nabla L_i(\\theta^s) \\rVert
+               + \\lVert \\nabla R(\\theta^s) \\rVert}
+
+    with J = (1/N) Σ_i L_i + R. By the triangle inequality 0 ≤ s ≤ 1: 0 at a stationary
+    point (the per-example gradients cancel against each other and the penalty), 1 when they
+    all point the same way. Influence functions assume s = 0; the per-example gradients are
+    computed in blocks of ``batch_size`` rows (never all N × p at once).
+
+    Raises ``ValueError`` naming the likely cause (unscaled or huge features) when θˢ, a
+    gradient or a squared gradient norm is not finite — before any curvature is formed.
+    """
+    theta = adapter.parameters()
+    if not bool(torch.isfinite(theta).all()):
+        raise ValueError(
+            "The fitted model's parameters contain NaN or infinity, so influence cannot be "
+            "computed. The fit diverged: scale the features (e.g. StandardScaler in a "
+            "Pipeline) or regularize more."
+        )
+    total = torch.zeros_like(theta)
+    norms = theta.new_zeros(())
+    # blocks of at most ~2**26 gradient entries, whatever p
+    batch_size = max(1, min(batch_size, (1 << 26) // max(theta.numel(), 1)))
+    for rows in batch_slices(len(inputs), batch_size):
+        gradients = per_example_gradients(adapter, theta, inputs[rows], targets[rows], batch_size)
+        total += gradients.sum(0)
+        norms += gradients.norm(dim=1).sum()
+        if not (bool(torch.isfinite(gradients).all()) and bool(torch.isfinite(norms))):
+            largest = float(inputs.abs().max()) if inputs.is_floating_point() else float("nan")
+            raise ValueError(
+                "The per-example gradients of the training loss are not finite (or their "
+                "squared norms overflow), so neither the curvature nor the influence can be "
+                f"computed. The likely cause is unscaled or huge features (largest |feature| "
+                f"the model sees: {largest:.3g}); scale them, e.g. with StandardScaler in a "
+                "Pipeline."
+            )
+    penalty = adapter.regularizer_diagonal().to(theta.dtype) * theta
+    gradient = total / len(inputs) + penalty
+    scale = norms / len(inputs) + penalty.norm()
+    if not float(scale) > 0:
+        return 0.0
+    return float(gradient.norm() / scale)
+
+
+def warn_if_not_stationary(adapter, name, *, stacklevel=3):
+    """``ConvergenceWarning`` when a convex model's ``adapter.stationarity`` exceeds the tol.
+
+    Networks are not warned about: they are rarely at a stationary point, which is why
+    influence estimates for them approximate the PBRF rather than leave-one-out retraining.
+    """
+    figure = adapter.stationarity
+    if adapter.is_convex and figure > STATIONARITY_TOL:
+        warnings.warn(
+            f"{name}: the fitted model is not at an optimum of its training objective on the "
+            f"data passed to fit: relative gradient norm stationarity_ = {figure:.3g} (0 at the "
+            f"optimum; warned above {STATIONARITY_TOL:g}). Influence functions assume an "
+            "optimum; from this point the estimates disagree with actual retraining. Fit the "
+            "model to convergence (a tighter tol, a larger max_iter), or, for a "
+            "FrozenEstimator, pass fit the data the model was really fitted on.",
+            ConvergenceWarning,
+            stacklevel=stacklevel,
+        )
 
 
 def sample_training_points(n_train, n_points, random_state, *, sort=False):
@@ -193,7 +293,13 @@ class FittedModelMixin:
     def _fit_problem(self, X, y, device):
         """Fit a clone of the estimator (or take the frozen one); return the response problem."""
         self.estimator_, adapter = fit_model_and_adapter(self.estimator, X, y, device)
+        self.stationarity_ = adapter.stationarity
+        warn_if_not_stationary(adapter, type(self).__name__, stacklevel=4)
         return ResponseProblem(adapter, X, y)
+
+    def _memory_key(self):
+        """What, with θˢ and the training data, fixes the responses saved in ``memory``."""
+        return (self.estimator, str(self.device), self.random_state)
 
     def _removed_points(self, n_train):
         """``train_indices`` checked, or ``n_points`` distinct indices drawn by random_state."""

@@ -12,6 +12,7 @@ term (a) as the mean distance between the two objects' outputs on the training i
 (b) as the correlation of their measurement changes on queries.
 """
 
+import warnings
 from numbers import Integral
 
 import numpy as np
@@ -23,6 +24,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._base import (
     INFLUENCE_CONSTRAINTS,
+    MEMORY_CONSTRAINTS,
     MODEL_CONSTRAINTS,
     OPTIMIZER_CONSTRAINTS,
     PARALLEL_CONSTRAINTS,
@@ -111,6 +113,11 @@ class InfluenceDecomposition(FittedModelMixin, BaseEstimator):
         ``"cpu"``, ``"cuda"`` or ``"auto"``.
     n_jobs : int, default=None
         Parallel refits and chunks of batched optimisations (:mod:`sklearn.utils.parallel`).
+    memory : str or object with the joblib.Memory interface, default=None
+        Saves the finished refits and chunks of PRF/PBRF optimisations as they complete (a
+        folder, or a ``joblib.Memory``): an interrupted ``fit`` started again with the same
+        ``memory`` computes only what was not finished, with a bitwise identical result.
+        None: nothing is saved.
     random_state : int, RandomState instance or None, default=None
         Draws the removed points; seeds torch in a forked RNG.
     verbose : int, default=0
@@ -127,6 +134,10 @@ class InfluenceDecomposition(FittedModelMixin, BaseEstimator):
     parameters_ : dict of str to ndarray of shape (n_points, n_parameters)
         Parameters of each object (keys: ``"cold_loo"``, ``"warm_loo"``, ``"prf"``,
         ``"pbrf"``, ``"linearized_pbrf"``, ``"influence"``).
+    stationarity_ : float
+        Relative gradient norm of the training objective at θˢ (0 at an optimum; see
+        :attr:`InfluenceFunction.stationarity_ <sklearn_influence.InfluenceFunction>`); a
+        convex model above 1e-2 raises a ``ConvergenceWarning`` at ``fit``.
     reference_parameters_ : ndarray of shape (n_parameters,)
         θˢ.
     problem_ : ResponseProblem
@@ -174,6 +185,7 @@ class InfluenceDecomposition(FittedModelMixin, BaseEstimator):
         **INFLUENCE_CONSTRAINTS,
         **OPTIMIZER_CONSTRAINTS,  # batch_size: the optimizer's (None: full batches)
         **PARALLEL_CONSTRAINTS,
+        **MEMORY_CONSTRAINTS,
         "train_indices": ["array-like", None],
         "n_points": [Interval(Integral, 2, None, closed="left")],
     }
@@ -197,6 +209,7 @@ class InfluenceDecomposition(FittedModelMixin, BaseEstimator):
         optimizer_options=None,
         device="cpu",
         n_jobs=None,
+        memory=None,
         random_state=None,
         verbose=0,
     ):
@@ -216,6 +229,7 @@ class InfluenceDecomposition(FittedModelMixin, BaseEstimator):
         self.optimizer_options = optimizer_options
         self.device = device
         self.n_jobs = n_jobs
+        self.memory = memory
         self.random_state = random_state
         self.verbose = verbose
 
@@ -241,15 +255,18 @@ class InfluenceDecomposition(FittedModelMixin, BaseEstimator):
         with seeded_torch(self.random_state) as seed:
             problem = self._fit_problem(X, y, device)
             results = self._objects(problem, indices, seed)
-        self.influence_ = InfluenceFunction(
-            FrozenEstimator(self.estimator_),
-            damping=self.damping,
-            curvature=self.curvature,
-            solver=self.solver,
-            solver_options=self.solver_options,
-            device=self.device,
-            random_state=self.random_state,
-        ).fit(X, y)
+        with warnings.catch_warnings():
+            # the same model and data: _fit_problem has warned already
+            warnings.filterwarnings("ignore", "InfluenceFunction: the fitted model is not at")
+            self.influence_ = InfluenceFunction(
+                FrozenEstimator(self.estimator_),
+                damping=self.damping,
+                curvature=self.curvature,
+                solver=self.solver,
+                solver_options=self.solver_options,
+                device=self.device,
+                random_state=self.random_state,
+            ).fit(X, y)
         engine = self.influence_.engine_
         index = torch.as_tensor(indices, device=problem.theta.device)
         shift = engine.solver.solve(engine.train_gradients[index], self.damping)
@@ -264,7 +281,8 @@ class InfluenceDecomposition(FittedModelMixin, BaseEstimator):
 
     def _objects(self, problem, indices, seed):
         """Parameters of the five response objects, shape (n_points, p) each."""
-        common = {"n_jobs": self.n_jobs, "verbose": self.verbose}
+        common = {"n_jobs": self.n_jobs, "verbose": self.verbose, "memory": self.memory}
+        common["key"] = self._memory_key()
         settings = {
             "optimizer": self.optimizer,
             "learning_rate": self.learning_rate,

@@ -3,6 +3,7 @@
 from numbers import Integral, Real
 
 import numpy as np
+import torch
 from sklearn.base import (
     BaseEstimator,
     ClassNamePrefixFeaturesOutMixin,
@@ -20,6 +21,7 @@ from ._base import (
     correlation,
     fit_model_and_adapter,
     sample_training_points,
+    warn_if_not_stationary,
 )
 from ._engine._influence_engine import InfluenceEngine, top_k
 from ._responses._removal import SCORE_TARGETS, removal_changes
@@ -44,29 +46,39 @@ def _fit_engine(estimator, X, y, *, device, random_state, **engine_settings):
     with seeded_torch(random_state) as seed:
         fitted, adapter = fit_model_and_adapter(estimator, X, y, device)
         options = {"seed": seed, **(engine_settings.pop("solver_options") or {})}
-        engine = InfluenceEngine(
-            adapter,
-            adapter.inputs(X),
-            adapter.targets(y),
-            solver_options=options,
-            **engine_settings,
-        )
-        engine.solver.prepare()
+        try:
+            engine = InfluenceEngine(
+                adapter,
+                adapter.inputs(X),
+                adapter.targets(y),
+                solver_options=options,
+                **engine_settings,
+            )
+            engine.solver.prepare()
+        except torch.linalg.LinAlgError as error:
+            raise ValueError(
+                f"The curvature matrix could not be factorized ({error}). It is likely "
+                "ill-scaled: unscaled or huge features make it overflow or lose all precision. "
+                "Scale the features (e.g. StandardScaler in a Pipeline), or raise damping."
+            ) from error
     return fitted, engine
 
 
-def _removal_changes(adapter, theta, X, y, removed, target, n_jobs, X_query, y_query, fit_key):
+def _removal_changes(
+    adapter, theta, X, y, removed, target, n_jobs, X_query, y_query, fit_key, memory=None
+):
     """:func:`~._responses._removal.removal_changes` in the form that ``memory`` caches.
 
-    ``target`` is ``(kind, pbrf_damping)``. ``fit_key`` is unused here: it identifies the fit
-    in the cache key instead of ``adapter`` and ``theta``, whose hash is not stable from one
-    unpickled copy to the next (which made every clone retrain); ``fit_key`` (estimator,
-    device, random_state) and the training data identify the fit.
+    ``target`` is ``(kind, pbrf_damping)``. ``fit_key`` identifies the fit in the cache key
+    instead of ``adapter`` and ``theta``, whose hash is not stable from one unpickled copy to
+    the next (which made every clone retrain); ``fit_key`` (estimator, device, random_state)
+    and the training data identify the fit. ``memory`` (ignored in the key) also saves the
+    retraining's finished chunks as they complete, so an interrupted ``score`` resumes.
     """
     kind, pbrf_damping = target
     return removal_changes(
         adapter, theta, X, y, removed, X_query, y_query, kind=kind, pbrf_damping=pbrf_damping,
-        n_jobs=n_jobs,
+        n_jobs=n_jobs, memory=memory, key=fit_key,
     )  # fmt: skip
 
 
@@ -165,6 +177,16 @@ class InfluenceFunction(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         Number of training points N; the number of columns of :meth:`transform`.
     solver_ : str
         The solver actually used.
+    stationarity_ : float
+        How far the fitted parameters θˢ are from a stationary point of the training
+        objective J on the data passed to ``fit``: ‖∇J(θˢ)‖ / ((1/N) Σ_m ‖∇L_m(θˢ)‖ +
+        ‖∇R(θˢ)‖), between 0 (an optimum) and 1 (every per-example gradient pointing the
+        same way). Influence functions assume 0. For convex models (linear models, the
+        convex GLMs) a value above 1e-2 raises a ``ConvergenceWarning``: the model was not
+        fitted to convergence, or (a ``FrozenEstimator``) on other data. Networks are rarely
+        at a stationary point and are not warned about; there the figure measures how far
+        leave-one-out retraining (which moves to a new optimum) is from the local object
+        influence estimates approximate, the PBRF.
     engine_ : InfluenceEngine
         The fitted influence machinery, for extensions and the package's other estimators:
         ``adapter`` (the model's functional torch view: ``parameters()``, ``outputs``,
@@ -262,6 +284,9 @@ class InfluenceFunction(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         """
         X, y = validate_training_data(self, X, y)
         self.estimator_, self.engine_ = self._fit_engine(X, y)
+        # outside the cached fit, so that a cached fit warns too
+        self.stationarity_ = self.engine_.adapter.stationarity
+        warn_if_not_stationary(self.engine_.adapter, type(self).__name__)
         self.X_train_, self.y_train_ = X, y
         self._fitted_settings = self._settings()
         self.n_train_ = self._n_features_out = len(y)
@@ -493,11 +518,11 @@ class InfluenceFunction(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
             for damping in dampings
         ]
         cached = check_memory(self.memory).cache(
-            _removal_changes, ignore=["adapter", "theta", "n_jobs"]
+            _removal_changes, ignore=["adapter", "theta", "n_jobs", "memory"]
         )
         actual = cached(
             engine.adapter, engine.theta, X_train, y_train, removed, target, self.n_jobs,
-            X_query, y_query, self._fit_key(),
+            X_query, y_query, self._fit_key(), self.memory,
         )  # fmt: skip
         return predicted, actual
 

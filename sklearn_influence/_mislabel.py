@@ -9,7 +9,13 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from torch.func import vmap
 
-from ._base import INFLUENCE_CONSTRAINTS, MODEL_CONSTRAINTS, fit_model_and_adapter
+from ._base import (
+    INFLUENCE_CONSTRAINTS,
+    MEMORY_CONSTRAINTS,
+    MODEL_CONSTRAINTS,
+    fit_model_and_adapter,
+    warn_if_not_stationary,
+)
 from ._engine._gradients import batch_slices, measure
 from ._influence import InfluenceFunction
 from ._response_estimators import PBRF
@@ -32,6 +38,7 @@ class _InfluenceScore:
             batch_size=detector.batch_size,
             solver_options=detector.solver_options,
             n_jobs=detector.n_jobs,
+            memory=detector.memory,
             random_state=detector.random_state,
         ).fit(X, y)
         self.estimator = self.influence.estimator_
@@ -53,6 +60,7 @@ class _LossScore:
         device = resolve_device(detector.device)
         with seeded_torch(detector.random_state):
             self.estimator, self.adapter = fit_model_and_adapter(detector.estimator, X, y, device)
+        warn_if_not_stationary(self.adapter, type(detector).__name__, stacklevel=4)
         self.batch_size = detector.batch_size
         self._training = (self.adapter.inputs(X), self.adapter.targets(y))
 
@@ -81,7 +89,7 @@ class _PBRFScore:
     """
 
     #: PBRF parameters the detector sets itself
-    _OWN = ("estimator", "damping", "device", "n_jobs", "random_state", "train_indices")
+    _OWN = ("estimator", "damping", "device", "n_jobs", "memory", "random_state", "train_indices")
 
     def __init__(self, detector, X, y):
         options = dict(detector.response_options or {})
@@ -90,7 +98,8 @@ class _PBRFScore:
         if unknown:
             raise ValueError(
                 f"response_options has unknown key(s) {unknown}; the PBRF responses accept "
-                f"{allowed} (damping, device, n_jobs and random_state come from the detector)."
+                f"{allowed} (damping, device, n_jobs, memory and random_state come from the "
+                "detector)."
             )
         self.response = PBRF(
             detector.estimator,
@@ -98,6 +107,7 @@ class _PBRFScore:
             train_indices=np.arange(len(y)),
             device=detector.device,
             n_jobs=detector.n_jobs,
+            memory=detector.memory,
             random_state=detector.random_state,
             **options,
         ).fit(X, y)
@@ -206,6 +216,11 @@ class MislabelDetector(OutlierMixin, BaseEstimator):
     n_jobs : int, default=None
         Parallel workers, through :mod:`sklearn.utils.parallel`, for the PBRF responses and
         the influence computations that support it.
+    memory : str or object with the joblib.Memory interface, default=None
+        Caches the influence fit, and saves the finished chunks of the PBRF responses
+        (``method="pbrf_self_influence"``) as they complete: an interrupted ``fit`` started
+        again with the same ``memory`` computes only what was not finished, with a bitwise
+        identical result. None: nothing is saved.
     random_state : int, RandomState instance or None, default=None
         Seeds model fitting and any stochastic solver inside a forked torch RNG.
 
@@ -218,6 +233,11 @@ class MislabelDetector(OutlierMixin, BaseEstimator):
     response_ : PBRF or None
         The fitted PBRF responses to removing each training point
         (``method="pbrf_self_influence"``; see its ``converged_``), else None.
+    stationarity_ : float
+        Relative gradient norm of the training objective at the fitted parameters (0 at an
+        optimum; see :attr:`InfluenceFunction.stationarity_
+        <sklearn_influence.InfluenceFunction>`); a convex model above 1e-2 raises a
+        ``ConvergenceWarning`` at ``fit``.
     mislabel_scores_ : ndarray of shape (n_train,)
         Suspicion of each training point (higher = more likely mislabeled); equal to
         ``-score_samples(X_train, y_train)``.
@@ -261,6 +281,7 @@ class MislabelDetector(OutlierMixin, BaseEstimator):
         "contamination": [Interval(Real, 0, 0.5, closed="right")],
         "response_options": [dict, None],
         "n_jobs": [Integral, None],
+        **MEMORY_CONSTRAINTS,
     }
 
     def __init__(
@@ -277,6 +298,7 @@ class MislabelDetector(OutlierMixin, BaseEstimator):
         solver_options=None,
         response_options=None,
         n_jobs=None,
+        memory=None,
         random_state=None,
     ):
         self.estimator = estimator
@@ -290,6 +312,7 @@ class MislabelDetector(OutlierMixin, BaseEstimator):
         self.solver_options = solver_options
         self.response_options = response_options
         self.n_jobs = n_jobs
+        self.memory = memory
         self.random_state = random_state
 
     @_fit_context(prefer_skip_nested_validation=False)
@@ -311,6 +334,7 @@ class MislabelDetector(OutlierMixin, BaseEstimator):
         X, y = validate_training_data(self, X, y)
         self._score = _SCORES[self.method](self, X, y)
         self.estimator_ = self._score.estimator
+        self.stationarity_ = self._score.adapter.stationarity
         self.influence_ = getattr(self._score, "influence", None)
         self.response_ = getattr(self._score, "response", None)
         self.mislabel_scores_ = self._score.training_scores()

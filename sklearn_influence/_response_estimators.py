@@ -21,6 +21,8 @@ from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
 from ._base import (
+    MEMORY_CONSTRAINTS,
+    MEMORY_DOC,
     MODEL_CONSTRAINTS,
     OPTIMIZER_CONSTRAINTS,
     PARALLEL_CONSTRAINTS,
@@ -190,6 +192,11 @@ class LeaveOneOut(_BaseResponse):
     n_jobs : int, default=None
         Parallel refits through :mod:`sklearn.utils.parallel` (the joblib backend, for
         example Dask, is chosen by the caller).
+    memory : str or object with the joblib.Memory interface, default=None
+        Saves each finished refit as it completes (a folder, or a ``joblib.Memory``): a
+        long run that is interrupted (Ctrl-C, a killed job) and started again with the same
+        ``memory`` refits only the points not yet done, with the same result. None: nothing
+        is saved.
     random_state : int, RandomState instance or None, default=None
         Draws the removed points; seeds torch inside a forked RNG.
     verbose : int, default=0
@@ -203,6 +210,10 @@ class LeaveOneOut(_BaseResponse):
         The removed training points, in the column order of :meth:`transform`.
     parameters_ : ndarray of shape (n_points, n_parameters)
         Refit parameters, one row per removed point.
+    stationarity_ : float
+        Relative gradient norm of the training objective at θˢ (0 at an optimum; see
+        :attr:`InfluenceFunction.stationarity_ <sklearn_influence.InfluenceFunction>`); a
+        convex model above 1e-2 raises a ``ConvergenceWarning`` at ``fit``.
     reference_parameters_ : ndarray of shape (n_parameters,)
         θˢ, the parameters of the model fit on all points.
     problem_ : ResponseProblem
@@ -236,6 +247,7 @@ class LeaveOneOut(_BaseResponse):
     _parameter_constraints = {
         **_BaseResponse._parameter_constraints,
         **PARALLEL_CONSTRAINTS,
+        **MEMORY_CONSTRAINTS,
         "warm_start": ["boolean"],
     }
 
@@ -249,6 +261,7 @@ class LeaveOneOut(_BaseResponse):
         damping=1e-3,
         device="cpu",
         n_jobs=None,
+        memory=None,
         random_state=None,
         verbose=0,
     ):
@@ -259,13 +272,16 @@ class LeaveOneOut(_BaseResponse):
         self.damping = damping
         self.device = device
         self.n_jobs = n_jobs
+        self.memory = memory
         self.random_state = random_state
         self.verbose = verbose
 
     def _responses(self, problem, indices, seed):
+        common = {"n_jobs": self.n_jobs, "verbose": self.verbose}
+        common.update(memory=self.memory, key=self._memory_key())
         if self.warm_start:
-            return warm_leave_one_out(problem, indices, n_jobs=self.n_jobs, verbose=self.verbose)
-        return cold_leave_one_out(problem, indices, n_jobs=self.n_jobs, verbose=self.verbose)
+            return warm_leave_one_out(problem, indices, **common)
+        return cold_leave_one_out(problem, indices, **common)
 
 
 _OPTIMIZER_DOC = """
@@ -315,6 +331,9 @@ _PROXIMAL_PARAMETERS_DOC = (
     n_jobs : int, default=None
         The removed points are split into one chunk per worker; each chunk is one batched
         (vmap) optimisation. Uses :mod:`sklearn.utils.parallel`.
+"""
+    + MEMORY_DOC
+    + """
     random_state : int, RandomState instance or None, default=None
         Draws the removed points and the mini-batch order; seeds torch in a forked RNG.
     verbose : int, default=0
@@ -328,6 +347,10 @@ _PROXIMAL_PARAMETERS_DOC = (
         The removed training points, in the column order of :meth:`transform`.
     parameters_ : ndarray of shape (n_points, n_parameters)
         Response parameters, one row per removed point.
+    stationarity_ : float
+        Relative gradient norm of the training objective at θˢ (0 at an optimum; see
+        :attr:`InfluenceFunction.stationarity_ <sklearn_influence.InfluenceFunction>`); a
+        convex model above 1e-2 raises a ``ConvergenceWarning`` at ``fit``.
     reference_parameters_ : ndarray of shape (n_parameters,)
         θˢ.
     problem_ : ResponseProblem
@@ -362,6 +385,7 @@ class _ProximalBase(_BaseResponse):
         **_BaseResponse._parameter_constraints,
         **OPTIMIZER_CONSTRAINTS,
         **PARALLEL_CONSTRAINTS,
+        **MEMORY_CONSTRAINTS,
     }
 
     def __init__(
@@ -380,6 +404,7 @@ class _ProximalBase(_BaseResponse):
         optimizer_options=None,
         device="cpu",
         n_jobs=None,
+        memory=None,
         random_state=None,
         verbose=0,
     ):
@@ -396,6 +421,7 @@ class _ProximalBase(_BaseResponse):
         self.optimizer_options = optimizer_options
         self.device = device
         self.n_jobs = n_jobs
+        self.memory = memory
         self.random_state = random_state
         self.verbose = verbose
 
@@ -420,6 +446,8 @@ class _ProximalBase(_BaseResponse):
             n_jobs=self.n_jobs,
             verbose=self.verbose,
             name=type(self).__name__,
+            memory=self.memory,
+            key=self._memory_key(),
             **self._optimizer_settings(seed),
         )
 
@@ -548,6 +576,10 @@ class LinearizedPBRF(_BaseResponse):
         The removed training points, in the column order of :meth:`transform`.
     parameters_ : ndarray of shape (n_points, n_parameters)
         Linearized responses, one row per removed point.
+    stationarity_ : float
+        Relative gradient norm of the training objective at θˢ (0 at an optimum; see
+        :attr:`InfluenceFunction.stationarity_ <sklearn_influence.InfluenceFunction>`); a
+        convex model above 1e-2 raises a ``ConvergenceWarning`` at ``fit``.
     reference_parameters_ : ndarray of shape (n_parameters,)
         θˢ.
     problem_ : ResponseProblem

@@ -3,12 +3,15 @@
 A new model family is one new adapter module plus one entry in ``_FAMILIES``.
 """
 
+from sklearn.exceptions import NotFittedError
+from sklearn.frozen import FrozenEstimator
 from sklearn.pipeline import Pipeline
+from sklearn.utils.validation import check_is_fitted
 
 from ._base import ModelAdapter, fit_model
 from ._glm import GLM_MODELS, GeneralizedLinearModelAdapter, check_glm_configuration
 from ._linear import SUPPORTED_LINEAR_MODELS, LinearModelAdapter, _check_linear_configuration
-from ._pipeline import unwrap
+from ._pipeline import pipeline_steps, unwrap
 from ._sklearn_mlp import SKLEARN_MLPS, SklearnMLPAdapter, check_mlp_configuration, fit_sklearn_mlp
 from ._skorch import SKORCH_NETS, SkorchAdapter, check_skorch_configuration, fit_skorch
 
@@ -35,6 +38,11 @@ _FAMILIES = [
 
 
 def _family(model):
+    if isinstance(model, type):
+        raise TypeError(
+            f"estimator must be an estimator instance, got the class {model.__name__} itself; "
+            f"pass an instance, e.g. {model.__name__}() instead of {model.__name__}."
+        )
     for types, check, fit_hook, adapter_class in _FAMILIES:
         if isinstance(model, types):
             return check, fit_hook, adapter_class
@@ -49,6 +57,47 @@ def check_supported(estimator):
     _, model = unwrap(estimator)
     check, _, _ = _family(model)
     check(model)
+    if isinstance(estimator, FrozenEstimator):
+        check_frozen_is_fitted(estimator)
+
+
+def _is_fitted(step):
+    """Whether a step of a frozen model is fitted (skorch: initialised with a module)."""
+    if isinstance(step, SKORCH_NETS):
+        return bool(getattr(step, "initialized_", False)) and hasattr(step, "module_")
+    if step is None or step == "passthrough":
+        return True
+    try:
+        check_is_fitted(step)
+    except NotFittedError:
+        return False
+    return True
+
+
+def check_frozen_is_fitted(estimator):
+    """``NotFittedError`` when a frozen model (or any step of a frozen pipeline) is unfitted.
+
+    A ``FrozenEstimator`` is used as it is, never fitted, so an unfitted model inside it
+    cannot be explained; this check runs before any numerical work.
+    """
+    for name, step in pipeline_steps(estimator):
+        if _is_fitted(step):
+            continue
+        where = "" if name is None else f" (pipeline step {name!r})"
+        if isinstance(step, SKORCH_NETS):
+            raise NotFittedError(
+                f"The {type(step).__name__} inside FrozenEstimator{where} is not initialized, "
+                "and a FrozenEstimator is never fitted. For pre-trained weights call "
+                "net.initialize(), then net.module_.load_state_dict(state_dict), and wrap "
+                "that net; or pass the net without FrozenEstimator to let the estimator "
+                "train it."
+            )
+        raise NotFittedError(
+            f"The {type(step).__name__} inside FrozenEstimator{where} is not fitted, and a "
+            "FrozenEstimator is used as it is, never fitted. Fit the model first "
+            f"({type(step).__name__}(...).fit(X, y)) and then freeze it, or pass it without "
+            "FrozenEstimator to let the estimator fit a clone."
+        )
 
 
 def fit_estimator(estimator, X, y):

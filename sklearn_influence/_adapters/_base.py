@@ -90,12 +90,16 @@ class ModelAdapter:
     n_outputs : int
         Number of model outputs k.
     device, dtype : torch device and dtype of every tensor the adapter returns.
+    is_convex : bool
+        True when J is convex in θ, so that a fitted model should sit at its minimiser: the
+        stationarity check of ``fit`` warns when it does not (:func:`check_stationarity`).
     linear_layout : bool
         True when h(θ, z) = W̃ [z, 1] with θ = W̃.ravel() row-major, shape (k, d+1) — lets the
         curvature module use the Kronecker structure of linear models.
     """
 
     linear_layout = False
+    is_convex = False
 
     # -- data ---------------------------------------------------------------------------
     def inputs(self, X):

@@ -186,6 +186,14 @@ class GeneralizedLinearModelAdapter(LinearModelAdapter):
     measurement. Retraining refits the estimator with scikit-learn (warm-started from θˢ).
     """
 
+    @property
+    def is_convex(self):
+        """Half the Tweedie deviance is convex in η for the log link with 1 ≤ p ≤ 2 (Poisson,
+        Gamma, compound Poisson) and for the normal (p = 0, identity link); other settings
+        need not be."""
+        power, link = glm_power_and_link(self.estimator)
+        return (link == "log" and 1 <= power <= 2) or (link == "identity" and power == 0)
+
     def _check_configuration(self, estimator):
         check_glm_configuration(estimator)
 

@@ -207,6 +207,8 @@ class LinearModelAdapter(ModelAdapter):
     """
 
     linear_layout = True
+    #: a loss convex in h composed with a linear h plus an L2 penalty: J is convex in θ
+    is_convex = True
 
     def __init__(self, estimator, n_train, *, preprocess=None, device=None, fit_state=None):
         self._check_configuration(estimator)

@@ -27,3 +27,17 @@ def unwrap(estimator):
             preprocess = prefix.transform
         return preprocess, model
     return None, estimator
+
+
+def pipeline_steps(estimator):
+    """``(name, step)`` for every step of ``estimator``, looking through frozen estimators and
+    (nested) pipelines; ``name`` is None for a model that is not inside a pipeline."""
+    if isinstance(estimator, FrozenEstimator):
+        return pipeline_steps(estimator.estimator)
+    if isinstance(estimator, Pipeline):
+        steps = []
+        for name, step in estimator.steps:
+            inner = pipeline_steps(step)
+            steps.extend((name if inner_name is None else inner_name, s) for inner_name, s in inner)
+        return steps
+    return [(None, estimator)]

@@ -19,12 +19,12 @@ import numpy as np
 import torch
 from joblib import effective_n_jobs
 from sklearn.utils import Bunch
-from sklearn.utils.parallel import Parallel, delayed
 from torch.func import grad, vmap
 
 from .._engine._curvature import make_curvature
 from .._engine._gradients import measure, per_example_gradients
 from .._engine._solvers import make_solver
+from ._checkpoint import ChunkStore, checkpoint_chunks, problem_fingerprint
 from ._newton import CONVEX_TOL, minimize_convex_batched
 from ._optimizers import auto_settings, optimize_responses, response_objective, warn_not_converged
 
@@ -32,14 +32,30 @@ from ._optimizers import auto_settings, optimize_responses, response_objective, 
 METHODS = ("auto", "newton", "optimizer")
 
 
-def leave_one_out_parameters(adapter, X, y, indices, *, warm_start=True, n_jobs=None, verbose=0):
+def _retrain_without(adapter, X, y, index, warm_start):
+    return adapter.retrain(X, y, exclude=[index], warm_start=warm_start)
+
+
+def leave_one_out_parameters(
+    adapter, X, y, indices, *, warm_start=True, n_jobs=None, verbose=0, memory=None, key=None
+):
     """Parameters refit without each training point in ``indices``, shape (len(indices), p).
 
     The refits run through :class:`sklearn.utils.parallel.Parallel`, so a joblib backend
-    chosen by the caller (for example Dask) spreads them over workers.
+    chosen by the caller (for example Dask) spreads them over workers. With ``memory`` each
+    finished refit is saved as it completes (keyed by the fit, ``key`` — what fixes the
+    retraining, such as the estimator and its seed — and the removed point), so an
+    interrupted run resumes where it stopped (:mod:`._checkpoint`).
     """
-    thetas = Parallel(n_jobs=n_jobs, verbose=verbose)(
-        delayed(adapter.retrain)(X, y, exclude=[index], warm_start=warm_start) for index in indices
+    store = ChunkStore(memory, None, "warm_loo" if warm_start else "cold_loo", {}, name="LOO",
+                       verbose=verbose)  # fmt: skip
+    if store.enabled:
+        store.fingerprint = problem_fingerprint(adapter, adapter.parameters(), X, y, key)
+    thetas = store.run(
+        [[index] for index in indices],
+        _retrain_without,
+        lambda number, chunk: (adapter, X, y, chunk[0], warm_start),
+        n_jobs=n_jobs,
     )
     if not thetas:
         return adapter.parameters().new_zeros((0, adapter.parameters().numel()))
@@ -133,7 +149,7 @@ def _working_dtype(adapter, X):
     return torch.float64
 
 
-def cold_leave_one_out(problem, indices, *, n_jobs=None, verbose=0):
+def cold_leave_one_out(problem, indices, *, n_jobs=None, verbose=0, memory=None, key=None):
     """Retrain from the original initialisation without each point (cold-start LOO)."""
     thetas = leave_one_out_parameters(
         problem.adapter,
@@ -143,11 +159,15 @@ def cold_leave_one_out(problem, indices, *, n_jobs=None, verbose=0):
         warm_start=False,
         n_jobs=n_jobs,
         verbose=verbose,
+        memory=memory,
+        key=key,
     )
     return Bunch(parameters=problem.tensor(thetas), converged=None)
 
 
-def warm_leave_one_out(problem, indices, *, method="auto", n_jobs=None, verbose=0, **settings):
+def warm_leave_one_out(
+    problem, indices, *, method="auto", n_jobs=None, verbose=0, memory=None, key=None, **settings
+):
     """Leave-one-out optima started at θˢ (warm-start LOO).
 
     Linear models: the leave-one-out objective J − εL_m (= the PRF with λ = 0) minimised
@@ -162,6 +182,8 @@ def warm_leave_one_out(problem, indices, *, method="auto", n_jobs=None, verbose=
             method="newton",
             n_jobs=n_jobs,
             verbose=verbose,
+            memory=memory,
+            key=key,
             **settings,
         )
     thetas = leave_one_out_parameters(
@@ -172,6 +194,8 @@ def warm_leave_one_out(problem, indices, *, method="auto", n_jobs=None, verbose=
         warm_start=True,
         n_jobs=n_jobs,
         verbose=verbose,
+        memory=memory,
+        key=key,
     )
     return Bunch(parameters=problem.tensor(thetas), converged=None)
 
@@ -187,6 +211,8 @@ def proximal_response(
     n_jobs=None,
     verbose=0,
     name=None,
+    memory=None,
+    key=None,
     **optimizer_settings,
 ):
     """Minimisers of the PRF (``kind="prf"``) or PBRF (``kind="pbrf"``) objectives.
@@ -195,6 +221,13 @@ def proximal_response(
     batched optimisation
     (:func:`~sklearn_influence._responses._optimizers.optimize_responses` or the
     exact batched Newton for linear models). ``epsilon`` defaults to 1/N.
+
+    With ``memory`` (a folder or ``joblib.Memory``) the chunks are fixed by the removed
+    points alone (:func:`~._checkpoint.checkpoint_chunks`, at least 20) and each finished
+    chunk is saved as it completes, keyed by the fit (θˢ, the training data, ``key``), the
+    objective, its settings and the chunk: an interrupted run started again with the same
+    ``memory`` computes only the unfinished chunks, and its result is bitwise identical to
+    an uninterrupted run with ``memory``.
 
     Returns
     -------
@@ -205,23 +238,30 @@ def proximal_response(
     method = problem.method(method)
     epsilon = problem.epsilon if epsilon is None else float(epsilon)
     indices = np.asarray(indices, dtype=int)
-    n_chunks = max(effective_n_jobs(n_jobs), -(-len(indices) // _copies_per_chunk(problem)))
-    chunks = [chunk for chunk in np.array_split(indices, min(n_chunks, len(indices))) if len(chunk)]
+    label = name or kind.upper()
     if method == "optimizer":
         optimizer_settings = _resolve_auto(problem, damping, epsilon, optimizer_settings)
-    run = _newton_chunk if method == "newton" else _optimizer_chunk
-    parts = Parallel(n_jobs=n_jobs)(
-        delayed(run)(
-            problem,
-            kind,
-            chunk,
-            damping,
-            epsilon,
-            optimizer_settings,
-            _progress(name or kind.upper(), number, len(chunks), verbose),
+    store = ChunkStore(
+        memory, None, kind, {"method": method, "damping": float(damping), "epsilon": epsilon,
+                             **optimizer_settings}, name=label, verbose=verbose,
+    )  # fmt: skip
+    if store.enabled:
+        store.fingerprint = problem_fingerprint(
+            problem.adapter, problem.theta, problem.inputs, problem.targets, key
         )
-        for number, chunk in enumerate(chunks, 1)
-    )
+        chunks = checkpoint_chunks(indices, _copies_per_chunk(problem))
+    else:
+        n_chunks = max(effective_n_jobs(n_jobs), -(-len(indices) // _copies_per_chunk(problem)))
+        chunks = [
+            chunk for chunk in np.array_split(indices, min(n_chunks, len(indices))) if len(chunk)
+        ]
+    run = _newton_chunk if method == "newton" else _optimizer_chunk
+
+    def arguments(number, chunk):
+        progress = _progress(label, number, len(chunks), verbose)
+        return problem, kind, chunk, damping, epsilon, optimizer_settings, progress
+
+    parts = store.run(chunks, run, arguments, n_jobs=n_jobs)
     if not parts:
         empty = problem.theta.new_zeros((0, problem.theta.numel()))
         return Bunch(

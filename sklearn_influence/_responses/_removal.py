@@ -46,8 +46,9 @@ SCORE_TARGETS = ("loo", "warm_loo", "pbrf")
 
 
 def removal_parameters(
-    adapter, theta, X, y, removed, *, kind="loo", pbrf_damping=1e-3, n_jobs=None
-):
+    adapter, theta, X, y, removed, *, kind="loo", pbrf_damping=1e-3, n_jobs=None, memory=None,
+    key=None, verbose=0,
+):  # fmt: skip
     """``(reference, thetas)`` for the removal of each training point in ``removed``.
 
     Parameters
@@ -62,12 +63,21 @@ def removal_parameters(
         The proximity damping of the PBRF target.
     n_jobs : int or None
         Parallel retraining through :mod:`sklearn.utils.parallel` (non-convex models).
+    memory : None, str or joblib.Memory
+        Saves each finished chunk of the PBRF or of the retraining as it completes, so an
+        interrupted run resumes (:mod:`._checkpoint`); ``key`` identifies the fit (the
+        estimator and its seed) in the saved chunks' keys.
+    verbose : int
+        Progress (removed points done of the total, time left) on stderr.
     """
     if kind not in SCORE_TARGETS:
         raise ValueError(f"Unknown score target {kind!r}; choose one of {SCORE_TARGETS}.")
     if kind == "pbrf":
         problem = ResponseProblem(adapter, X, y)
-        result = proximal_response(problem, "pbrf", removed, damping=pbrf_damping, n_jobs=n_jobs)
+        result = proximal_response(
+            problem, "pbrf", removed, damping=pbrf_damping, n_jobs=n_jobs, memory=memory, key=key,
+            verbose=verbose,
+        )  # fmt: skip
         return problem.theta, result.parameters
     if adapter.linear_layout:
         inputs, targets = adapter.inputs(X), adapter.targets(y)
@@ -75,21 +85,26 @@ def removal_parameters(
         return reference, leave_one_out_optima(adapter, reference, inputs, targets, removed)
     warm_start = kind == "warm_loo"
     reference = adapter.retrain(X, y, exclude=(), warm_start=warm_start)
-    thetas = leave_one_out_parameters(adapter, X, y, removed, warm_start=warm_start, n_jobs=n_jobs)
+    thetas = leave_one_out_parameters(
+        adapter, X, y, removed, warm_start=warm_start, n_jobs=n_jobs, memory=memory, key=key,
+        verbose=verbose,
+    )  # fmt: skip
     return reference.to(thetas.device), thetas
 
 
 def removal_changes(
-    adapter, theta, X, y, removed, X_query, y_query, *, kind="loo", pbrf_damping=1e-3, n_jobs=None
-):
+    adapter, theta, X, y, removed, X_query, y_query, *, kind="loo", pbrf_damping=1e-3, n_jobs=None,
+    memory=None, key=None, verbose=0,
+):  # fmt: skip
     """Actual change of the mean query measurement for each removed point, ndarray (k,).
 
     The parameters come from :func:`removal_parameters` (same arguments); the measurement is
     the loss on (``X_query``, ``y_query``), averaged over the queries.
     """
     reference, thetas = removal_parameters(
-        adapter, theta, X, y, removed, kind=kind, pbrf_damping=pbrf_damping, n_jobs=n_jobs
-    )
+        adapter, theta, X, y, removed, kind=kind, pbrf_damping=pbrf_damping, n_jobs=n_jobs,
+        memory=memory, key=key, verbose=verbose,
+    )  # fmt: skip
     # responses may be computed in a wider dtype than the model's (see ResponseProblem)
     inputs = adapter.inputs(X_query).to(reference.dtype)
     targets = adapter.targets(y_query).to(reference.dtype)
