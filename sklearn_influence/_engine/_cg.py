@@ -173,10 +173,12 @@ class CGSolver(IterativeSolver):
         def apply(block):
             return self.curvature.matmul(block) + damping * block
 
-        def precondition(block):
-            if self.preconditioner is None:
-                return block
-            return self.preconditioner.apply(block, damping)
+        # a snapshot for this damping, built under the preconditioner's lock (thread safety)
+        precondition = (
+            (lambda block: block)
+            if self.preconditioner is None
+            else self.preconditioner.for_damping(damping)
+        )
 
         solution, relative, n_iter = block_conjugate_gradient(
             apply, precondition, rhs, tol=self.tol, maxiter=self.maxiter
