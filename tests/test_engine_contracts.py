@@ -245,7 +245,7 @@ def test_solver_matches_dense_reference(name, damping, system):
 
 @pytest.mark.parametrize("name", sorted(SOLVERS))
 def test_solver_refuses_unknown_options_and_accepts_a_seed(name, system):
-    curvature, T, _, _ = system
+    curvature, _, _, _ = system
     with pytest.raises(TypeError, match=r"Unknown solver_options \['bogus'\].*accepts \[.*'seed'"):
         SOLVERS[name](curvature, bogus=1)
     with pytest.raises(TypeError, match=r"Unknown solver_options \['bogus'\]"):

@@ -92,7 +92,6 @@ class CGSolver(IterativeSolver):
     curvature : Curvature
         Only its products (``matmul``) are used, and the Gauss-Newton sketch of the
         preconditioner is taken on its adapter, θ and rows.
-    train_gradients : Tensor of shape (N, p)
     **options
         The ``solver_options`` below.
 
