@@ -8,7 +8,7 @@
 ``_identity.py``             identity
 ``_curvature.py``            registry ``CURVATURES`` and factory ``make_curvature``
 ``_layers.py``               layer inputs and output gradients (for factored curvatures)
-``_solver_base.py``          :class:`Solver`, the solver contract; ``DenseSolver``
+``_solver_base.py``          :class:`Solver`, the solver contract (solve, quadratic); locks
 ``_direct.py``               eigendecomposition solver
 ``_cholesky.py``             Cholesky solver
 ``_iterative.py``            ``IterativeSolver``, base of the matrix-free solvers
@@ -17,6 +17,6 @@
 ``_nystrom.py``              Nyström preconditioner for CG
 ``_power_iteration.py``      ``top_eigenvalue`` (LiSSA's scale, the optimisers' step size)
 ``_solvers.py``              registry ``SOLVERS``, factory ``make_solver``, ``"auto"``
-``_influence_engine.py``     ``InfluenceEngine``: influence matrix, self-influence, top-k
+``_influence_engine.py``     ``InfluenceEngine``: streamed influence, self-influence, top-k
 ===========================  ==============================================================
 """
