@@ -351,10 +351,8 @@ def _precondition_block(engine, inputs, targets, damping):
 
 def _score_block(engine, preconditioned, rows):
     """Influence of the training points ``rows`` on the queries, a float64 ndarray."""
-    # fresh copies: BLAS results can depend on the operands' memory alignment, which differs
-    # for a slice of the cache or an unpickled array in a worker process
-    gradients = engine.train_gradients(rows).to(preconditioned.dtype, copy=True)
-    block = (preconditioned.clone() @ gradients.T) / engine.n_train
+    gradients = engine.train_gradients(rows).to(preconditioned.dtype)
+    block = (preconditioned @ gradients.T) / engine.n_train
     return block.detach().to("cpu", torch.float64).numpy()
 
 
