@@ -269,7 +269,7 @@ class InfluenceDecomposition(FittedModelMixin, BaseEstimator):
             ).fit(X, y)
         engine = self.influence_.engine_
         index = torch.as_tensor(indices, device=problem.theta.device)
-        shift = engine.solver.solve(engine.train_gradients[index], self.damping)
+        shift = engine.solver.solve(engine.train_gradients(index), self.damping)
         results["influence"] = problem.theta + problem.epsilon * shift
         self.problem_ = problem
         self.train_indices_ = indices

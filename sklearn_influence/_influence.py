@@ -23,7 +23,7 @@ from ._base import (
     sample_training_points,
     warn_if_not_stationary,
 )
-from ._engine._influence_engine import InfluenceEngine, top_k
+from ._engine._influence_engine import InfluenceEngine, working_memory_bytes
 from ._responses._removal import SCORE_TARGETS, removal_changes
 from ._torch_utils import resolve_device, seeded_torch, to_numpy
 from ._validation import query_tensors, validate_query_data, validate_training_data
@@ -191,10 +191,12 @@ class InfluenceFunction(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         The fitted influence machinery, for extensions and the package's other estimators:
         ``adapter`` (the model's functional torch view: ``parameters()``, ``outputs``,
         ``loss``, ``inputs``/``targets`` encoding, ``retrain``), ``theta`` (θˢ, a tensor of
-        shape (n_parameters,)), ``train_gradients`` (per-example ∇L_m, shape
-        (n_train_, n_parameters)), ``solver`` (applies (C + λI)⁻¹ for any λ: ``solve``,
-        ``bilinear``, ``self_quadratic``) and the methods ``influence``,
-        ``self_influence`` and ``query_self_influence`` that return tensors.
+        shape (n_parameters,)), ``train_gradients(rows)`` (per-example ∇L_m of the given
+        training rows, shape (len(rows), n_parameters), computed on demand: the N × p
+        gradients are never all held, except as a small cache, see "Memory" in the user
+        guide), ``solver`` (applies (C + λI)⁻¹ for any λ: ``solve(B, λ)`` and the block
+        quadratic form ``quadratic(G, λ)``) and the methods ``influence``, ``top_k``,
+        ``influence_chunks``, ``self_influence`` and ``query_self_influence``.
     X_train_ : array-like of shape (n_train_, n_features_in_)
         The training inputs as validated by ``fit`` (as given, for a ``Pipeline``): what
         the retraining of :meth:`score` and :meth:`removal_agreement` refits on.
@@ -342,6 +344,10 @@ class InfluenceFunction(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
     def transform(self, X, y_test=None):
         """Influence of every training point on each query.
 
+        The training gradients are streamed in blocks sized by scikit-learn's
+        ``working_memory`` (see :meth:`transform_chunked`), and the matrix is written into
+        one preallocated array: the memory used is the returned matrix plus one block.
+
         Parameters
         ----------
         X : array-like of shape (n_queries, n_features)
@@ -365,21 +371,99 @@ class InfluenceFunction(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         inputs, targets = self._query_tensors(X, y_test)
         return to_numpy(self.engine_.influence(inputs, targets, self._damping(), self.n_jobs))
 
+    def transform_chunked(self, X, y_test=None, *, reduce_func=None, working_memory=None):
+        """Generate the influence matrix block by block of training points (columns).
+
+        In the style of :func:`sklearn.metrics.pairwise_distances_chunked`: the queries are
+        preconditioned once, then each block of training points gives one chunk
+        ``influence[:, start:start + width]`` — the matrix of :meth:`transform`, never held
+        as a whole. Use it to reduce the matrix on the fly (sums per class, counts above a
+        threshold, a custom top-k) when n_queries × n_train would not fit in memory.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_queries, n_features)
+            Query inputs.
+        y_test : array-like of shape (n_queries,) or (n_queries, n_targets), default=None
+            Query targets, see :meth:`transform`.
+        reduce_func : callable, default=None
+            Called as ``reduce_func(chunk, start)`` on each chunk, with ``start`` the index
+            of the chunk's first training point (its first column); what it returns is
+            yielded instead of the chunk. None yields the chunks themselves.
+        working_memory : float, default=None
+            The memory (MiB) a chunk of training gradients and its columns may take. None
+            uses ``sklearn.get_config()["working_memory"]``. Too small for one training
+            point is a ValueError.
+
+        Yields
+        ------
+        chunk : ndarray of shape (n_queries, width)
+            Consecutive column blocks of the influence matrix, in training order (the widths
+            sum to ``n_train_``), or what ``reduce_func`` returns for each. The
+            preconditioned queries (n_queries × n_parameters) are held while the generator
+            runs.
+
+        See Also
+        --------
+        transform : The whole influence matrix.
+        most_influential : The k strongest entries per query, streamed the same way.
+
+        Examples
+        --------
+        Sum the influence of each class of training points on every query, holding at most
+        one chunk of the matrix:
+
+        >>> import numpy as np
+        >>> import sklearn
+        >>> from sklearn.datasets import load_iris
+        >>> from sklearn.linear_model import LogisticRegression
+        >>> from sklearn_influence import InfluenceFunction
+        >>> X, y = load_iris(return_X_y=True)
+        >>> influence = InfluenceFunction(LogisticRegression(max_iter=1000)).fit(X, y)
+        >>> def per_class(chunk, start):
+        ...     labels = y[start:start + chunk.shape[1]]
+        ...     return np.stack([chunk[:, labels == c].sum(1) for c in range(3)], axis=1)
+        >>> sums = sum(influence.transform_chunked(X[:4], y[:4], reduce_func=per_class,
+        ...                                        working_memory=0.01))
+        >>> sums.shape
+        (4, 3)
+        >>> full = influence.transform(X[:4], y[:4])
+        >>> bool(np.allclose(sums[:, 0], full[:, y == 0].sum(1)))
+        True
+        """
+        self._check_ready()
+        inputs, targets = self._query_tensors(X, y_test)
+        if reduce_func is not None and not callable(reduce_func):
+            raise TypeError(f"reduce_func must be callable or None, got {reduce_func!r}.")
+        if working_memory is not None:
+            working_memory_bytes(working_memory)  # a clear error before any work
+        chunks = self.engine_.influence_chunks(
+            inputs, targets, self._damping(), self.n_jobs, working_memory=working_memory
+        )
+        for rows, chunk in chunks:
+            yield chunk if reduce_func is None else reduce_func(chunk, rows.start)
+
     def self_influence(self):
         """Self-influence ∇L_mᵀ(C + λI)⁻¹∇L_m / N ≥ 0 of every training point.
 
         Large values flag points the model fits only because they are in the training set —
-        often mislabeled examples.
+        often mislabeled examples. The quadratic forms are streamed over blocks of training
+        points sized by ``working_memory`` (through ``n_jobs`` workers).
 
         Returns
         -------
         self_influence : ndarray of shape (n_train_,)
         """
         self._check_ready()
-        return to_numpy(self.engine_.self_influence(self._damping()))
+        return to_numpy(self.engine_.self_influence(self._damping(), self.n_jobs))
 
     def most_influential(self, X, y_test=None, k=10):
         """The k most helpful and k most harmful training points for each query.
+
+        Streamed: each block of training points (sized by scikit-learn's
+        ``working_memory``) keeps only its k strongest entries per query, merged with the
+        best so far, so the memory is O(n_queries · k) plus one block — the influence matrix
+        is never held. The result equals a full sort of :meth:`transform`'s rows.
 
         Parameters
         ----------
@@ -387,18 +471,38 @@ class InfluenceFunction(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         y_test : array-like of shape (n_queries,), default=None
             See :meth:`transform`.
         k : int, default=10
+            Between 1 and ``n_train_`` (a larger k is a ValueError).
 
         Returns
         -------
         result : :class:`~sklearn.utils.Bunch`
             ``helpful_indices``, ``helpful_values`` (largest influence first),
             ``harmful_indices``, ``harmful_values`` (most negative first), each of shape
-            (n_queries, k).
+            (n_queries, k). Equal values are listed by training index, lower first; when
+            tied values straddle the k-th place, which of them are returned is unspecified.
+
+        Examples
+        --------
+        >>> from sklearn.datasets import load_diabetes
+        >>> from sklearn.linear_model import Ridge
+        >>> from sklearn_influence import InfluenceFunction
+        >>> X, y = load_diabetes(return_X_y=True)
+        >>> influence = InfluenceFunction(Ridge()).fit(X[:300], y[:300])
+        >>> top = influence.most_influential(X[300:302], y[300:302], k=3)
+        >>> top.helpful_indices.shape, top.harmful_values.shape
+        ((2, 3), (2, 3))
         """
-        if not isinstance(k, Integral) or k < 1:
+        if not isinstance(k, Integral) or isinstance(k, bool) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}.")
-        helpful, helpful_values, harmful, harmful_values = top_k(
-            self._influence_matrix(X, y_test), k
+        self._check_ready()
+        if k > self.n_train_:
+            raise ValueError(
+                f"k={k} is larger than the number of training points n_train_={self.n_train_}; "
+                "use k <= n_train_ (or transform for the whole matrix)."
+            )
+        inputs, targets = self._query_tensors(X, y_test)
+        helpful, helpful_values, harmful, harmful_values = self.engine_.top_k(
+            inputs, targets, self._damping(), k, self.n_jobs
         )
         return Bunch(
             helpful_indices=helpful,

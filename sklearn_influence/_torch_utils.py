@@ -62,6 +62,12 @@ def to_numpy(tensor):
     return tensor.detach().to("cpu", torch.float64).numpy()
 
 
+#: Forward-mode AD (``torch.func.jvp``) keeps its dual levels in one process-wide stack that
+#: must be entered and left in LIFO order, so two threads inside ``jvp`` at once corrupt it
+#: ("Trying to access a forward AD level with an invalid index"). Every forward-mode
+#: computation of the engine (curvature products, the Nyström row scores) holds this lock.
+FORWARD_AD_LOCK = threading.RLock()
+
 _THREADS_LOCK = threading.Lock()
 _THREADS_STATE = {"depth": 0, "saved": None}
 

@@ -4,7 +4,7 @@ in SOLVERS against independent float64 truth, so that a new entry is tested auto
 Curvatures: products, dense matrix, diagonal, row subsets and weights on a Ridge, a
 LogisticRegression and a tiny float64 skorch MLP (truth: Σ JᵀHJ from ``torch.func.jacrev``
 for Gauss-Newton, finite differences of the objective's gradient for the Hessian, I for the
-identity). Solvers: solve / bilinear / self_quadratic against ``np.linalg.solve(C + λI, ·)``
+identity). Solvers: solve / quadratic against ``np.linalg.solve(C + λI, ·)``
 over a damping sweep, and unknown options refused.
 """
 
@@ -248,34 +248,37 @@ def _relative_error(actual, expected):
 def test_solver_matches_dense_reference(name, damping, system):
     curvature, T, Q, C = _system_for(name, system)
     options, tolerance = SOLVER_SETTINGS.get(name, ({}, 1e-8))
-    solver = make_solver(name, curvature, T, {"seed": 0, **options})
+    solver = make_solver(name, curvature, {"seed": 0, **options})
     assert isinstance(solver, Solver) and solver.name == name
+    assert not hasattr(solver, "train_gradients")  # built from the curvature alone
     assert solver.prepare() is solver
     damped = C + damping * np.eye(len(C))
     T_, Q_ = T.numpy(), Q.numpy()
     expected_solve = np.linalg.solve(damped, Q_.T).T
     assert _relative_error(solver.solve(Q, damping), expected_solve) <= tolerance
-    expected_bilinear = Q_ @ np.linalg.solve(damped, T_.T)
-    assert _relative_error(solver.bilinear(Q, damping), expected_bilinear) <= tolerance
-    expected_self = np.einsum("np,pn->n", T_, np.linalg.solve(damped, T_.T))
-    assert _relative_error(solver.self_quadratic(damping), expected_self) <= tolerance
+    expected_quadratic = np.einsum("np,pn->n", T_, np.linalg.solve(damped, T_.T))
+    assert _relative_error(solver.quadratic(T, damping), expected_quadratic) <= tolerance
+    # a block quadratic form is per row: any split of the rows gives the same numbers
+    halves = torch.cat([solver.quadratic(T[:5], damping), solver.quadratic(T[5:], damping)])
+    assert _relative_error(halves, expected_quadratic) <= tolerance
+    assert solver.quadratic(T[:0], damping).shape == (0,)
 
 
 @pytest.mark.parametrize("name", sorted(SOLVERS))
 def test_solver_refuses_unknown_options_and_accepts_a_seed(name, system):
-    curvature, T, _, _ = _system_for(name, system)
+    curvature, _, _, _ = _system_for(name, system)
     with pytest.raises(TypeError, match=r"Unknown solver_options \['bogus'\].*accepts \[.*'seed'"):
-        SOLVERS[name](curvature, T, bogus=1)
+        SOLVERS[name](curvature, bogus=1)
     with pytest.raises(TypeError, match=r"Unknown solver_options \['bogus'\]"):
-        make_solver(name, curvature, T, {"bogus": 1, "seed": 0})
-    solver = SOLVERS[name](curvature, T, seed=3)
+        make_solver(name, curvature, {"bogus": 1, "seed": 0})
+    solver = SOLVERS[name](curvature, seed=3)
     assert solver.n_factorizations == 0 and "seed" in solver.settings
     assert set(solver.settings) == set(type(solver).options)
 
 
 def test_auto_solver_and_unknown_solver(system):
-    curvature, T, _, _, factored = system
-    assert make_solver("auto", factored, T).name == "factored"
-    assert make_solver("auto", curvature, T).name == "direct"  # p = 27: dense fits
+    curvature, _, _, _, factored = system
+    assert make_solver("auto", factored).name == "factored"
+    assert make_solver("auto", curvature).name == "direct"  # p = 27: dense fits
     with pytest.raises(ValueError, match="Unknown solver 'newton'; choose 'auto' or one of"):
-        make_solver("newton", curvature, T)
+        make_solver("newton", curvature)

@@ -65,9 +65,13 @@ def test_dask_local_cluster_gives_identical_influence(digits, dask_client):
     on_cluster, keys = _keys_run_on(
         dask_client, lambda: influence.set_params(n_jobs=-1).transform(X_test, y_test)
     )
-    # the blocks really ran as tasks on the cluster's workers
-    assert any("influence_block" in key for key in keys)
-    np.testing.assert_array_equal(on_cluster, expected)
+    # the blocks really ran as tasks on the cluster's workers: queries and training points
+    assert any("_precondition_block" in key for key in keys)
+    assert any("_score_block" in key for key in keys)
+    # round-off only: a worker process may run a BLAS product with another thread count,
+    # and some product shapes round differently then (bitwise with loky and threading:
+    # tests/test_streaming.py)
+    np.testing.assert_allclose(on_cluster, expected, rtol=1e-10, atol=1e-15)
 
 
 @pytest.mark.filterwarnings("ignore:PBRF.*did not reach the tolerance:UserWarning")

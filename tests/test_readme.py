@@ -61,7 +61,9 @@ def test_readme_python_blocks_run(capsys):
     assert namespace["recall"][0] >= 0.85 and namespace["recall"][1] >= 0.95
     assert np.corrcoef(namespace["actual"].ravel(), namespace["predicted"].ravel())[0, 1] > 0.99
     assert namespace["table"].index[0] == "warm_start_gap"
-    np.testing.assert_allclose(namespace["matrix_dask"], namespace["matrix"], rtol=1e-10, atol=0)
+    np.testing.assert_allclose(
+        namespace["matrix_dask"], namespace["matrix"], rtol=1e-10, atol=1e-15
+    )
     assert "same as n_jobs=1: True" in printed
 
 

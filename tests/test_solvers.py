@@ -218,7 +218,6 @@ def test_preconditioner_reduces_iterations(mlp):
     for preconditioner in ("nystrom", None):
         solver = CGSolver(
             _curvature("gauss_newton", adapter, theta, inputs, targets, batch_size=256),
-            gradients,
             preconditioner=preconditioner,
             tol=1e-6,
             maxiter=500,
@@ -357,7 +356,7 @@ def test_direct_solver_keeps_small_eigenvalues_of_a_float32_curvature():
     factor = torch.randn(rank, p, generator=generator, dtype=torch.float64) / p**0.5
     curvature = factor.T @ factor
     rhs = torch.randn(3, p, generator=generator, dtype=torch.float64)
-    solver = DirectSolver.from_matrix(curvature.float(), torch.zeros(0, p))
+    solver = DirectSolver.from_matrix(curvature.float())
     solved = solver.solve(rhs.float(), damping).double()
     exact = torch.linalg.solve(curvature + damping * torch.eye(p, dtype=torch.float64), rhs.T).T
     # float32 round-off, amplified by the condition number 1e4, limits the agreement

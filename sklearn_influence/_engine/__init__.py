@@ -11,7 +11,7 @@
 ``_ekfac.py``                EK-FAC (K-FAC's eigenbasis, re-fitted eigenvalues)
 ``_curvature.py``            registry ``CURVATURES`` and factory ``make_curvature``
 ``_layers.py``               layer inputs and output gradients (for factored curvatures)
-``_solver_base.py``          :class:`Solver`, the solver contract; ``DenseSolver``
+``_solver_base.py``          :class:`Solver`, the solver contract (solve, quadratic); locks
 ``_direct.py``               eigendecomposition solver
 ``_cholesky.py``             Cholesky solver
 ``_iterative.py``            ``IterativeSolver``, base of the matrix-free solvers
@@ -21,6 +21,6 @@
 ``_factored.py``             a factored curvature's own damped inverse (``"factored"``)
 ``_power_iteration.py``      ``top_eigenvalue`` (LiSSA's scale, the optimisers' step size)
 ``_solvers.py``              registry ``SOLVERS``, factory ``make_solver``, ``"auto"``
-``_influence_engine.py``     ``InfluenceEngine``: influence matrix, self-influence, top-k
+``_influence_engine.py``     ``InfluenceEngine``: streamed influence, self-influence, top-k
 ===========================  ==============================================================
 """

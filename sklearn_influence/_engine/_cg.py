@@ -10,6 +10,7 @@ from .._torch_utils import orthonormal_rows, small_dense_algebra
 from ._curvature import make_curvature
 from ._iterative import IterativeSolver
 from ._nystrom import NystromPreconditioner
+from ._solver_base import LockedState
 
 
 def block_conjugate_gradient(apply, precondition, rhs, *, tol, maxiter):
@@ -82,7 +83,7 @@ def block_conjugate_gradient(apply, precondition, rhs, *, tol, maxiter):
 PRECONDITIONERS = ("nystrom", "kfac", "ekfac", None)
 
 
-class FactoredPreconditioner:
+class FactoredPreconditioner(LockedState):
     """P⁻¹ = (C_factored + λI)⁻¹ of a K-FAC/EK-FAC curvature, for CG on another curvature.
 
     The factored curvature is the given one when it already is of that kind, else it is built
@@ -92,6 +93,7 @@ class FactoredPreconditioner:
     """
 
     def __init__(self, curvature, kind):
+        self._init_lock()
         if curvature.name == kind:
             self.factored = curvature
         else:
@@ -106,12 +108,19 @@ class FactoredPreconditioner:
             )
         self._floor = None
 
+    def for_damping(self, damping):
+        """The map R ↦ R P⁻¹ for this damping; the factors are built once, under the lock."""
+        with self._lock:
+            if self._floor is None:
+                _ = self.factored.layers  # factors and eigenbases, once
+                largest = float(self.factored.diagonal().max()) if self.factored.n_params else 0.0
+                self._floor = max(largest, 1.0) * torch.finfo(self.factored.dtype).eps
+        shift = max(float(damping), self._floor)
+        return lambda residuals: self.factored.inverse_matmul(residuals, shift)
+
     def apply(self, residuals, damping):
         """Rows of R P⁻¹."""
-        if self._floor is None:
-            largest = float(self.factored.diagonal().max()) if self.factored.n_params else 0.0
-            self._floor = max(largest, 1.0) * torch.finfo(self.factored.dtype).eps
-        return self.factored.inverse_matmul(residuals, max(float(damping), self._floor))
+        return self.for_damping(damping)(residuals)
 
 
 class CGSolver(IterativeSolver):
@@ -129,7 +138,6 @@ class CGSolver(IterativeSolver):
     curvature : Curvature
         Only its products (``matmul``) are used, and the Gauss-Newton sketch of the
         preconditioner is taken on its adapter, θ and rows.
-    train_gradients : Tensor of shape (N, p)
     **options
         The ``solver_options`` below.
 
@@ -218,10 +226,12 @@ class CGSolver(IterativeSolver):
         def apply(block):
             return self.curvature.matmul(block) + damping * block
 
-        def precondition(block):
-            if self.preconditioner is None:
-                return block
-            return self.preconditioner.apply(block, damping)
+        # a snapshot for this damping, built under the preconditioner's lock (thread safety)
+        precondition = (
+            (lambda block: block)
+            if self.preconditioner is None
+            else self.preconditioner.for_damping(damping)
+        )
 
         solution, relative, n_iter = block_conjugate_gradient(
             apply, precondition, rhs, tol=self.tol, maxiter=self.maxiter

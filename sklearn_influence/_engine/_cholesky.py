@@ -10,14 +10,15 @@ class CholeskySolver(DenseSolver):
 
     Several times cheaper than an eigendecomposition for one damping value; each new damping
     costs a new (cheap) factorization. Prefer ``"direct"`` to sweep many dampings on one
-    fitted object. Needs C + λI positive definite (use a positive damping for a singular
+    fitted object. :meth:`quadratic` is ‖L⁻¹ gᵀ‖² per row g, with L the factor of C + λI
+    (one triangular solve). Factors are built under the solver's lock, so concurrent first
+    calls factorize once. Needs C + λI positive definite (use a positive damping for a singular
     curvature).
 
     Parameters
     ----------
     curvature : Curvature
         Its dense matrix C is formed when the solver is built.
-    train_gradients : Tensor of shape (N, p)
     seed : int or None
         Accepted for a uniform interface; unused.
     """
@@ -29,6 +30,13 @@ class CholeskySolver(DenseSolver):
 
     def _factor(self, damping):
         key = float(damping)
+        factor = self._factors.get(key)
+        if factor is not None:
+            return factor
+        with self._locked():
+            return self._factor_locked(damping, key)
+
+    def _factor_locked(self, damping, key):
         if key not in self._factors:
             damped = 0.5 * (self.matrix + self.matrix.T)
             damped.diagonal().add_(damping)
@@ -49,10 +57,10 @@ class CholeskySolver(DenseSolver):
         return self._factors[key]
 
     def solve(self, rhs, damping):
-        return torch.cholesky_solve(rhs.T, self._factor(damping)).T
+        factor = self._factor(damping)
+        return torch.cholesky_solve(rhs.to(factor.dtype).T, factor).T
 
-    def self_quadratic(self, damping):
-        whitened = torch.linalg.solve_triangular(
-            self._factor(damping), self.train_gradients.T, upper=False
-        )
+    def quadratic(self, gradients, damping):
+        factor = self._factor(damping)
+        whitened = torch.linalg.solve_triangular(factor, gradients.to(factor.dtype).T, upper=False)
         return (whitened**2).sum(0)

@@ -8,6 +8,7 @@ one per file and are registered in :data:`sklearn_influence._engine._curvature.C
 
 import torch
 
+from .._torch_utils import FORWARD_AD_LOCK
 from ._gradients import batch_slices
 
 #: default ceiling for one dense p × p matrix (bytes)
@@ -106,7 +107,8 @@ class Curvature:
         """Rows of V C for V of shape (m, p), or C v for a vector of shape (p,)."""
         block = as_block(vectors, self.theta)
         self.n_products += len(block)
-        result = self._products(block)
+        with FORWARD_AD_LOCK:  # forward-mode AD is not thread-safe in torch
+            result = self._products(block)
         return result if vectors.dim() == 2 else result[0]
 
     def dense(self):

@@ -10,8 +10,10 @@ from ._solver_base import DenseSolver
 class DirectSolver(DenseSolver):
     """Exact solves through one cached eigendecomposition C = V diag(w) Vᵀ.
 
-    The eigendecomposition is computed on first use (or by :meth:`prepare`) and kept, so a
-    new damping costs matrix products only, never a new factorization. Eigenvalues with
+    The eigendecomposition is computed on first use (or by :meth:`prepare`, under the
+    solver's lock, so concurrent first calls factorize once) and kept, so a new damping costs
+    matrix products only, never a new factorization. :meth:`quadratic` works in the
+    eigenbasis: diag(G V diag(1/(w + λ)) Vᵀ Gᵀ) = Σ_j (G V)²_j / (w_j + λ). Eigenvalues with
     |w + λ| at round-off level are treated as zero (a pseudo-inverse), which makes
     ``damping=0`` well defined for singular curvature; a clearly negative w + λ (an
     indefinite Hessian) is an error.
@@ -20,7 +22,6 @@ class DirectSolver(DenseSolver):
     ----------
     curvature : Curvature
         Its dense matrix C is formed when the solver is built.
-    train_gradients : Tensor of shape (N, p)
     seed : int or None
         Accepted for a uniform interface; unused.
 
@@ -38,7 +39,6 @@ class DirectSolver(DenseSolver):
     def _init_factors(self):
         self._eigenvalues = None
         self._eigenvectors = None
-        self._projected_train = None
 
     def prepare(self):
         """Factorize now (for example before the solver is cached or sent to workers)."""
@@ -46,14 +46,21 @@ class DirectSolver(DenseSolver):
         return self
 
     def _factor(self):
-        if self._eigenvalues is None:
-            symmetric = 0.5 * (self.matrix + self.matrix.T)
-            self._eigenvalues, self._eigenvectors = torch.linalg.eigh(symmetric)
-            self.n_factorizations += 1
-        return self._eigenvalues, self._eigenvectors
+        factors = self._eigenvalues, self._eigenvectors
+        if factors[0] is None:
+            with self._locked():
+                if self._eigenvalues is None:
+                    symmetric = 0.5 * (self.matrix + self.matrix.T)
+                    eigenvalues, eigenvectors = torch.linalg.eigh(symmetric)
+                    # publish the vectors first: readers test the values
+                    self._eigenvectors = eigenvectors
+                    self._eigenvalues = eigenvalues
+                    self.n_factorizations += 1
+                factors = self._eigenvalues, self._eigenvectors
+        return factors
 
     def _inverse_eigenvalues(self, damping):
-        eigenvalues, _ = self._factor()
+        eigenvalues, eigenvectors = self._factor()
         shifted = eigenvalues + damping
         scale = max(float(eigenvalues.abs().max()), float(damping), 1.0)
         tolerance = scale * _round_off_factor(eigenvalues) * torch.finfo(eigenvalues.dtype).eps
@@ -66,18 +73,15 @@ class DirectSolver(DenseSolver):
         inverse = torch.zeros_like(shifted)
         kept = shifted > tolerance
         inverse[kept] = 1.0 / shifted[kept]
-        return inverse
+        return inverse, eigenvectors
 
     def solve(self, rhs, damping):
-        inverse = self._inverse_eigenvalues(damping)
-        vectors = self._eigenvectors
-        return ((rhs @ vectors) * inverse) @ vectors.T
+        inverse, vectors = self._inverse_eigenvalues(damping)
+        return ((rhs.to(vectors.dtype) @ vectors) * inverse) @ vectors.T
 
-    def self_quadratic(self, damping):
-        inverse = self._inverse_eigenvalues(damping)
-        if self._projected_train is None:
-            self._projected_train = self.train_gradients @ self._eigenvectors
-        return (self._projected_train**2 * inverse).sum(1)
+    def quadratic(self, gradients, damping):
+        inverse, vectors = self._inverse_eigenvalues(damping)
+        return ((gradients.to(vectors.dtype) @ vectors) ** 2 * inverse).sum(1)
 
 
 def _round_off_factor(eigenvalues):

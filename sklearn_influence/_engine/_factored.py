@@ -15,7 +15,6 @@ class FactoredSolver(Solver):
     ----------
     curvature : KroneckerFactoredCurvature
         A curvature with ``inverse_matmul`` (``curvature="kfac"`` or ``"ekfac"``).
-    train_gradients : Tensor of shape (N, p)
     **options
         Only ``seed`` (accepted and unused).
 
@@ -47,8 +46,9 @@ class FactoredSolver(Solver):
             )
 
     def prepare(self):
-        _ = self.curvature.layers  # factors and eigendecompositions, once
-        self.n_factorizations = self.curvature.n_eigendecompositions
+        with self._locked():  # concurrent first transforms build the factors once
+            _ = self.curvature.layers  # factors and eigendecompositions, once
+            self.n_factorizations = self.curvature.n_eigendecompositions
         return self
 
     def solve(self, rhs, damping):
@@ -57,4 +57,5 @@ class FactoredSolver(Solver):
         rhs = rhs.to(self.curvature.dtype)
         if len(rhs) == 0:
             return rhs.clone()
+        self.prepare()
         return self.curvature.inverse_matmul(rhs, float(damping))

@@ -4,19 +4,98 @@
 
 is the predicted change of query q's measurement when training point m is removed
 (ε = 1/N). Positive: removing m raises the query loss, so m helps q.
+
+**Streaming.** The training gradients (N × p) are never all held. Each call preconditions
+the queries once, P = (C + λI)⁻¹∇f_q (n_queries × p; in blocks of queries when that alone
+would exceed the working memory), then computes the training gradients block by block
+(vmapped per-example gradients) and multiplies: the influence matrix is written into one
+preallocated output, :meth:`InfluenceEngine.top_k` keeps only the k best per query from each
+block, :meth:`InfluenceEngine.self_influence` streams the quadratic forms
+diag(G (C + λI)⁻¹ Gᵀ). Memory is therefore O(n_queries · p + one block) plus what is
+returned.
+
+**Block sizes** come from scikit-learn's ``working_memory`` (MiB;
+``sklearn.set_config(working_memory=...)`` or ``sklearn.config_context``, default 1024), as in
+:func:`sklearn.metrics.pairwise_distances_chunked`: a block of training points holds their
+gradients (p numbers each) and their column of the output (n_queries numbers each); a block of
+queries holds their gradients and preconditioned gradients (2p numbers each). Every method
+also takes ``working_memory`` to override the setting. A working memory too small for a
+single row is a ValueError.
+
+**Parallelism.** Blocks of queries (for preconditioning) and blocks of training points go
+through :class:`sklearn.utils.parallel.Parallel`, so ``n_jobs`` or a joblib backend chosen by
+the caller (for example Dask) can split a large N; each block is computed by the same
+operations wherever it runs, so results do not depend on ``n_jobs`` or the backend.
+
+**Gradient cache.** When the N × p training gradients are small — at most
+:data:`CACHE_FRACTION` of the working memory at construction (256 MiB of the default
+1024 MiB) — the engine computes them once at construction and streams slices of that cache
+instead of recomputing them at every call (``cache_gradients="auto"``); this keeps repeated
+``transform`` calls of small models (damping sweeps, grid searches) as fast as before.
+``cache_gradients=False`` never caches, ``True`` always does.
 """
 
 import numpy as np
 import torch
+from sklearn import get_config
 from sklearn.utils.parallel import Parallel, delayed
 
 from ._curvature import make_curvature
 from ._gradients import batch_slices, per_example_gradients, resolve_query_targets
 from ._solvers import make_solver
 
+#: share of the working memory that training gradients may take to be cached (``"auto"``)
+CACHE_FRACTION = 0.25
+
+
+def working_memory_bytes(working_memory=None):
+    """The working memory in bytes: ``working_memory`` MiB, or scikit-learn's setting."""
+    if working_memory is None:
+        working_memory = get_config()["working_memory"]
+    if not working_memory > 0:
+        raise ValueError(
+            f"working_memory must be a positive number of MiB, got {working_memory!r}."
+        )
+    return float(working_memory) * 2**20
+
+
+def chunk_rows(row_bytes, n_rows, working_memory=None, *, what="row", multiple=1):
+    """Rows per block so that a block of ``row_bytes``-sized rows fits the working memory.
+
+    The rule of scikit-learn's chunked computations (``get_chunk_n_rows``, used by
+    :func:`sklearn.metrics.pairwise_distances_chunked`): as many rows as fit, at most
+    ``n_rows``; but a working memory smaller than one row is a ValueError (not a warning and
+    a one-row block). When the block holds at least
+    ``multiple`` rows it is rounded down to a multiple of it (vectorised batches then line up
+    with those of the gradient cache).
+
+    Examples
+    --------
+    >>> from sklearn_influence._engine._influence_engine import chunk_rows
+    >>> chunk_rows(1024, 10_000, working_memory=1)  # 1 MiB / 1 KiB
+    1024
+    >>> chunk_rows(2**21, 10, working_memory=1)
+    Traceback (most recent call last):
+    ...
+    ValueError: working_memory=1 MiB is too small for one row (2 MiB); ...
+    """
+    budget = working_memory_bytes(working_memory)
+    working_memory = budget / 2**20
+    if row_bytes > budget:
+        raise ValueError(
+            f"working_memory={working_memory:g} MiB is too small for one {what} "
+            f"({row_bytes / 2**20:.3g} MiB); raise it with "
+            "sklearn.set_config(working_memory=...) (or sklearn.config_context), or pass a "
+            "larger working_memory."
+        )
+    rows = min(int(budget // row_bytes), max(int(n_rows), 1))
+    if rows >= multiple:
+        rows -= rows % multiple
+    return max(1, int(rows))
+
 
 class InfluenceEngine:
-    """Fit-time state for one model: θˢ, training gradients and a solver ready for any λ.
+    """Fit-time state for one model: θˢ, the training data and a solver ready for any λ.
 
     Parameters
     ----------
@@ -28,59 +107,221 @@ class InfluenceEngine:
     solver : str
         A key of :data:`~sklearn_influence._engine._solvers.SOLVERS` or ``"auto"``.
     batch_size : int
-        Rows per vectorised batch.
+        Rows per vectorised batch of per-example gradients.
     solver_options : dict
         Extra keyword arguments for the solver (tolerances, iterations, seeds).
+    cache_gradients : {"auto", True, False}, default="auto"
+        Keep the N × p training gradients (computed once, here) instead of recomputing them
+        block by block at every call. ``"auto"``: when they take at most
+        :data:`CACHE_FRACTION` of the working memory in force now.
 
     Attributes
     ----------
-    adapter, theta, n_train, batch_size
-        The model, θˢ, N and the batch size.
-    train_gradients : Tensor of shape (N, p)
+    adapter, theta, inputs, targets, n_train, n_params, batch_size
+        The model, θˢ, the training data, N, p and the batch size.
     curvature : Curvature
         The curvature object on the training data.
     solver : Solver
-        Built from ``curvature``; ``solver_name`` is its resolved name.
+        Built from ``curvature`` alone; ``solver_name`` is its resolved name.
+    gradient_cache : Tensor of shape (N, p) or None
+        The cached training gradients, or None (they are streamed).
     """
 
     def __init__(
-        self, adapter, inputs, targets, *, curvature, solver, batch_size, solver_options=None
+        self,
+        adapter,
+        inputs,
+        targets,
+        *,
+        curvature,
+        solver,
+        batch_size,
+        solver_options=None,
+        cache_gradients="auto",
     ):
         self.adapter = adapter
-        self.batch_size = batch_size
+        self.batch_size = int(batch_size)
         self.theta = adapter.parameters()
+        self.inputs, self.targets = inputs, targets
         self.n_train = len(inputs)
-        self.train_gradients = per_example_gradients(
-            adapter, self.theta, inputs, targets, batch_size
-        )
+        self.n_params = self.theta.numel()
         self.curvature = make_curvature(
             curvature, adapter, self.theta, inputs, targets, batch_size=batch_size
         )
-        self.solver = make_solver(solver, self.curvature, self.train_gradients, solver_options)
+        self.solver = make_solver(solver, self.curvature, solver_options)
         self.solver_name = self.solver.name
+        if cache_gradients == "auto":
+            size = self.n_train * self.n_params * self.theta.element_size()
+            cache_gradients = size <= CACHE_FRACTION * working_memory_bytes()
+        self.gradient_cache = None
+        if cache_gradients:
+            self.gradient_cache = per_example_gradients(
+                adapter, self.theta, inputs, targets, self.batch_size
+            )
 
-    def influence(self, inputs, targets, damping, n_jobs=None):
-        """Influence matrix (n_queries, N) as a tensor, computed in blocks of queries.
+    # -- training gradients ---------------------------------------------------------------
+    def train_gradients(self, rows):
+        """Per-example training gradients ∇_θ L_m for ``rows`` (a slice or index tensor).
 
-        Blocks run through :class:`sklearn.utils.parallel.Parallel`, so ``n_jobs`` or a
-        joblib backend chosen by the caller (for example Dask) spreads them over workers;
-        the factorization is done once, before the blocks are dispatched.
+        Returns a tensor of shape (len(rows), p): a slice of the cache when there is one,
+        else computed now (vectorised, in batches of ``batch_size``).
         """
-        targets = resolve_query_targets(self.adapter, self.theta, inputs, targets)
+        if self.gradient_cache is not None:
+            return self.gradient_cache[rows]
+        return per_example_gradients(
+            self.adapter, self.theta, self.inputs[rows], self.targets[rows], self.batch_size
+        )
+
+    def _itemsize(self):
+        return self.theta.element_size()
+
+    def train_block_rows(self, n_queries, working_memory=None):
+        """Training points per block: their gradients and their output column fit."""
+        row_bytes = self._itemsize() * self.n_params + 8 * max(int(n_queries), 1)
+        return chunk_rows(
+            row_bytes,
+            self.n_train,
+            working_memory,
+            what="training point (its gradient and its output column)",
+            multiple=self.batch_size,
+        )
+
+    def query_block_rows(self, n_queries, working_memory=None):
+        """Queries per block: their gradients and preconditioned gradients fit."""
+        row_bytes = 2 * self._itemsize() * self.n_params
+        return chunk_rows(
+            row_bytes,
+            n_queries,
+            working_memory,
+            what="query (its gradient and preconditioned gradient)",
+            multiple=self.batch_size,
+        )
+
+    def _train_slices(self, n_queries, working_memory):
+        return batch_slices(self.n_train, self.train_block_rows(n_queries, working_memory))
+
+    # -- the preconditioned queries ----------------------------------------------------------
+    def precondition(self, inputs, targets, damping, n_jobs=None):
+        """(C + λI)⁻¹ ∇f_q for each query row, shape (n_queries, p), on the engine's device.
+
+        ``targets`` must be resolved (:func:`resolve_query_targets`). The queries are solved
+        in blocks of ``batch_size`` through :class:`~sklearn.utils.parallel.Parallel` and
+        written into one preallocated tensor.
+        """
         self.solver.prepare()
-        blocks = Parallel(n_jobs=n_jobs)(
-            delayed(_influence_block)(
+        n = len(inputs)
+        out = None
+        blocks = Parallel(n_jobs=n_jobs, return_as="generator")(
+            delayed(_precondition_block)(
                 self, inputs[rows], None if targets is None else targets[rows], damping
             )
-            for rows in batch_slices(len(inputs), self.batch_size)
+            for rows in batch_slices(n, self.batch_size)
         )
-        if not blocks:
-            return self.theta.new_zeros((0, self.n_train))
-        return torch.cat([block.to(self.theta.device) for block in blocks])
+        for rows, block in zip(batch_slices(n, self.batch_size), blocks, strict=True):
+            block = block.to(self.theta.device)
+            if out is None:
+                out = block.new_empty((n, block.shape[1]))
+            out[rows] = block
+        if out is None:
+            out = self.theta.new_zeros((0, self.n_params))
+        return out
 
-    def self_influence(self, damping):
-        """∇L_mᵀ (C + λI)⁻¹ ∇L_m / N for every training point, shape (N,)."""
-        return self.solver.self_quadratic(damping) / self.n_train
+    def _query_blocks(self, inputs, targets, damping, n_jobs, working_memory, single=False):
+        """Yield ``(query slice, preconditioned block)``; one block when ``single``."""
+        targets = resolve_query_targets(self.adapter, self.theta, inputs, targets)
+        n = len(inputs)
+        size = n if single else self.query_block_rows(n, working_memory)
+        for rows in batch_slices(n, max(size, 1)):
+            block_targets = None if targets is None else targets[rows]
+            yield rows, self.precondition(inputs[rows], block_targets, damping, n_jobs)
+
+    def _stream(self, task, preconditioned, n_jobs, working_memory, *arguments):
+        """Yield ``(training slice, task(engine, P, slice, *arguments))`` over training blocks."""
+        slices = self._train_slices(len(preconditioned), working_memory)
+        results = Parallel(n_jobs=n_jobs, return_as="generator")(
+            delayed(task)(self, preconditioned, rows, *arguments) for rows in slices
+        )
+        yield from zip(slices, results, strict=True)
+
+    # -- the scores ---------------------------------------------------------------------------
+    def influence(self, inputs, targets, damping, n_jobs=None, *, working_memory=None, out=None):
+        """Influence matrix (n_queries, N) as a float64 CPU tensor, streamed in blocks.
+
+        The matrix is written block by block into one preallocated output (``out``, a
+        float64 CPU tensor of that shape, when given), so the peak memory is the output plus
+        one block and the preconditioned queries.
+        """
+        n = len(inputs)
+        if out is None:  # numpy-backed: the estimator returns this very buffer
+            out = torch.from_numpy(np.empty((n, self.n_train)))
+        for query_rows, preconditioned in self._query_blocks(
+            inputs, targets, damping, n_jobs, working_memory
+        ):
+            for rows, block in self._stream(_score_block, preconditioned, n_jobs, working_memory):
+                out[query_rows, rows] = torch.from_numpy(block)
+        return out
+
+    def influence_chunks(self, inputs, targets, damping, n_jobs=None, *, working_memory=None):
+        """Yield ``(training slice, block)``: the influence matrix by column blocks.
+
+        ``block`` is a float64 ndarray of shape (n_queries, slice width) — the influence of
+        the training points of the slice on every query. All queries are preconditioned
+        once (n_queries × p is held); each block fits the working memory.
+        """
+        for _, preconditioned in self._query_blocks(
+            inputs, targets, damping, n_jobs, working_memory, single=True
+        ):
+            yield from self._stream(_score_block, preconditioned, n_jobs, working_memory)
+
+    def top_k(self, inputs, targets, damping, k, n_jobs=None, *, working_memory=None):
+        """The k largest (helpful) and k smallest (harmful) influences per query, streamed.
+
+        Each training block keeps only its k best per query (partial selection), merged with
+        the running best, so the memory is O(n_queries · k + one block). Results equal a full
+        sort; see :func:`merge_top_k` for ties.
+
+        Returns ``(helpful_indices, helpful_values, harmful_indices, harmful_values)``, each
+        of shape (n_queries, k), sorted from the strongest effect down.
+        """
+        k = int(k)
+        if not 1 <= k <= self.n_train:
+            raise ValueError(
+                f"k={k} must be between 1 and the number of training points ({self.n_train})."
+            )
+        n = len(inputs)
+        results = [np.zeros((n, k), dtype=np.intp), np.zeros((n, k))]
+        results += [np.zeros((n, k), dtype=np.intp), np.zeros((n, k))]
+        for query_rows, preconditioned in self._query_blocks(
+            inputs, targets, damping, n_jobs, working_memory
+        ):
+            m = len(preconditioned)
+            helpful = (np.zeros((m, 0), dtype=np.intp), np.zeros((m, 0)))
+            harmful = (np.zeros((m, 0), dtype=np.intp), np.zeros((m, 0)))
+            for _, (block_helpful, block_harmful) in self._stream(
+                _top_k_block, preconditioned, n_jobs, working_memory, k
+            ):
+                helpful = merge_top_k(helpful, block_helpful, k, largest=True)
+                harmful = merge_top_k(harmful, block_harmful, k, largest=False)
+            for position, array in enumerate((*helpful, *harmful)):
+                results[position][query_rows] = array
+        return tuple(results)
+
+    def self_influence(self, damping, n_jobs=None, *, working_memory=None):
+        """∇L_mᵀ (C + λI)⁻¹ ∇L_m / N for every training point, shape (N,), streamed."""
+        self.solver.prepare()
+        out = torch.from_numpy(np.empty(self.n_train))
+        # a block holds the gradients and their solves: 2p numbers per row
+        row_bytes = 2 * self._itemsize() * self.n_params
+        size = chunk_rows(
+            row_bytes, self.n_train, working_memory, what="training point", multiple=self.batch_size
+        )
+        slices = batch_slices(self.n_train, size)
+        results = Parallel(n_jobs=n_jobs, return_as="generator")(
+            delayed(_self_block)(self, rows, damping) for rows in slices
+        )
+        for rows, block in zip(slices, results, strict=True):
+            out[rows] = torch.from_numpy(block)
+        return out
 
     def query_self_influence(self, inputs, targets, damping):
         """∇f_qᵀ (C + λI)⁻¹ ∇f_q / N for each query row, shape (n_queries,).
@@ -95,29 +336,61 @@ class InfluenceEngine:
             gradients = per_example_gradients(
                 self.adapter, self.theta, inputs[rows], block_targets, self.batch_size
             )
-            blocks.append((self.solver.solve(gradients, damping) * gradients).sum(1))
+            blocks.append(self.solver.quadratic(gradients, damping))
         if not blocks:
             return self.theta.new_zeros((0,))
         return torch.cat(blocks) / self.n_train
 
 
-def _influence_block(engine, inputs, targets, damping):
+def _precondition_block(engine, inputs, targets, damping):
     gradients = per_example_gradients(
         engine.adapter, engine.theta, inputs, targets, engine.batch_size
     )
-    return engine.solver.bilinear(gradients, damping) / engine.n_train
+    return engine.solver.solve(gradients, damping)
 
 
-def top_k(matrix, k):
-    """Indices and values of the k largest (helpful) and k smallest (harmful) entries per row.
+def _score_block(engine, preconditioned, rows):
+    """Influence of the training points ``rows`` on the queries, a float64 ndarray."""
+    gradients = engine.train_gradients(rows).to(preconditioned.dtype)
+    block = (preconditioned @ gradients.T) / engine.n_train
+    return block.detach().to("cpu", torch.float64).numpy()
 
-    Returns ``(helpful_indices, helpful_values, harmful_indices, harmful_values)``, each of
-    shape (n_rows, k), sorted from the strongest effect down.
+
+def _top_k_block(engine, preconditioned, rows, k):
+    scores = _score_block(engine, preconditioned, rows)
+    start = rows.start
+    return _select(scores, start, k, largest=True), _select(scores, start, k, largest=False)
+
+
+def _select(values, offset, k, *, largest, indices=None):
+    """The min(k, width) largest (or smallest) entries per row: ``(indices, values)``."""
+    width = values.shape[1]
+    if indices is None:
+        indices = np.broadcast_to(np.arange(offset, offset + width), values.shape)
+    if width > k:
+        keys = -values if largest else values
+        positions = np.argpartition(keys, k - 1, axis=1)[:, :k]
+        values = np.take_along_axis(values, positions, 1)
+        indices = np.take_along_axis(indices, positions, 1)
+    return np.ascontiguousarray(indices), np.ascontiguousarray(values)
+
+
+def merge_top_k(running, block, k, *, largest):
+    """Merge two ``(indices, values)`` candidate sets into the k best per row, sorted.
+
+    The result is sorted from the strongest effect down (largest values first when
+    ``largest``, smallest first otherwise); equal values are ordered by training index,
+    lower first. When tied values straddle the k-th place, which of them are kept is
+    unspecified (partial selection does not order ties).
     """
-    matrix = np.asarray(matrix)
-    k = min(k, matrix.shape[1])
-    order = np.argsort(matrix, axis=1, kind="stable")
-    harmful = order[:, :k]
-    helpful = order[:, ::-1][:, :k]
-    take = np.take_along_axis
-    return helpful, take(matrix, helpful, 1), harmful, take(matrix, harmful, 1)
+    indices = np.concatenate([running[0], block[0]], axis=1)
+    values = np.concatenate([running[1], block[1]], axis=1)
+    indices, values = _select(values, 0, k, largest=largest, indices=indices)
+    order = np.lexsort((indices, -values if largest else values), axis=1)
+    return np.take_along_axis(indices, order, 1), np.take_along_axis(values, order, 1)
+
+
+def _self_block(engine, rows, damping):
+    gradients = engine.train_gradients(rows)
+    block = engine.solver.quadratic(gradients, damping) / engine.n_train
+    return block.detach().to("cpu", torch.float64).numpy()

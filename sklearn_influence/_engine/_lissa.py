@@ -25,7 +25,6 @@ class LissaSolver(IterativeSolver):
     ----------
     curvature : Curvature
         Only its products (``matmul``) and row subsets (``subset``) are used.
-    train_gradients : Tensor of shape (N, p)
     **options
         The ``solver_options`` below.
 
@@ -92,8 +91,12 @@ class LissaSolver(IterativeSolver):
         self._top_eigenvalue = None
 
     def top_eigenvalue(self):
-        """Largest |eigenvalue| of C by power iteration (cached)."""
-        if self._top_eigenvalue is None:
+        """Largest |eigenvalue| of C by power iteration (cached, built under the lock)."""
+        if self._top_eigenvalue is not None:
+            return self._top_eigenvalue
+        with self._locked():
+            if self._top_eigenvalue is not None:
+                return self._top_eigenvalue
             curvature = self.curvature
             self._top_eigenvalue = top_eigenvalue(
                 curvature.matmul,

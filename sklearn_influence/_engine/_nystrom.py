@@ -10,13 +10,14 @@ import math
 import torch
 from torch.func import jvp, vmap
 
-from .._torch_utils import orthonormal_rows, small_dense_algebra
+from .._torch_utils import FORWARD_AD_LOCK, orthonormal_rows, small_dense_algebra
 from ._curvature_base import DENSE_LIMIT_BYTES
 from ._gauss_newton import GaussNewton
 from ._gradients import batch_slices
+from ._solver_base import LockedState
 
 
-class NystromPreconditioner:
+class NystromPreconditioner(LockedState):
     """Randomized Nyström preconditioner for C + λI (Frangella, Tropp & Udell, 2023).
 
     A sketch Y = Ĉ Ω of an approximation Ĉ of the Gauss-Newton matrix (Ω: orthonormal
@@ -46,11 +47,18 @@ class NystromPreconditioner:
     max_rank : int
     coverage : float in (0, 1]
     seed : int
+
+    Notes
+    -----
+    The sketch grows lazily with the dampings it is used for. :meth:`for_damping` grows it
+    under a lock and returns a snapshot of the factors, so concurrent solves (threads) each
+    use complete factors that no other thread changes under them.
     """
 
     initial_rank = 64
 
     def __init__(self, curvature, *, rank="auto", max_rank=512, coverage=0.95, seed=0):
+        self._init_lock()
         self.curvature = curvature
         self.rank = rank
         self.max_rank = int(max_rank)
@@ -159,15 +167,28 @@ class NystromPreconditioner:
     def sketch_rank(self):
         return 0 if self._omega is None else self._omega.shape[0]
 
+    def for_damping(self, damping):
+        """The map R ↦ R P⁻¹ for this damping, on a snapshot of the current factors.
+
+        The sketch is grown (under the lock) as the damping needs; the returned function
+        keeps its own references, so later growth for another damping does not change it.
+        """
+        with self._lock:
+            self._ensure(damping)
+            basis, eigenvalues, tail = self._basis, self._eigenvalues, self._tail
+        eigenvalues = eigenvalues.to(basis.dtype)
+        damping = max(damping, float(eigenvalues[0]) * torch.finfo(basis.dtype).eps, 1e-30)
+        scale = (tail + damping) / (eigenvalues + damping)
+
+        def apply(residuals):
+            coefficients = residuals @ basis.T
+            return residuals + (coefficients * scale - coefficients) @ basis
+
+        return apply
+
     def apply(self, residuals, damping):
         """Rows of R P⁻¹."""
-        self._ensure(damping)
-        basis = self._basis
-        eigenvalues = self._eigenvalues.to(basis.dtype)
-        damping = max(damping, float(eigenvalues[0]) * torch.finfo(basis.dtype).eps, 1e-30)
-        coefficients = residuals @ basis.T
-        scaled = coefficients * ((self._tail + damping) / (eigenvalues + damping))
-        return residuals + (scaled - coefficients) @ basis
+        return self.for_damping(damping)(residuals)
 
 
 def _rows_carrying_curvature(curvature, coverage, seed, n_probes=4):
@@ -190,7 +211,7 @@ def _rows_carrying_curvature(curvature, coverage, seed, n_probes=4):
         def outputs(theta_, batch=batch):
             return adapter.outputs(theta_, batch)
 
-        with torch.no_grad():
+        with torch.no_grad(), FORWARD_AD_LOCK:
             values, pushed = vmap(lambda v, f=outputs: jvp(f, (theta,), (v,)))(probes)
             factor = adapter.loss.hessian_factor(values[0])  # (b, r, k)
             curved = torch.einsum("brk,mbk->mbr", factor, pushed)

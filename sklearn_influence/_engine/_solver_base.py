@@ -1,23 +1,45 @@
 """The solver contract: :class:`Solver`, and :class:`DenseSolver` for the dense-matrix solvers.
 
-A solver is built once per fit from a curvature object C
-(:class:`~sklearn_influence._engine._curvature_base.Curvature`) and the training gradients
-T (N × p), and then answers for any damping λ:
+A solver is built once per fit from a curvature object C alone
+(:class:`~sklearn_influence._engine._curvature_base.Curvature`); it never holds training
+gradients. It answers, for any damping λ:
 
-* ``solve(B, λ)``         → B (C + λI)⁻¹ for row vectors B (m × p);
-* ``bilinear(Q, λ)``      → Q (C + λI)⁻¹ Tᵀ (m × N);
-* ``self_quadratic(λ)``   → diag(T (C + λI)⁻¹ Tᵀ) (N,);
-* ``prepare()``           → do any one-off work now (factorizations), returns the solver.
+* ``solve(B, λ)``      → B (C + λI)⁻¹ for row vectors B (m × p);
+* ``quadratic(G, λ)``  → diag(G (C + λI)⁻¹ Gᵀ) (m,), for a block G of gradients (m × p);
+* ``prepare()``        → do any one-off work now (factorizations), returns the solver.
 
-λ enters only at solve time. Scaling by 1/N and the sign convention belong to the engine.
+λ enters only at solve time. Scaling by 1/N, the sign convention and the streaming over
+training points belong to the engine
+(:class:`~sklearn_influence._engine._influence_engine.InfluenceEngine`).
+
+**Thread safety.** ``solve`` and ``quadratic`` may be called concurrently from several
+threads on one solver (concurrent ``transform`` calls on one fitted estimator). State built
+lazily on first use (factorizations, preconditioners, eigenvalue estimates) is built under
+the solver's lock (:meth:`Solver._locked`), so every thread sees it complete and the answer
+does not depend on the interleaving. The lock is not pickled: an unpickled solver gets a
+fresh one.
 """
 
-import torch
-
-from ._gradients import batch_slices
+import threading
 
 
-class Solver:
+class LockedState:
+    """A re-entrant lock ``self._lock`` that survives pickling (it is recreated, not copied)."""
+
+    def _init_lock(self):
+        self._lock = threading.RLock()
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_lock", None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._init_lock()
+
+
+class Solver(LockedState):
     """Base class of the solvers of (C + λI) x = b.
 
     Each subclass declares its keyword options with their defaults in the class attribute
@@ -29,8 +51,6 @@ class Solver:
     ----------
     curvature : Curvature
         The curvature object C.
-    train_gradients : Tensor of shape (N, p)
-        Per-example training gradients T.
     **options
         Keys of ``options``.
 
@@ -48,10 +68,10 @@ class Solver:
     #: option name → default; ``seed`` is accepted by every solver (the engine always passes one)
     options = {"seed": None}
 
-    def __init__(self, curvature, train_gradients, **options):
+    def __init__(self, curvature, **options):
+        self._init_lock()
         self.settings = self.check_options(options)
         self.curvature = curvature
-        self.train_gradients = train_gradients
         self.n_factorizations = 0
         self._setup()
 
@@ -69,6 +89,10 @@ class Solver:
     def _setup(self):
         """Check ``self.settings`` and build the solver's state (subclasses)."""
 
+    def _locked(self):
+        """The lock that guards state built lazily (use as ``with self._locked():``)."""
+        return self._lock
+
     # -- the contract -------------------------------------------------------------------
     def prepare(self):
         """Do any one-off work now (for example before the solver is sent to workers)."""
@@ -78,18 +102,14 @@ class Solver:
         """Rows of B (C + λI)⁻¹, for B of shape (m, p)."""
         raise NotImplementedError
 
-    def bilinear(self, queries, damping):
-        """Q (C + λI)⁻¹ Tᵀ, shape (m, N): solving for the queries is the cheap side."""
-        return self.solve(queries, damping) @ self.train_gradients.T
+    def quadratic(self, gradients, damping):
+        """diag(G (C + λI)⁻¹ Gᵀ), shape (m,), for a block G of shape (m, p).
 
-    def self_quadratic(self, damping):
-        """diag(T (C + λI)⁻¹ Tᵀ), shape (N,): one solve per training point, in blocks."""
-        T = self.train_gradients
-        if len(T) == 0:
-            return T.new_zeros((0,))
-        return torch.cat(
-            [(self.solve(T[rows], damping) * T[rows]).sum(1) for rows in batch_slices(len(T), 1024)]
-        )
+        The default solves for the block; the dense solvers override it with cheaper forms.
+        """
+        if len(gradients) == 0:
+            return gradients.new_zeros((0,))
+        return (self.solve(gradients, damping) * gradients.to(self.curvature.dtype)).sum(1)
 
 
 class DenseSolver(Solver):
@@ -104,14 +124,12 @@ class DenseSolver(Solver):
         self._init_factors()
 
     @classmethod
-    def from_matrix(cls, matrix, train_gradients=None, **options):
+    def from_matrix(cls, matrix, **options):
         """A solver of (M + λI) x = b for an explicit symmetric matrix M (no curvature object)."""
         solver = cls.__new__(cls)
+        solver._init_lock()
         solver.settings = cls.check_options(options)
         solver.curvature = None
-        solver.train_gradients = (
-            matrix.new_zeros((0, matrix.shape[0])) if train_gradients is None else train_gradients
-        )
         solver.n_factorizations = 0
         solver.matrix = matrix
         solver._init_factors()
@@ -119,3 +137,12 @@ class DenseSolver(Solver):
 
     def _init_factors(self):
         """Empty factorization caches (subclasses)."""
+
+    def quadratic(self, gradients, damping):
+        if len(gradients) == 0:
+            return gradients.new_zeros((0,))
+        gradients = gradients.to(self.matrix.dtype)
+        return (self.solve(gradients, damping) * gradients).sum(1)
+
+
+__all__ = ["DenseSolver", "LockedState", "Solver"]

@@ -1,8 +1,8 @@
 """The solver registry: :data:`SOLVERS`, the factory :func:`make_solver` and ``"auto"``.
 
 Every solver follows the contract of :class:`~sklearn_influence._engine._solver_base.Solver`
-(prepare / solve / bilinear / self_quadratic) and is built from a curvature object and the
-training gradients:
+(prepare / solve / quadratic) and is built from a curvature object alone (training gradients
+are streamed by the engine, never given to a solver):
 
 ==============  ===============================================  ===============
 name            method                                           module
@@ -37,7 +37,7 @@ SOLVERS = {
 }
 
 
-def make_solver(name, curvature, train_gradients, options=None):
+def make_solver(name, curvature, options=None):
     """Build the solver ``name`` (or ``"auto"``) for a curvature object.
 
     Parameters
@@ -45,7 +45,6 @@ def make_solver(name, curvature, train_gradients, options=None):
     name : str
         A key of :data:`SOLVERS`, or ``"auto"`` (see :func:`resolve_solver_name`).
     curvature : Curvature
-    train_gradients : Tensor of shape (N, p)
     options : dict or None
         The solver's keyword options (``solver_options`` plus the internal ``seed``); an
         unknown option is a TypeError naming the accepted ones.
@@ -58,7 +57,7 @@ def make_solver(name, curvature, train_gradients, options=None):
     Examples
     --------
     >>> from sklearn_influence._engine._solvers import make_solver
-    >>> make_solver("newton", None, None)
+    >>> make_solver("newton", None)
     Traceback (most recent call last):
     ...
     ValueError: Unknown solver 'newton'; choose 'auto' or one of ['cg', 'cholesky', ...].
@@ -70,7 +69,7 @@ def make_solver(name, curvature, train_gradients, options=None):
         resolved = name
     if resolved not in SOLVERS:
         raise ValueError(f"Unknown solver {name!r}; choose 'auto' or one of {sorted(SOLVERS)}.")
-    return SOLVERS[resolved](curvature, train_gradients, **(options or {}))
+    return SOLVERS[resolved](curvature, **(options or {}))
 
 
 def _available_memory_bytes():

@@ -409,6 +409,6 @@ def linearized_pbrf(
     curvature = make_curvature(
         "gauss_newton", adapter, theta, problem.inputs, problem.targets, batch_size=batch_size
     )
-    solver_object = make_solver(solver, curvature, gradients, solver_options)
+    solver_object = make_solver(solver, curvature, solver_options)
     shift = solver_object.solve(gradients, damping) if len(gradients) else gradients
     return Bunch(parameters=theta + epsilon * shift, converged=None, solver=solver_object.name)
