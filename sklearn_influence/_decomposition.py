@@ -89,7 +89,8 @@ class InfluenceDecomposition(FittedModelMixin, BaseEstimator):
     damping : float, default=1e-3
         λ: the proximity weight of the PRF and PBRF and the damping of the linearized PBRF
         and of the influence estimate.
-    curvature : {"gauss_newton", "hessian", "identity"}, default="gauss_newton"
+    curvature : {"gauss_newton", "hessian", "identity", "kfac", "ekfac"}, \
+            default="gauss_newton"
         Curvature of the influence estimate.
     solver : str, default="auto"
         Solver of the influence estimate (the linearized PBRF always uses an exact solve

@@ -100,22 +100,31 @@ class InfluenceFunction(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
     Parameters
     ----------
     estimator : estimator object
-        A supported model: ``LinearRegression``, ``Ridge``, ``LogisticRegression`` (L2 or no
-        penalty), ``SGDClassifier(loss="log_loss")``, ``SGDRegressor(loss="squared_error")``,
-        a skorch ``NeuralNetClassifier`` (NLLLoss on probabilities or CrossEntropyLoss on
-        logits), ``NeuralNetBinaryClassifier`` (BCEWithLogitsLoss) or ``NeuralNetRegressor``
-        (MSELoss) with ``train_split=None`` and any module that :mod:`torch.func` can trace,
-        a :class:`~sklearn.pipeline.Pipeline` ending in one of them, or a
-        :class:`~sklearn.frozen.FrozenEstimator` around any of them. A skorch net's
+        A supported model: scikit-learn's ``LinearRegression``, ``Ridge``, ``RidgeCV``,
+        ``RidgeClassifier``, ``RidgeClassifierCV``, ``LogisticRegression`` and
+        ``LogisticRegressionCV`` (L2 or no penalty), ``SGDClassifier(loss="log_loss")``,
+        ``SGDRegressor(loss="squared_error")``, ``PoissonRegressor``, ``GammaRegressor``,
+        ``TweedieRegressor``, ``MLPClassifier`` and ``MLPRegressor`` (without early
+        stopping); a skorch ``NeuralNetClassifier`` (NLLLoss on probabilities or
+        CrossEntropyLoss on logits), ``NeuralNetBinaryClassifier`` (BCEWithLogitsLoss) or
+        ``NeuralNetRegressor`` (MSELoss) with ``train_split=None`` and any module that
+        :mod:`torch.func` can trace (MLPs, convolutional, residual and Transformer nets; X may
+        have the n-d shape the module takes); a :class:`~sklearn.pipeline.Pipeline` ending in
+        one of them, or a :class:`~sklearn.frozen.FrozenEstimator` around any of them. The
+        objective each one maps to is tabulated in the README. A skorch net's
         ``optimizer__weight_decay`` (SGD, Adam, …) is its L2 term; AdamW's decoupled decay is
-        refused. The net is evaluated in eval mode.
+        refused. Networks are evaluated in eval mode.
     damping : float, default=1e-3
         λ ≥ 0 added to the curvature. Changing it with ``set_params`` after ``fit`` is cheap:
         the factorization is reused.
-    curvature : {"gauss_newton", "hessian", "identity"}, default="gauss_newton"
-        C: the Gauss-Newton matrix, the Hessian of the training objective, or the identity
-        (a gradient dot-product baseline).
-    solver : {"auto", "direct", "cholesky", "cg", "lissa"}, default="auto"
+    curvature : {"gauss_newton", "hessian", "identity", "kfac", "ekfac"}, \
+            default="gauss_newton"
+        C: the Gauss-Newton matrix, the Hessian of the training objective, the identity
+        (a gradient dot-product baseline), or a Kronecker-factored approximation of the
+        Gauss-Newton matrix per ``nn.Linear``/``nn.Conv2d`` layer (``"kfac"``; ``"ekfac"``
+        refits its eigenvalues on per-example gradients). Parameters outside such layers get
+        their exact diagonal Gauss-Newton block (a warning names them).
+    solver : {"auto", "direct", "cholesky", "cg", "lissa", "factored"}, default="auto"
         How (C + λI)⁻¹ is applied. ``"direct"`` eigendecomposes the dense C once and caches
         it; ``"cholesky"`` factors C + λI for each damping. ``"cg"`` never forms C: block
         conjugate gradient on all right-hand sides of a block at once, with batched
@@ -127,16 +136,18 @@ class InfluenceFunction(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         ``scale``. The iterative solvers solve again for each damping and each
         :meth:`transform`. ``"auto"`` picks ``"direct"`` when the dense matrix fits comfortably
         in memory and factorizes in seconds (p ≤ 4,000, and three float64 p × p arrays within
-        2 GiB and a quarter of the free memory), else ``"cg"``.
+        2 GiB and a quarter of the free memory), else ``"cg"``; with ``"kfac"``/``"ekfac"``
+        it picks ``"factored"``, the factored curvature's own damped inverse (fast and
+        approximate; a new damping never refactors).
     device : {"cpu", "cuda", "auto"} or str, default="cpu"
         Where the heavy math runs; results are always returned as numpy arrays on the CPU.
     batch_size : int, default=512
         Rows per vectorised batch of per-example gradients.
     solver_options : dict, default=None
-        Extra settings of the solver (``"cg"`` and ``"lissa"`` refuse keys they do not know).
+        Extra settings of the solver (every solver refuses keys it does not know).
         ``"cg"``: ``tol`` (1e-3, relative residual of every right-hand side), ``maxiter``
-        (100), ``preconditioner`` (``"nystrom"`` or None), ``rank`` (``"auto"`` or the sketch
-        size), ``max_rank`` (512), ``sketch_coverage`` (0.95: share of the Gauss-Newton trace
+        (100), ``preconditioner`` (``"nystrom"``, ``"kfac"``, ``"ekfac"`` or None), ``rank``
+        (``"auto"`` or the Nyström sketch size), ``max_rank`` (512), ``sketch_coverage`` (0.95: share of the Gauss-Newton trace
         carried by the training rows the sketch uses), ``block_size`` (128 right-hand sides
         per block).
         ``"lissa"``: ``scale`` (``"auto"``: 1.5 × the top eigenvalue of C + λI by power

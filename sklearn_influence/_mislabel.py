@@ -199,7 +199,8 @@ class MislabelDetector(OutlierMixin, BaseEstimator):
         highest suspicion that :meth:`predict` flags as −1.
     damping : float, default=1e-3
         The damping λ ≥ 0 added to the curvature (and the proximity weight of the PBRF).
-    curvature : {"gauss_newton", "hessian", "identity"}, default="gauss_newton"
+    curvature : {"gauss_newton", "hessian", "identity", "kfac", "ekfac"}, \
+            default="gauss_newton"
         Curvature of the influence estimate, see :class:`InfluenceFunction`.
     solver : str, default="auto"
         Solver of the influence estimate, see :class:`InfluenceFunction`.
