@@ -147,9 +147,9 @@ class InfluenceFunction(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         Extra settings of the solver (every solver refuses keys it does not know).
         ``"cg"``: ``tol`` (1e-3, relative residual of every right-hand side), ``maxiter``
         (100), ``preconditioner`` (``"nystrom"``, ``"kfac"``, ``"ekfac"`` or None), ``rank``
-        (``"auto"`` or the Nyström sketch size), ``max_rank`` (512), ``sketch_coverage`` (0.95: share of the Gauss-Newton trace
-        carried by the training rows the sketch uses), ``block_size`` (128 right-hand sides
-        per block).
+        (``"auto"`` or the Nyström sketch size), ``max_rank`` (512), ``sketch_coverage``
+        (0.95: share of the Gauss-Newton trace carried by the training rows the sketch
+        uses), ``block_size`` (128 right-hand sides per block).
         ``"lissa"``: ``scale`` (``"auto"``: 1.5 × the top eigenvalue of C + λI by power
         iteration), ``depth`` (1000), ``repeat`` (1), ``minibatch_size`` (training rows per
         step; default ``batch_size``), ``block_size``. The seed of the Nyström sketch and of
