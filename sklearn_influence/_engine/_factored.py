@@ -52,9 +52,7 @@ class FactoredSolver(Solver):
         return self
 
     def solve(self, rhs, damping):
-        if float(damping) < 0:
-            raise ValueError(f"damping must be >= 0, got {damping!r}.")
-        rhs = rhs.to(self.curvature.dtype)
+        rhs = self._checked_rhs(rhs, damping)
         if len(rhs) == 0:
             return rhs.clone()
         self.prepare()

@@ -29,9 +29,7 @@ class IterativeSolver(Solver):
 
     def solve(self, rhs, damping):
         """Rows of B (C + λI)⁻¹, for B of shape (m, p)."""
-        if float(damping) < 0:
-            raise ValueError(f"damping must be >= 0, got {damping!r}.")
-        rhs = rhs.to(self.curvature.dtype)
+        rhs = self._checked_rhs(rhs, damping)
         if len(rhs) == 0:
             return rhs.clone()
         return torch.cat(

@@ -102,6 +102,12 @@ class Solver(LockedState):
         """Rows of B (C + λI)⁻¹, for B of shape (m, p)."""
         raise NotImplementedError
 
+    def _checked_rhs(self, rhs, damping):
+        """``rhs`` in the curvature's dtype, after checking that the damping is not negative."""
+        if float(damping) < 0:
+            raise ValueError(f"damping must be >= 0, got {damping!r}.")
+        return rhs.to(self.curvature.dtype)
+
     def quadratic(self, gradients, damping):
         """diag(G (C + λI)⁻¹ Gᵀ), shape (m,), for a block G of shape (m, p).
 
