@@ -48,7 +48,7 @@ from sklearn_influence.metrics import (
 )
 
 from ._cli_data import DataError, load_data
-from ._cli_output import Progress, class_label, new_axes, print_images, table_rows
+from ._cli_output import Progress, class_label, figure_skipped, new_axes, print_images, table_rows
 
 # -- models ---------------------------------------------------------------------------------
 
@@ -385,26 +385,6 @@ def _run_explain(args, out):
 _FIGURE_TYPES = (".png", ".pdf", ".svg")
 
 
-def _have_matplotlib():
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def _figure_skipped(path, out):
-    """Print the one-line note and return True when the figure cannot be drawn."""
-    if _have_matplotlib():
-        return False
-    print(
-        f"\nFigure not saved to {path}: it needs matplotlib (pip install matplotlib, or "
-        'pip install -e ".[plot]"); the table above has the same numbers.',
-        file=out,
-    )
-    return True
-
-
 def _check_output(parser, path):
     """A figure path with a known extension in an existing directory.
 
@@ -497,7 +477,7 @@ def _run_decompose(args, out):
             f"{row['pearson']:>9.4f}{row['spearman']:>9.4f}",
             file=out,
         )
-    if _figure_skipped(args.output, out):
+    if figure_skipped(args.output, out):
         return 0
     display = InfluenceDecompositionDisplay(table, estimator_name=type(estimator).__name__)
     display.plot(ax=new_axes((7, 3.5)))
@@ -610,7 +590,7 @@ def _run_mislabeled(args, out):
         f"{'random (expected)':<21}" + "".join(f"{f:>15.3f}" for f in _INSPECTED) + f"{0.5:>8.3f}",
         file=out,
     )
-    if args.output is not None and not _figure_skipped(args.output, out):
+    if args.output is not None and not figure_skipped(args.output, out):
         ax = new_axes((5, 4))
         for position, (name, values) in enumerate(scores.items()):
             MislabelRecallDisplay.from_predictions(

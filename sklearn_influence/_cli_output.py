@@ -79,3 +79,23 @@ def new_axes(figsize):
     from matplotlib.figure import Figure
 
     return Figure(figsize=figsize, layout="constrained").subplots()
+
+
+def have_matplotlib():
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def figure_skipped(path, out):
+    """Print the one-line note and return True when the figure cannot be drawn."""
+    if have_matplotlib():
+        return False
+    print(
+        f"\nFigure not saved to {path}: it needs matplotlib (pip install matplotlib, or "
+        'pip install -e ".[plot]"); the table above has the same numbers.',
+        file=out,
+    )
+    return True
