@@ -151,12 +151,17 @@ def _working_dtype(adapter, X):
 
 def cold_leave_one_out(problem, indices, *, n_jobs=None, verbose=0, memory=None, key=None):
     """Retrain from the original initialisation without each point (cold-start LOO)."""
+    return _retrained(problem, indices, False, n_jobs, verbose, memory, key)
+
+
+def _retrained(problem, indices, warm_start, n_jobs, verbose, memory, key):
+    """The adapter's refits without each point, as a response (convergence unknown)."""
     thetas = leave_one_out_parameters(
         problem.adapter,
         problem.X,
         problem.y,
         indices,
-        warm_start=False,
+        warm_start=warm_start,
         n_jobs=n_jobs,
         verbose=verbose,
         memory=memory,
@@ -186,18 +191,7 @@ def warm_leave_one_out(
             key=key,
             **settings,
         )
-    thetas = leave_one_out_parameters(
-        problem.adapter,
-        problem.X,
-        problem.y,
-        indices,
-        warm_start=True,
-        n_jobs=n_jobs,
-        verbose=verbose,
-        memory=memory,
-        key=key,
-    )
-    return Bunch(parameters=problem.tensor(thetas), converged=None)
+    return _retrained(problem, indices, True, n_jobs, verbose, memory, key)
 
 
 def proximal_response(
