@@ -27,8 +27,14 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.frozen import FrozenEstimator
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
+from sklearn.utils.metadata_routing import (
+    MetadataRouter,
+    MethodMapping,
+    _routing_enabled,
+    process_routing,
+)
 
-from ._adapters import fit_estimator, make_adapter
+from ._adapters import fit_with_weights, make_adapter
 from ._engine._curvature import CURVATURES
 from ._engine._gradients import batch_slices, per_example_gradients, resolve_query_targets
 from ._engine._solvers import SOLVERS
@@ -89,7 +95,7 @@ MEMORY_DOC = """    memory : str or object with the joblib.Memory interface, def
 # -- fitting -------------------------------------------------------------------------------
 
 
-def fit_model_and_adapter(estimator, X, y, device):
+def fit_model_and_adapter(estimator, X, y, device, fit_params=None):
     """Fit a clone of ``estimator`` and build its adapter; ``(fitted, adapter)``.
 
     A :class:`~sklearn.frozen.FrozenEstimator` is used as fitted (no clone, no refit). Call
@@ -103,19 +109,67 @@ def fit_model_and_adapter(estimator, X, y, device):
         The training data, already validated.
     device : torch.device
         Where the adapter keeps its parameters.
+    fit_params : dict or None
+        Parameters of the model's ``fit`` (``sample_weight``, already validated and routed:
+        :func:`routed_fit_params`). The weights the final model is fitted with (a frozen
+        model: ``fit_params["sample_weight"]``) are the weights of its objective.
 
     The adapter records :func:`stationarity` at the fitted parameters as its attribute
     ``stationarity``; non-finite gradients stop here, before any other numerical work, with
     a ``ValueError`` naming the likely cause.
     """
+    fit_params = fit_params or {}
     if isinstance(estimator, FrozenEstimator):
         fitted, fit_state = estimator, None
+        sample_weight = fit_params.get("sample_weight")
     else:
         fitted = clone(estimator)
-        fit_state = fit_estimator(fitted, X, y)
-    adapter = make_adapter(fitted, len(y), device, fit_state)
+        fit_state, sample_weight = fit_with_weights(fitted, X, y, **fit_params)
+    adapter = make_adapter(fitted, len(y), device, fit_state, sample_weight=sample_weight, y=y)
+    #: the weights the final model was fitted with (before any class weights), or None
+    adapter.fit_sample_weight = sample_weight
     adapter.stationarity = stationarity(adapter, adapter.inputs(X), adapter.targets(y))
     return fitted, adapter
+
+
+def routed_fit_params(owner, sample_weight):
+    """The ``fit`` parameters of ``owner.estimator``: ``{"sample_weight": w}`` or ``{}``.
+
+    With scikit-learn's metadata routing enabled (``sklearn.set_config(
+    enable_metadata_routing=True)``) the weights go where the wrapped model requested them
+    (``set_fit_request(sample_weight=True)``, on the model or on steps of a pipeline), as in
+    scikit-learn's meta-estimators; without it they go to the model (the final step of a
+    pipeline). A ``FrozenEstimator`` is not fitted: the weights describe the objective it
+    was fitted with.
+    """
+    if sample_weight is None:
+        return {}
+    if _routing_enabled() and not isinstance(owner.estimator, FrozenEstimator):
+        routed = process_routing(owner, "fit", sample_weight=sample_weight)
+        return dict(routed.estimator.fit)
+    return {"sample_weight": sample_weight}
+
+
+class WeightedFitRouterMixin:
+    """Metadata routing of ``fit``'s ``sample_weight`` to the wrapped ``estimator``.
+
+    The estimators of the package are routers (as scikit-learn's meta-estimators): the
+    weights are the wrapped model's, so they go where it requests them.
+    """
+
+    def get_metadata_routing(self):
+        """Get the metadata routing of this object.
+
+        Returns
+        -------
+        routing : MetadataRouter
+            ``fit`` routes ``sample_weight`` to ``estimator.fit`` when the estimator requests
+            it (see :ref:`sklearn:metadata_routing`).
+        """
+        return MetadataRouter(owner=self).add(
+            estimator=self.estimator,
+            method_mapping=MethodMapping().add(caller="fit", callee="fit"),
+        )
 
 
 # -- stationarity ----------------------------------------------------------------------------
@@ -135,7 +189,8 @@ def stationarity(adapter, inputs, targets, *, batch_size=512):
               {\\frac{1}{N}\\sum_i \\lVert \\nabla L_i(\\theta^s) \\rVert
                + \\lVert \\nabla R(\\theta^s) \\rVert}
 
-    with J = (1/N) Σ_i L_i + R. By the triangle inequality 0 ≤ s ≤ 1: 0 at a stationary
+    with J = (1/N) Σ_i L_i + R (weighted models: w̃_i L_i and w̃_i ‖∇L_i‖, w̃ of mean 1). By
+    the triangle inequality 0 ≤ s ≤ 1: 0 at a stationary
     point (the per-example gradients cancel against each other and the penalty), 1 when they
     all point the same way. Influence functions assume s = 0; the per-example gradients are
     computed in blocks of ``batch_size`` rows (never all N × p at once).
@@ -144,6 +199,7 @@ def stationarity(adapter, inputs, targets, *, batch_size=512):
     gradient or a squared gradient norm is not finite — before any curvature is formed.
     """
     theta = adapter.parameters()
+    weights = adapter.row_weights  # w̃_i (mean 1), or None
     if not bool(torch.isfinite(theta).all()):
         raise ValueError(
             "The fitted model's parameters contain NaN or infinity, so influence cannot be "
@@ -156,8 +212,12 @@ def stationarity(adapter, inputs, targets, *, batch_size=512):
     batch_size = max(1, min(batch_size, (1 << 26) // max(theta.numel(), 1)))
     for rows in batch_slices(len(inputs), batch_size):
         gradients = per_example_gradients(adapter, theta, inputs[rows], targets[rows], batch_size)
-        total += gradients.sum(0)
-        norms += gradients.norm(dim=1).sum()
+        if weights is None:
+            total += gradients.sum(0)
+            norms += gradients.norm(dim=1).sum()
+        else:
+            total += weights[rows].to(gradients.dtype) @ gradients
+            norms += (gradients.norm(dim=1) * weights[rows]).sum()
         if not (bool(torch.isfinite(gradients).all()) and bool(torch.isfinite(norms))):
             largest = float(inputs.abs().max()) if inputs.is_floating_point() else float("nan")
             raise ValueError(
@@ -281,7 +341,7 @@ def mean_row_correlation(first, second, *, method="pearson"):
 # -- the response estimators' model --------------------------------------------------------
 
 
-class FittedModelMixin:
+class FittedModelMixin(WeightedFitRouterMixin):
     """Fitting of the base model, the removed points and the query tensors of an estimator.
 
     Shared by the response estimators and :class:`~sklearn_influence.InfluenceDecomposition`:
@@ -290,16 +350,19 @@ class FittedModelMixin:
     :class:`~sklearn_influence._responses._functions.ResponseProblem` as ``problem_``.
     """
 
-    def _fit_problem(self, X, y, device):
+    def _fit_problem(self, X, y, device, fit_params=None):
         """Fit a clone of the estimator (or take the frozen one); return the response problem."""
-        self.estimator_, adapter = fit_model_and_adapter(self.estimator, X, y, device)
+        self._fit_params = fit_params or {}
+        self.estimator_, adapter = fit_model_and_adapter(self.estimator, X, y, device, fit_params)
         self.stationarity_ = adapter.stationarity
         warn_if_not_stationary(adapter, type(self).__name__, stacklevel=4)
         return ResponseProblem(adapter, X, y)
 
     def _memory_key(self):
         """What, with θˢ and the training data, fixes the responses saved in ``memory``."""
-        return (self.estimator, str(self.device), self.random_state)
+        key = (self.estimator, str(self.device), self.random_state)
+        fit_params = getattr(self, "_fit_params", None)
+        return (*key, fit_params) if fit_params else key
 
     def _removed_points(self, n_train):
         """``train_indices`` checked, or ``n_points`` distinct indices drawn by random_state."""

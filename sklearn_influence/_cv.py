@@ -117,28 +117,36 @@ class InfluenceFunctionCV(InfluenceFunction):
             )
         return dampings
 
-    def fit(self, X, y):
+    def fit(self, X, y, sample_weight=None):
         """Select the damping, then fit on all of (X, y).
 
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
         y : array-like of shape (n_samples,) or (n_samples, n_targets)
+        sample_weight : array-like of shape (n_samples,), default=None
+            Per-row weights of the model's objective, see :meth:`InfluenceFunction.fit`;
+            each fold's model is fitted with its training rows' weights.
 
         Returns
         -------
         self : InfluenceFunctionCV
         """
         dampings = self._candidate_dampings()
-        super().fit(X, y)
+        super().fit(X, y, sample_weight)
         X, y = self.X_train_, self.y_train_
+        full_params = self._fit_params
+
+        def fold_params(train):
+            return {name: np.asarray(value)[train] for name, value in full_params.items()}
+
         if self.cv is None:
             folds = [(self.engine_, X, y, X, y)]
         else:
             splitter = check_cv(self.cv)
             folds = [
                 (
-                    self._fit_engine(_take(X, train), _take(y, train))[1],
+                    self._fit_engine(_take(X, train), _take(y, train), fold_params(train))[1],
                     _take(X, train),
                     _take(y, train),
                     _take(X, test),

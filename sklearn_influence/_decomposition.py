@@ -30,6 +30,7 @@ from ._base import (
     PARALLEL_CONSTRAINTS,
     FittedModelMixin,
     mean_row_correlation,
+    routed_fit_params,
 )
 from ._influence import InfluenceFunction
 from ._responses._functions import (
@@ -40,7 +41,7 @@ from ._responses._functions import (
     warm_leave_one_out,
 )
 from ._torch_utils import resolve_device, seeded_torch, to_numpy
-from ._validation import validate_training_data
+from ._validation import validate_sample_weight, validate_training_data
 from .metrics._display import _check_matplotlib
 
 #: the six objects, from actual retraining to the practical estimate
@@ -235,7 +236,7 @@ class InfluenceDecomposition(FittedModelMixin, BaseEstimator):
         self.verbose = verbose
 
     @_fit_context(prefer_skip_nested_validation=False)
-    def fit(self, X, y):
+    def fit(self, X, y, sample_weight=None):
         """Fit the model and compute the six objects for every removed point.
 
         Parameters
@@ -244,6 +245,9 @@ class InfluenceDecomposition(FittedModelMixin, BaseEstimator):
             Training inputs.
         y : array-like of shape (n_samples,) or (n_samples, n_targets)
             Training targets.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Positive per-row weights of the model's objective (linear models and GLMs), as
+            in :meth:`InfluenceFunction.fit`: removing a point removes all of its weight.
 
         Returns
         -------
@@ -251,10 +255,11 @@ class InfluenceDecomposition(FittedModelMixin, BaseEstimator):
             The fitted decomposition.
         """
         X, y = validate_training_data(self, X, y)
+        sample_weight = validate_sample_weight(self, sample_weight, len(y))
         device = resolve_device(self.device)
         indices = self._removed_points(len(y))
         with seeded_torch(self.random_state) as seed:
-            problem = self._fit_problem(X, y, device)
+            problem = self._fit_problem(X, y, device, routed_fit_params(self, sample_weight))
             results = self._objects(problem, indices, seed)
         with warnings.catch_warnings():
             # the same model and data: _fit_problem has warned already
@@ -267,11 +272,11 @@ class InfluenceDecomposition(FittedModelMixin, BaseEstimator):
                 solver_options=self.solver_options,
                 device=self.device,
                 random_state=self.random_state,
-            ).fit(X, y)
+            ).fit(X, y, sample_weight=problem.adapter.fit_sample_weight)
         engine = self.influence_.engine_
         index = torch.as_tensor(indices, device=problem.theta.device)
         shift = engine.solver.solve(engine.train_gradients(index), self.damping)
-        results["influence"] = problem.theta + problem.epsilon * shift
+        results["influence"] = problem.theta + problem.epsilons(indices).unsqueeze(1) * shift
         self.problem_ = problem
         self.train_indices_ = indices
         self.n_train_ = problem.n_train

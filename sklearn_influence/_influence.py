@@ -17,16 +17,23 @@ from sklearn.utils.validation import check_is_fitted, check_memory
 from ._base import (
     INFLUENCE_CONSTRAINTS,
     MODEL_CONSTRAINTS,
+    WeightedFitRouterMixin,
     check_train_indices,
     correlation,
     fit_model_and_adapter,
+    routed_fit_params,
     sample_training_points,
     warn_if_not_stationary,
 )
 from ._engine._influence_engine import InfluenceEngine, working_memory_bytes
 from ._responses._removal import SCORE_TARGETS, removal_changes
 from ._torch_utils import resolve_device, seeded_torch, to_numpy
-from ._validation import query_tensors, validate_query_data, validate_training_data
+from ._validation import (
+    query_tensors,
+    validate_query_data,
+    validate_sample_weight,
+    validate_training_data,
+)
 
 #: the warning of an undefined agreement (score, scorers, InfluenceFunctionCV)
 UNDEFINED_AGREEMENT = (
@@ -36,15 +43,16 @@ UNDEFINED_AGREEMENT = (
 )
 
 
-def _fit_engine(estimator, X, y, *, device, random_state, **engine_settings):
+def _fit_engine(estimator, X, y, *, device, random_state, fit_params=None, **engine_settings):
     """Fit (a clone of) the model and build its influence engine, factorization included.
 
     Module-level and free of ``self`` so that ``joblib.Memory`` can cache it across the
     clones that ``GridSearchCV`` makes: damping is not an argument, so every damping value
-    reuses the same fit, gradients and factorization.
+    reuses the same fit, gradients and factorization. ``fit_params`` (the routed
+    ``sample_weight``) go to the model's ``fit``.
     """
     with seeded_torch(random_state) as seed:
-        fitted, adapter = fit_model_and_adapter(estimator, X, y, device)
+        fitted, adapter = fit_model_and_adapter(estimator, X, y, device, fit_params)
         options = {"seed": seed, **(engine_settings.pop("solver_options") or {})}
         try:
             engine = InfluenceEngine(
@@ -82,7 +90,9 @@ def _removal_changes(
     )  # fmt: skip
 
 
-class InfluenceFunction(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+class InfluenceFunction(
+    WeightedFitRouterMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator
+):
     """Influence of each training point on the predictions of a fitted model.
 
     ``fit`` fits a clone of ``estimator`` (a :class:`~sklearn.frozen.FrozenEstimator` is used
@@ -93,7 +103,11 @@ class InfluenceFunction(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
               \\nabla_\\theta L(h(\\theta^s, x_m), t_m),
 
     the predicted change of query q's measurement when training point m is removed
-    (first-order, ε = 1/N). **Sign**: ``I[q, m] > 0`` means removing m is predicted to
+    (first-order, ε = 1/N). For a model fitted with per-row weights w_i (``sample_weight``,
+    ``class_weight``) the objective is the weighted mean Σ w_i L_i / W + R over the total
+    weight W = Σ w_i, the curvature is weighted likewise, and removing m removes all of its
+    weight: the factor 1/N becomes ε_m = w_m / W (a point of integer weight w has the summed
+    influence of w copies of it). **Sign**: ``I[q, m] > 0`` means removing m is predicted to
     raise the query loss — m helps q (a proponent); ``I[q, m] < 0`` means m hurts q (an
     opponent). Rows are queries, columns are training points in the order passed to ``fit``.
 
@@ -280,7 +294,7 @@ class InfluenceFunction(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
 
     # -- fitting ------------------------------------------------------------------------
     @_fit_context(prefer_skip_nested_validation=False)
-    def fit(self, X, y):
+    def fit(self, X, y, sample_weight=None):
         """Fit the model (unless frozen) and prepare gradients and curvature.
 
         Parameters
@@ -289,14 +303,43 @@ class InfluenceFunction(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
             Training inputs. They are the training set of the influence estimates.
         y : array-like of shape (n_samples,) or (n_samples, n_targets)
             Training targets (any class labels for classifiers).
+        sample_weight : array-like of shape (n_samples,), default=None
+            Positive per-row weights of the model's training objective (linear models and
+            GLMs). The model is fitted with them (a ``FrozenEstimator``: they are the weights
+            it was fitted with), and retraining refits with the remaining rows' weights.
+            With metadata routing enabled (``sklearn.set_config(enable_metadata_routing=
+            True)``) they go where the model requests them
+            (``set_fit_request(sample_weight=True)``, also on the steps of a ``Pipeline``);
+            without it, to the model (the final step of a pipeline).
 
         Returns
         -------
         self : InfluenceFunction
             The fitted transformer.
+
+        Examples
+        --------
+        A point of weight 2 has the influence of two copies of it:
+
+        >>> import numpy as np
+        >>> from sklearn.datasets import load_diabetes
+        >>> from sklearn.linear_model import Ridge
+        >>> from sklearn_influence import InfluenceFunction
+        >>> X, y = load_diabetes(return_X_y=True)
+        >>> X, y = X[:50], y[:50]
+        >>> weights = np.ones(50)
+        >>> weights[0] = 2.0
+        >>> weighted = InfluenceFunction(Ridge()).fit(X, y, sample_weight=weights)
+        >>> copies = InfluenceFunction(Ridge()).fit(np.vstack([X[:1], X]), np.r_[y[:1], y])
+        >>> a = weighted.transform(X[:3], y[:3])[:, 0]
+        >>> b = copies.transform(X[:3], y[:3])[:, :2].sum(1)
+        >>> bool(np.allclose(a, b))
+        True
         """
         X, y = validate_training_data(self, X, y)
-        self.estimator_, self.engine_ = self._fit_engine(X, y)
+        sample_weight = validate_sample_weight(self, sample_weight, len(y))
+        self._fit_params = routed_fit_params(self, sample_weight)
+        self.estimator_, self.engine_ = self._fit_engine(X, y, self._fit_params)
         # outside the cached fit, so that a cached fit warns too
         self.stationarity_ = self.engine_.adapter.stationarity
         warn_if_not_stationary(self.engine_.adapter, type(self).__name__)
@@ -306,7 +349,7 @@ class InfluenceFunction(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         self.solver_ = self.engine_.solver_name
         return self
 
-    def _fit_engine(self, X, y):
+    def _fit_engine(self, X, y, fit_params=None):
         """``(fitted model, engine)`` on (X, y), cached by ``memory`` across clones."""
         return check_memory(self.memory).cache(_fit_engine)(
             self.estimator,
@@ -314,6 +357,7 @@ class InfluenceFunction(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
             y,
             device=resolve_device(self.device),
             random_state=self.random_state,
+            fit_params=fit_params or {},
             curvature=self.curvature,
             solver=self.solver,
             batch_size=self.batch_size,
@@ -322,7 +366,9 @@ class InfluenceFunction(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
 
     def _fit_key(self):
         """What, with the training data, determines the fit (a cache key for its results)."""
-        return (self.estimator, str(resolve_device(self.device)), self.random_state)
+        key = (self.estimator, str(resolve_device(self.device)), self.random_state)
+        fit_params = getattr(self, "_fit_params", None)
+        return (*key, fit_params) if fit_params else key
 
     def _damping(self):
         """The damping λ in use (a subclass may select it during fit)."""

@@ -13,14 +13,16 @@ from ._base import (
     INFLUENCE_CONSTRAINTS,
     MEMORY_CONSTRAINTS,
     MODEL_CONSTRAINTS,
+    WeightedFitRouterMixin,
     fit_model_and_adapter,
+    routed_fit_params,
     warn_if_not_stationary,
 )
 from ._engine._gradients import batch_slices, measure
 from ._influence import InfluenceFunction
 from ._response_estimators import PBRF
 from ._torch_utils import resolve_device, seeded_torch, to_numpy
-from ._validation import query_tensors, validate_training_data
+from ._validation import query_tensors, validate_sample_weight, validate_training_data
 
 METHODS = ("self_influence", "pbrf_self_influence", "loss")
 
@@ -28,7 +30,7 @@ METHODS = ("self_influence", "pbrf_self_influence", "loss")
 class _InfluenceScore:
     """Self-influence ∇L(x, y)ᵀ(C + λI)⁻¹∇L(x, y)/N from a fitted InfluenceFunction."""
 
-    def __init__(self, detector, X, y):
+    def __init__(self, detector, X, y, sample_weight):
         self.influence = InfluenceFunction(
             detector.estimator,
             damping=detector.damping,
@@ -40,7 +42,7 @@ class _InfluenceScore:
             n_jobs=detector.n_jobs,
             memory=detector.memory,
             random_state=detector.random_state,
-        ).fit(X, y)
+        ).fit(X, y, sample_weight=sample_weight)
         self.estimator = self.influence.estimator_
         self.adapter = self.influence.engine_.adapter
         self.damping = detector.damping
@@ -56,10 +58,13 @@ class _InfluenceScore:
 class _LossScore:
     """The per-example loss L(h(θˢ, x), y) of the fitted model (a baseline)."""
 
-    def __init__(self, detector, X, y):
+    def __init__(self, detector, X, y, sample_weight):
         device = resolve_device(detector.device)
+        fit_params = routed_fit_params(detector, sample_weight)
         with seeded_torch(detector.random_state):
-            self.estimator, self.adapter = fit_model_and_adapter(detector.estimator, X, y, device)
+            self.estimator, self.adapter = fit_model_and_adapter(
+                detector.estimator, X, y, device, fit_params
+            )
         warn_if_not_stationary(self.adapter, type(detector).__name__, stacklevel=4)
         self.batch_size = detector.batch_size
         self._training = (self.adapter.inputs(X), self.adapter.targets(y))
@@ -91,7 +96,7 @@ class _PBRFScore:
     #: PBRF parameters the detector sets itself
     _OWN = ("estimator", "damping", "device", "n_jobs", "memory", "random_state", "train_indices")
 
-    def __init__(self, detector, X, y):
+    def __init__(self, detector, X, y, sample_weight):
         options = dict(detector.response_options or {})
         allowed = sorted(set(PBRF(None).get_params()) - set(self._OWN) - {"n_points"})
         unknown = sorted(set(options) - set(allowed))
@@ -110,7 +115,7 @@ class _PBRFScore:
             memory=detector.memory,
             random_state=detector.random_state,
             **options,
-        ).fit(X, y)
+        ).fit(X, y, sample_weight=sample_weight)
         self.estimator = self.response.estimator_
         problem = self.response.problem_
         self.adapter = problem.adapter
@@ -157,7 +162,7 @@ class _PBRFScore:
 _SCORES = {"self_influence": _InfluenceScore, "loss": _LossScore, "pbrf_self_influence": _PBRFScore}
 
 
-class MislabelDetector(OutlierMixin, BaseEstimator):
+class MislabelDetector(WeightedFitRouterMixin, OutlierMixin, BaseEstimator):
     """Rank training points by how likely their label is wrong, as an outlier detector.
 
     ``fit(X, y)`` fits the model on the labelled training set and scores every training
@@ -317,7 +322,7 @@ class MislabelDetector(OutlierMixin, BaseEstimator):
         self.random_state = random_state
 
     @_fit_context(prefer_skip_nested_validation=False)
-    def fit(self, X, y):
+    def fit(self, X, y, sample_weight=None):
         """Fit the model on the labelled training set and score every training point.
 
         Parameters
@@ -326,6 +331,9 @@ class MislabelDetector(OutlierMixin, BaseEstimator):
             Training inputs.
         y : array-like of shape (n_samples,)
             Training labels, possibly wrong — those are what the detector looks for.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Positive per-row weights of the model's objective (linear models and GLMs), as
+            in :meth:`InfluenceFunction.fit`: removing a point removes all of its weight.
 
         Returns
         -------
@@ -333,7 +341,8 @@ class MislabelDetector(OutlierMixin, BaseEstimator):
             The fitted detector.
         """
         X, y = validate_training_data(self, X, y)
-        self._score = _SCORES[self.method](self, X, y)
+        sample_weight = validate_sample_weight(self, sample_weight, len(y))
+        self._score = _SCORES[self.method](self, X, y, sample_weight)
         self.estimator_ = self._score.estimator
         self.stationarity_ = self._score.adapter.stationarity
         self.influence_ = getattr(self._score, "influence", None)

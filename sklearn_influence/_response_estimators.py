@@ -29,6 +29,7 @@ from ._base import (
     SOLVER_CONSTRAINTS,
     FittedModelMixin,
     correlation,
+    routed_fit_params,
 )
 from ._engine._gradients import per_example_gradients
 from ._responses._functions import (
@@ -39,7 +40,7 @@ from ._responses._functions import (
     warm_leave_one_out,
 )
 from ._torch_utils import resolve_device, seeded_torch, to_numpy
-from ._validation import validate_training_data
+from ._validation import validate_sample_weight, validate_training_data
 
 
 class _BaseResponse(
@@ -54,7 +55,7 @@ class _BaseResponse(
     }
 
     @_fit_context(prefer_skip_nested_validation=False)
-    def fit(self, X, y):
+    def fit(self, X, y, sample_weight=None):
         """Fit the model (unless frozen) and compute the responses to removing each point.
 
         Parameters
@@ -63,6 +64,9 @@ class _BaseResponse(
             Training inputs.
         y : array-like of shape (n_samples,) or (n_samples, n_targets)
             Training targets.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Positive per-row weights of the model's objective (linear models and GLMs), as
+            in :meth:`InfluenceFunction.fit`: removing a point removes all of its weight.
 
         Returns
         -------
@@ -70,10 +74,11 @@ class _BaseResponse(
             The fitted estimator.
         """
         X, y = validate_training_data(self, X, y)
+        sample_weight = validate_sample_weight(self, sample_weight, len(y))
         device = resolve_device(self.device)
         indices = self._removed_points(len(y))
         with seeded_torch(self.random_state) as seed:
-            problem = self._fit_problem(X, y, device)
+            problem = self._fit_problem(X, y, device, routed_fit_params(self, sample_weight))
             result = self._responses(problem, indices, seed)
         self.problem_ = problem
         self._shifts = {}

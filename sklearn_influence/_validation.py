@@ -28,7 +28,7 @@ from sklearn.utils.validation import (
     validate_data,
 )
 
-from ._adapters import SKORCH_NETS, check_supported
+from ._adapters import SKORCH_NETS, check_sample_weight_supported, check_supported
 from ._adapters._pipeline import unwrap
 
 
@@ -101,6 +101,48 @@ def validate_training_data(estimator, X, y):
             return X, y
         estimator.__dict__.pop("_sample_shape", None)
     return validate_data(estimator, X, y, multi_output=True, y_numeric=False)
+
+
+def validate_sample_weight(estimator, sample_weight, n_samples):
+    """``sample_weight`` as a float64 array of shape (n_samples,), or None; clear errors.
+
+    Refused before any numerical work: a model family that takes no weights, a weight array
+    of the wrong shape or length, non-numeric values, NaN or infinity, and weights ≤ 0 (a
+    zero weight says "this row is not in the training set": drop the row instead, so that
+    the influence matrix has one column per training point).
+    """
+    if sample_weight is None:
+        return None
+    check_sample_weight_supported(estimator.estimator)
+    try:
+        weights = np.asarray(sample_weight, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise ValueError(
+            f"sample_weight must be numeric ({error}); pass one positive number per training row."
+        ) from error
+    if weights.ndim != 1 or len(weights) != n_samples:
+        raise ValueError(
+            f"sample_weight has shape {weights.shape} but X has {n_samples} rows; pass a 1-d "
+            f"array of shape ({n_samples},), one weight per training row."
+        )
+    if not np.all(np.isfinite(weights)):
+        raise ValueError(
+            "sample_weight contains NaN or infinity; pass finite positive weights (drop or "
+            "impute those rows)."
+        )
+    if np.any(weights < 0):
+        raise ValueError(
+            f"sample_weight contains negative values (the smallest is {weights.min():g}); "
+            "weights must be positive."
+        )
+    if np.any(weights == 0):
+        raise ValueError(
+            f"sample_weight contains zero weights ({int(np.sum(weights == 0))} rows): a "
+            "row of weight zero is not part of the training objective. Drop those rows "
+            "from X, y and sample_weight, so that every column of the influence matrix is a "
+            "training point."
+        )
+    return weights
 
 
 def validate_query_data(estimator, X):

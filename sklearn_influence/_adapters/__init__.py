@@ -6,11 +6,17 @@ A new model family is one new adapter module plus one entry in ``_FAMILIES``.
 from sklearn.exceptions import NotFittedError
 from sklearn.frozen import FrozenEstimator
 from sklearn.pipeline import Pipeline
+from sklearn.utils.metadata_routing import _routing_enabled, process_routing
 from sklearn.utils.validation import check_is_fitted
 
 from ._base import ModelAdapter, fit_model
 from ._glm import GLM_MODELS, GeneralizedLinearModelAdapter, check_glm_configuration
-from ._linear import SUPPORTED_LINEAR_MODELS, LinearModelAdapter, _check_linear_configuration
+from ._linear import (
+    SUPPORTED_LINEAR_MODELS,
+    LinearModelAdapter,
+    _check_linear_configuration,
+    training_weights,
+)
 from ._pipeline import pipeline_steps, unwrap
 from ._sklearn_mlp import SKLEARN_MLPS, SklearnMLPAdapter, check_mlp_configuration, fit_sklearn_mlp
 from ._skorch import SKORCH_NETS, SkorchAdapter, check_skorch_configuration, fit_skorch
@@ -35,6 +41,32 @@ _FAMILIES = [
     (SKORCH_NETS, check_skorch_configuration, fit_skorch, SkorchAdapter),
     (SKLEARN_MLPS, check_mlp_configuration, fit_sklearn_mlp, SklearnMLPAdapter),
 ]
+
+
+#: the families whose objective takes per-row weights (sample_weight, class_weight)
+WEIGHTED_MODELS = (*SUPPORTED_LINEAR_MODELS, *GLM_MODELS)
+
+WEIGHTED_MODELS_TEXT = (
+    "LinearRegression, Ridge(CV), RidgeClassifier(CV), LogisticRegression(CV), "
+    "SGDClassifier, SGDRegressor, PoissonRegressor, GammaRegressor and TweedieRegressor"
+)
+
+
+def check_sample_weight_supported(estimator):
+    """Refuse ``sample_weight`` for a model family whose weighted objective is not mapped.
+
+    The linear models and GLMs take per-row weights; scikit-learn's MLPs and skorch nets do
+    not (their weighted mini-batch objective is not reproduced).
+    """
+    _, model = unwrap(estimator)
+    if isinstance(model, WEIGHTED_MODELS):
+        return
+    raise ValueError(
+        f"sample_weight is not supported for {type(model).__name__}: influence with per-row "
+        f"weights is implemented for {WEIGHTED_MODELS_TEXT}. Fit without sample_weight, "
+        "or, for integer weights, repeat each row as many times as its weight "
+        "(np.repeat(X, weights, axis=0)) — the same objective."
+    )
 
 
 def _family(model):
@@ -100,30 +132,74 @@ def check_frozen_is_fitted(estimator):
         )
 
 
-def fit_estimator(estimator, X, y):
+def fit_estimator(estimator, X, y, **fit_params):
     """Fit an (unfrozen) estimator or pipeline; return the final family's fit state.
 
     Earlier pipeline steps are fit and applied as scikit-learn does; the final model is fit
-    by its family's training hook.
+    by its family's training hook. ``fit_params`` (``sample_weight``) are those of the
+    estimator's ``fit``, see :func:`fit_with_weights`.
     """
-    preprocess_steps, model = (
-        (estimator[:-1], estimator.steps[-1][1])
-        if isinstance(estimator, Pipeline)
-        else (None, estimator)
-    )
-    if preprocess_steps is not None and len(preprocess_steps.steps):
-        X = preprocess_steps.fit_transform(X, y)
-    if isinstance(model, Pipeline):
-        return fit_estimator(model, X, y)
-    _, fit_hook, _ = _family(model)
-    return fit_hook(model, X, y)
+    return fit_with_weights(estimator, X, y, **fit_params)[0]
 
 
-def make_adapter(estimator, n_train, device, fit_state=None):
-    """Build the adapter for a fitted ``estimator`` (possibly a pipeline or frozen)."""
+def _fit_transform_step(step, X, y, params):
+    """Fit one earlier pipeline step with its routed parameters and transform X (as
+    scikit-learn's Pipeline does)."""
+    if hasattr(step, "fit_transform"):
+        return step.fit_transform(X, y, **params.get("fit_transform", {}))
+    return step.fit(X, y, **params.get("fit", {})).transform(X, **params.get("transform", {}))
+
+
+def fit_with_weights(estimator, X, y, **fit_params):
+    """Fit an (unfrozen) estimator or pipeline; ``(fit state, the final model's weights)``.
+
+    ``fit_params`` are the parameters of the estimator's ``fit`` (``sample_weight``). A plain
+    model gets them. In a pipeline, with scikit-learn's metadata routing enabled, every step
+    gets what it requested (``set_fit_request``), as in :meth:`Pipeline.fit`; without it the
+    final model gets ``sample_weight`` and the earlier steps are fit unweighted. The second
+    value is the ``sample_weight`` the final model was fitted with (None if it got none):
+    the weights of the objective the influence describes.
+    """
+    if isinstance(estimator, Pipeline):
+        steps = estimator.steps
+        if _routing_enabled():
+            routed = process_routing(estimator, "fit", **fit_params)
+            for name, step in steps[:-1]:
+                if step is not None and step != "passthrough":
+                    X = _fit_transform_step(step, X, y, routed[name])
+            final_params = dict(routed[steps[-1][0]].get("fit", {}))
+        else:
+            prefix = estimator[:-1]
+            if len(prefix.steps):
+                X = prefix.fit_transform(X, y)
+            final_params = dict(fit_params)
+        return fit_with_weights(steps[-1][1], X, y, **final_params)
+    _, fit_hook, _ = _family(estimator)
+    return fit_hook(estimator, X, y, **fit_params), fit_params.get("sample_weight")
+
+
+def make_adapter(estimator, n_train, device, fit_state=None, *, sample_weight=None, y=None):
+    """Build the adapter for a fitted ``estimator`` (possibly a pipeline or frozen).
+
+    ``sample_weight`` are the per-row weights the final model was fitted with; with a
+    ``class_weight`` the training targets ``y`` are needed too, for the weights it implies
+    (:func:`~._linear.training_weights`).
+    """
     preprocess, model = unwrap(estimator)
     _, _, adapter_class = _family(model)
-    return adapter_class(model, n_train, preprocess=preprocess, device=device, fit_state=fit_state)
+    settings = {"preprocess": preprocess, "device": device, "fit_state": fit_state}
+    if isinstance(model, WEIGHTED_MODELS):
+        if getattr(model, "class_weight", None) is not None and y is None:
+            raise ValueError(
+                f"{type(model).__name__} has class_weight={model.class_weight!r}, whose "
+                "per-sample weights depend on the training targets; pass y."
+            )
+        weights = training_weights(model, y, sample_weight)
+        if weights is not None:
+            settings["sample_weight"] = weights
+    elif sample_weight is not None:
+        check_sample_weight_supported(model)
+    return adapter_class(model, n_train, **settings)
 
 
 __all__ = [
@@ -132,8 +208,10 @@ __all__ = [
     "ModelAdapter",
     "SklearnMLPAdapter",
     "SkorchAdapter",
+    "check_sample_weight_supported",
     "check_supported",
     "fit_estimator",
+    "fit_with_weights",
     "make_adapter",
     "unwrap",
 ]

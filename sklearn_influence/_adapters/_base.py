@@ -13,6 +13,7 @@ and which parameters no such layer covers — what factored curvatures (K-FAC) n
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from .._torch_utils import array_to_tensor
 
@@ -100,6 +101,37 @@ class ModelAdapter:
 
     linear_layout = False
     is_convex = False
+    #: the estimator's per-row training weights w_i (sample_weight times any class weights,
+    #: a float64 ndarray of shape (N,)), or None when every row has weight 1
+    sample_weight = None
+    #: w̃_i = N w_i / W with W = Σ w_i (a tensor of shape (N,), mean 1), or None: the weights
+    #: of the engine's mean form (1/N) Σ w̃_i L_i = Σ w_i L_i / W (see :meth:`removal_weights`)
+    row_weights = None
+
+    @property
+    def total_weight(self):
+        """W = Σ w_i, the total training weight (N without weights)."""
+        return self.n_train if self.sample_weight is None else float(self.sample_weight.sum())
+
+    def removal_weights(self, indices):
+        """N ε_m = w̃_m for the training rows ``indices`` (a tensor), or None without weights.
+
+        Removing point m removes all of its weight: ε_m = w_m / W = w̃_m / N (1/N unweighted).
+        """
+        if self.row_weights is None:
+            return None
+        return self.row_weights[indices]
+
+    def prediction(self, outputs):
+        """The measurement of a query without a label (single-output regressors): the
+        prediction itself, here the first output (shape (n,))."""
+        return outputs[..., 0]
+
+    def prediction_gradient(self, outputs):
+        """∂ prediction / ∂h for every row, shape like ``outputs`` (here e₀)."""
+        gradient = torch.zeros_like(outputs)
+        gradient[..., 0] = 1.0
+        return gradient
 
     # -- data ---------------------------------------------------------------------------
     def inputs(self, X):
@@ -180,7 +212,8 @@ class ModelAdapter:
         """J(θ) = (1/N) Σ_i w_i L_i(θ) + R(θ) on (inputs, targets); w_i = 1 by default.
 
         With w_m = 0 this is the leave-one-out objective (1/N) Σ_{i≠m} L_i + R of DESIGN.md §2
-        (the 1/N of the full training set is kept).
+        (the 1/N of the full training set is kept). ``weights`` are used as given: for a
+        weighted model pass its :attr:`row_weights` (times any removal mask).
         """
         losses = self.loss(self.outputs(theta, inputs), targets)
         if weights is not None:
@@ -198,7 +231,10 @@ class ModelAdapter:
         raise NotImplementedError
 
 
-def fit_model(estimator, X, y):
-    """Default training hook: fit the estimator; families may record more (returned state)."""
-    estimator.fit(X, y)
+def fit_model(estimator, X, y, **fit_params):
+    """Default training hook: fit the estimator; families may record more (returned state).
+
+    ``fit_params`` (``sample_weight``) go to the estimator's ``fit``.
+    """
+    estimator.fit(X, y, **fit_params)
     return None

@@ -9,6 +9,9 @@ objective exactly:
     L(η, y) = ½ d(y, link⁻¹(η))   (the full half deviance, zero at μ = y)
     R(θ)    = (α/2)‖w‖²            (r = α for the weights, 0 for the intercept)
 
+With ``sample_weight`` scikit-learn minimises (1/(2W)) Σ_i w_i d(y_i, μ_i) + (α/2)‖w‖² with
+W = Σ_i w_i, already the package's weighted mean Σ w_i L_i / W + R: r = α either way.
+
 =====================  =====  ========  ===========================================
 estimator              power  link      curvature in η: Hessian / Gauss-Newton (Fisher)
 =====================  =====  ========  ===========================================
@@ -200,7 +203,8 @@ class GeneralizedLinearModelAdapter(LinearModelAdapter):
     def _make_loss(self, estimator):
         return TweedieHalfDeviance(*glm_power_and_link(estimator))
 
-    def _penalty_for(self, estimator, n_train):
+    def _penalty_for(self, estimator, total_weight, n_rows=None):
+        # scikit-learn averages the deviance over the weight sum: r = α with or without weights
         return float(estimator.alpha)
 
     def targets(self, y):

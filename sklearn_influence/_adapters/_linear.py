@@ -16,6 +16,16 @@ SGDRegressor (squared) mean ½(y − ŷ)² + α·½‖w‖²               ½‖
 RidgeClassifier        Σ ‖Y − Ŷ‖² + α‖W‖², Y ∈ {−1, 1}         ‖h − (2t − 1)‖², 2α/N
 =====================  ====================================  =================
 
+**Sample and class weights.** With per-row weights w_i (``sample_weight`` times the class
+weights that ``class_weight`` implies, combined as the estimator combines them:
+:func:`training_weights`) the objective is written as the weighted mean over the total weight
+W = Σ w_i, J = Σ w_i L_i / W + R, so that a point of integer weight w and w copies of it are
+the same objective. The sums above become weighted sums and N becomes W in r (Ridge and
+RidgeClassifier 2α/W, LogisticRegression 1/(CW) — scikit-learn itself divides the penalty by
+the weight sum); SGD minimises (1/N) Σ w_i L_i + α·½‖w‖², so r = αN/W. Retraining refits
+with the remaining rows' weights (and ``class_weight=None``: the class weights of the full
+training set are kept, as the influence assumes).
+
 Estimators that choose their own regularisation (``RidgeCV``, ``RidgeClassifierCV``,
 ``LogisticRegressionCV``) are treated as the plain estimator at the value they selected
 (``alpha_``, ``C_``): the objective is the plain one at that fixed value, and retraining refits
@@ -41,6 +51,7 @@ from sklearn.linear_model import (
     SGDClassifier,
     SGDRegressor,
 )
+from sklearn.utils.class_weight import compute_class_weight, compute_sample_weight
 
 from ._base import Layer, LayerStructure, ModelAdapter
 from ._losses import BinaryLogLoss, SignedSquaredError, SoftmaxCrossEntropy, SquaredError
@@ -72,8 +83,6 @@ def _check_linear_configuration(estimator):
     name = type(estimator).__name__
     if params.get("positive", False):
         _refuse(estimator, "positive=True (a constrained fit)", "Use positive=False.")
-    if params.get("class_weight") is not None:
-        _refuse(estimator, "class_weight", "Use class_weight=None.")
     if params.get("early_stopping", False):
         _refuse(
             estimator,
@@ -158,18 +167,66 @@ def fixed_hyperparameter_model(estimator):
     return estimator
 
 
-def _penalty_per_weight(estimator, n_train):
-    """r for the coefficients (scalar or one value per output); the intercept has r = 0."""
+def training_weights(estimator, y, sample_weight):
+    """The per-row weights of ``estimator``'s objective, or None when every row has weight 1.
+
+    ``sample_weight`` (validated, or None) times the per-sample weights that the estimator's
+    ``class_weight`` implies, computed exactly as the estimator computes them:
+    ``LogisticRegression``(``CV``) balances the classes by their *weighted* counts
+    (:func:`~sklearn.utils.class_weight.compute_class_weight` with ``sample_weight``), the
+    ridge classifiers by the plain counts
+    (:func:`~sklearn.utils.class_weight.compute_sample_weight`), ``SGDClassifier`` by the
+    plain counts of a binary problem (its one-vs-rest class weights are not per-sample
+    weights and are refused).
+    """
+    class_weight = getattr(estimator, "class_weight", None)
+    if class_weight is None or (isinstance(class_weight, dict) and not class_weight):
+        return None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+    labels = np.ravel(np.asarray(y))
+    if isinstance(estimator, (LogisticRegression, SGDClassifier)):
+        classes = np.asarray(estimator.classes_)
+        if isinstance(estimator, SGDClassifier):
+            if len(classes) > 2:
+                _refuse(
+                    estimator,
+                    "class_weight with more than two classes (one-vs-rest weighs each binary "
+                    "problem's positive class only, which is not a per-sample weight)",
+                    "Use class_weight=None and pass the per-sample weights you want as "
+                    "sample_weight, or use LogisticRegression(class_weight=...).",
+                )
+            per_class = compute_class_weight(class_weight, classes=classes, y=labels)
+        else:
+            per_class = compute_class_weight(
+                class_weight, classes=classes, y=labels, sample_weight=sample_weight
+            )
+        implied = np.asarray(per_class, dtype=np.float64)[np.searchsorted(classes, labels)]
+    else:  # RidgeClassifier(CV)
+        implied = np.asarray(compute_sample_weight(class_weight, labels), dtype=np.float64)
+    if sample_weight is None:
+        return implied
+    return np.asarray(sample_weight, dtype=np.float64) * implied
+
+
+def _penalty_per_weight(estimator, total_weight, n_rows=None):
+    """r for the coefficients (scalar or one value per output); the intercept has r = 0.
+
+    ``total_weight`` is W = Σ w_i (N without weights); ``n_rows`` is N when the rows are
+    weighted (SGD's penalty is not divided by the weight sum, so r = αN/W), else None.
+    """
     if isinstance(estimator, (Ridge, RidgeClassifier)):
-        return 2.0 * np.asarray(estimator.alpha, dtype=np.float64) / n_train
+        return 2.0 * np.asarray(estimator.alpha, dtype=np.float64) / total_weight
     if isinstance(estimator, LinearRegression):
         return 0.0
     if isinstance(estimator, LogisticRegression):
         if estimator.penalty is None or not np.isfinite(estimator.C):
             return 0.0
-        return 1.0 / (estimator.C * n_train)
-    # SGD: alpha · ½‖w‖²
-    return 0.0 if estimator.penalty is None else float(estimator.alpha)
+        return 1.0 / (estimator.C * total_weight)
+    # SGD: alpha · ½‖w‖² next to the plain mean (1/N) Σ w_i L_i
+    if estimator.penalty is None:
+        return 0.0
+    if n_rows is None:
+        return float(estimator.alpha)
+    return float(estimator.alpha) * n_rows / total_weight
 
 
 def _output_loss(estimator, n_outputs):
@@ -198,6 +255,10 @@ class LinearModelAdapter(ModelAdapter):
     device : torch.device
     fit_state : None
         Linear models need nothing recorded at fit time.
+    sample_weight : ndarray of shape (N,) or None
+        The per-row weights the model was fitted with, class weights included
+        (:func:`training_weights`); None: every row has weight 1. The objective is then
+        Σ w_i L_i / W + R with W = Σ w_i (see the module notes).
 
     Notes
     -----
@@ -210,7 +271,10 @@ class LinearModelAdapter(ModelAdapter):
     #: a loss convex in h composed with a linear h plus an L2 penalty: J is convex in θ
     is_convex = True
 
-    def __init__(self, estimator, n_train, *, preprocess=None, device=None, fit_state=None):
+    def __init__(
+        self, estimator, n_train, *, preprocess=None, device=None, fit_state=None,
+        sample_weight=None,
+    ):  # fmt: skip
         self._check_configuration(estimator)
         self.estimator = estimator
         #: the estimator whose objective at fixed hyper-parameters the adapter writes down,
@@ -227,7 +291,18 @@ class LinearModelAdapter(ModelAdapter):
         self.classes_ = getattr(estimator, "classes_", None)
         self.loss = self._make_loss(self.fixed_model)
         self._theta = self._pack(estimator)
-        self._penalty = self._penalty_for(self.fixed_model, n_train)
+        if sample_weight is None:
+            self._penalty = self._penalty_for(self.fixed_model, n_train)
+        else:
+            self.sample_weight = np.asarray(sample_weight, dtype=np.float64)
+            if self.sample_weight.shape != (n_train,):
+                raise ValueError(
+                    f"sample_weight has shape {self.sample_weight.shape} but the model has "
+                    f"{n_train} training rows; pass one weight per training row."
+                )
+            total = float(self.sample_weight.sum())
+            self.row_weights = self._tensor(self.sample_weight * (n_train / total))
+            self._penalty = self._penalty_for(self.fixed_model, total, n_train)
 
     # -- family hooks (overridden by the GLM adapter) ------------------------------------
     def _check_configuration(self, estimator):
@@ -236,8 +311,8 @@ class LinearModelAdapter(ModelAdapter):
     def _make_loss(self, estimator):
         return _output_loss(estimator, self.n_outputs)
 
-    def _penalty_for(self, estimator, n_train):
-        return _penalty_per_weight(estimator, n_train)
+    def _penalty_for(self, estimator, total_weight, n_rows=None):
+        return _penalty_per_weight(estimator, total_weight, n_rows)
 
     # -- layout -------------------------------------------------------------------------
     def _pack(self, estimator):
@@ -314,6 +389,9 @@ class LinearModelAdapter(ModelAdapter):
             model.set_params(tol=_RETRAIN_TOL if tol is None else min(tol, _RETRAIN_TOL))
         if "max_iter" in params and not isinstance(model, (SGDClassifier, SGDRegressor)):
             model.set_params(max_iter=max(params["max_iter"] or 0, _RETRAIN_MAX_ITER))
+        if self.sample_weight is not None and params.get("class_weight") is not None:
+            # the class weights of the full training set are in sample_weight already
+            model.set_params(class_weight=None)
         if warm_start and "warm_start" in params:
             model.set_params(warm_start=True)
             self._unpack_into(model, self._theta)
@@ -326,16 +404,20 @@ class LinearModelAdapter(ModelAdapter):
 
         X is raw (earlier pipeline steps stay fixed). Convex families are solved to a tight
         tolerance so that the O(1/N) change caused by removing one point is resolved;
-        ``warm_start`` starts from θˢ where the estimator supports it.
+        ``warm_start`` starts from θˢ where the estimator supports it. A weighted model is
+        refit with the remaining rows' weights.
         """
         keep = np.ones(len(y), dtype=bool)
         keep[np.asarray(exclude, dtype=int)] = False
         model = self._retraining_clone(warm_start)
+        fit_params = {}
+        if self.sample_weight is not None:
+            fit_params["sample_weight"] = self.sample_weight[keep]
         with warnings.catch_warnings():
             # a warm start from an already-optimal point makes lbfgs report line-search
             # failures at machine precision; the solution is still the optimum
             warnings.filterwarnings(
                 "ignore", category=ConvergenceWarning, message=".*line search.*"
             )
-            model.fit(self.features(X)[keep], np.asarray(y)[keep])
+            model.fit(self.features(X)[keep], np.asarray(y)[keep], **fit_params)
         return self._pack(model)

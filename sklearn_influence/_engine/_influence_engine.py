@@ -3,7 +3,9 @@
     I[q, m] = (1/N) ∇f_q(θˢ)ᵀ (C + λI)⁻¹ ∇_θ L(h(θˢ, x_m), t_m)
 
 is the predicted change of query q's measurement when training point m is removed
-(ε = 1/N). Positive: removing m raises the query loss, so m helps q.
+(ε = 1/N). Positive: removing m raises the query loss, so m helps q. For a model fitted with
+per-row weights w_i (``adapter.row_weights``) removing m removes all of its weight:
+ε_m = w_m / W with W = Σ w_i, and the curvature is the weighted mean.
 
 **Streaming.** The training gradients (N × p) are never all held. Each call preconditions
 the queries once, P = (C + λI)⁻¹∇f_q (n_queries × p; in blocks of queries when that alone
@@ -146,8 +148,9 @@ class InfluenceEngine:
         self.n_train = len(inputs)
         self.n_params = self.theta.numel()
         self.curvature = make_curvature(
-            curvature, adapter, self.theta, inputs, targets, batch_size=batch_size
-        )
+            curvature, adapter, self.theta, inputs, targets, batch_size=batch_size,
+            weights=adapter.row_weights,
+        )  # fmt: skip
         self.solver = make_solver(solver, self.curvature, solver_options)
         self.solver_name = self.solver.name
         if cache_gradients == "auto":
@@ -327,7 +330,8 @@ class InfluenceEngine:
         """∇f_qᵀ (C + λI)⁻¹ ∇f_q / N for each query row, shape (n_queries,).
 
         For a training point with its training target this equals its self-influence; for any
-        other labelled point it is the self-influence it would have as a training point.
+        other labelled point it is the self-influence it would have as a training point. For a
+        weighted model it is / W: the self-influence of a point of weight 1.
         """
         targets = resolve_query_targets(self.adapter, self.theta, inputs, targets)
         blocks = []
@@ -339,6 +343,8 @@ class InfluenceEngine:
             blocks.append(self.solver.quadratic(gradients, damping))
         if not blocks:
             return self.theta.new_zeros((0,))
+        if self.adapter.row_weights is not None:  # a point of weight 1: ε = 1/W
+            return torch.cat(blocks) / self.adapter.total_weight
         return torch.cat(blocks) / self.n_train
 
 
@@ -353,7 +359,15 @@ def _score_block(engine, preconditioned, rows):
     """Influence of the training points ``rows`` on the queries, a float64 ndarray."""
     gradients = engine.train_gradients(rows).to(preconditioned.dtype)
     block = (preconditioned @ gradients.T) / engine.n_train
+    block = _weigh_removal(engine, block, rows)
     return block.detach().to("cpu", torch.float64).numpy()
+
+
+def _weigh_removal(engine, block, rows):
+    """Scale the columns of training rows ``rows`` from ε = 1/N to ε_m = w_m / W (removing a
+    weighted point removes all of its weight); unchanged without weights."""
+    weights = engine.adapter.removal_weights(rows)
+    return block if weights is None else block * weights.to(block.dtype)
 
 
 def _top_k_block(engine, preconditioned, rows, k):
@@ -393,4 +407,5 @@ def merge_top_k(running, block, k, *, largest):
 def _self_block(engine, rows, damping):
     gradients = engine.train_gradients(rows)
     block = engine.solver.quadratic(gradients, damping) / engine.n_train
+    block = _weigh_removal(engine, block, rows)
     return block.detach().to("cpu", torch.float64).numpy()

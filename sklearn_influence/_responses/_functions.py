@@ -11,6 +11,10 @@ linearized PBRF        θˢ + ε (G + λI)⁻¹ ∇L_m(θˢ) through the solver 
 =====================  ======================================================================
 
 Removal is down-weighting by ε = 1/N; Δf = f(θ_resp) − f(θˢ) (:func:`measurement_changes`).
+For a model fitted with per-row weights w_i the data terms are weighted means
+Σ w_i (·)_i / W and removing m down-weights by its whole weight, ε_m = w_m / W
+(:meth:`ResponseProblem.epsilons`); such models are linear, and their PRF/PBRF are solved by
+Newton's method.
 """
 
 import warnings
@@ -26,7 +30,13 @@ from .._engine._gradients import measure, per_example_gradients
 from .._engine._solvers import make_solver
 from ._checkpoint import ChunkStore, checkpoint_chunks, problem_fingerprint
 from ._newton import CONVEX_TOL, minimize_convex_batched
-from ._optimizers import auto_settings, optimize_responses, response_objective, warn_not_converged
+from ._optimizers import (
+    auto_settings,
+    bregman_divergence,
+    optimize_responses,
+    response_objective,
+    warn_not_converged,
+)
 
 #: response methods: exact Newton (models linear in θ) or a first-order optimizer
 METHODS = ("auto", "newton", "optimizer")
@@ -98,8 +108,22 @@ class ResponseProblem:
         self.theta = self.tensor(adapter.parameters().detach())
         self.n_train = len(self.inputs)
         self.epsilon = 1.0 / self.n_train
+        #: w̃_i = N w_i / W of a weighted model (mean 1), or None
+        self.weights = self.tensor(adapter.row_weights)
         with torch.no_grad():
             self.reference_outputs = adapter.outputs(self.theta, self.inputs)
+
+    def epsilons(self, indices, epsilon=None):
+        """ε_m for each removed point (a tensor of shape (len(indices),)).
+
+        ``epsilon`` (a number) for every point when given; else w_m / W = w̃_m / N (1/N for
+        an unweighted model): removing m removes all of its weight.
+        """
+        index = torch.as_tensor(np.asarray(indices, dtype=int), device=self.inputs.device)
+        if epsilon is not None or self.weights is None:
+            value = self.epsilon if epsilon is None else float(epsilon)
+            return self.theta.new_full((len(index),), value)
+        return self.weights[index] / self.n_train
 
     def tensor(self, value):
         """``value`` in the working dtype (floating tensors only) on the adapter's device."""
@@ -230,13 +254,21 @@ def proximal_response(
         ``n_iter`` (k,) steps per removed point.
     """
     method = problem.method(method)
+    if problem.weights is not None and method == "optimizer":
+        raise ValueError(
+            "The responses of a model fitted with sample weights are solved by Newton's "
+            "method; use method='auto' or 'newton'."
+        )
+    weighted = problem.weights is not None and epsilon is None
+    # a weighted model removes each point's own weight (ε_m = w_m / W, per point)
     epsilon = problem.epsilon if epsilon is None else float(epsilon)
     indices = np.asarray(indices, dtype=int)
     label = name or kind.upper()
     if method == "optimizer":
         optimizer_settings = _resolve_auto(problem, damping, epsilon, optimizer_settings)
     store = ChunkStore(
-        memory, None, kind, {"method": method, "damping": float(damping), "epsilon": epsilon,
+        memory, None, kind, {"method": method, "damping": float(damping),
+                             "epsilon": "weighted" if weighted else epsilon,
                              **optimizer_settings}, name=label, verbose=verbose,
     )  # fmt: skip
     if store.enabled:
@@ -253,7 +285,8 @@ def proximal_response(
 
     def arguments(number, chunk):
         progress = _progress(label, number, len(chunks), verbose)
-        return problem, kind, chunk, damping, epsilon, optimizer_settings, progress
+        chunk_epsilon = None if weighted else epsilon
+        return problem, kind, chunk, damping, chunk_epsilon, optimizer_settings, progress
 
     parts = store.run(chunks, run, arguments, n_jobs=n_jobs)
     if not parts:
@@ -355,25 +388,68 @@ def _optimizer_chunk(problem, kind, chunk, damping, epsilon, settings, progress)
     )
 
 
-def _newton_chunk(problem, kind, chunk, damping, epsilon, settings, progress):
-    """Exact batched Newton for models linear in θ (their Gauss-Newton matrix is exact)."""
-    adapter = problem.adapter
-    objective = response_objective(adapter, kind, problem.theta, damping=damping, epsilon=epsilon)
-    inputs, targets, reference_outputs = problem.inputs, problem.targets, problem.reference_outputs
+def _weighted_objective(problem, kind, damping):
+    """The PRF/PBRF objective of a weighted model: ``objective(θ, x_m, t_m, ε_m)``.
 
-    def single(theta, removed_input, removed_target):
-        return objective(theta, removed_input, removed_target, inputs, targets, reference_outputs)
+    As :func:`~._optimizers.response_objective` on all training rows, with the data term the
+    weighted mean (1/N) Σ w̃_i (·)_i = Σ w_i (·)_i / W and the removed point's own ε_m.
+    """
+    adapter, reference, weights = problem.adapter, problem.theta, problem.weights
+    inputs, targets, reference_outputs = problem.inputs, problem.targets, problem.reference_outputs
+    reg = adapter.regularizer_diagonal().to(reference.dtype)
+
+    def objective(theta, removed_input, removed_target, epsilon):
+        outputs = adapter.outputs(theta, inputs)
+        shift = theta - reference
+        if kind == "pbrf":
+            rows = bregman_divergence(adapter.loss, outputs, reference_outputs, targets)
+            regularizer = 0.5 * (reg * shift**2).sum()
+        else:
+            rows = adapter.loss(outputs, targets)
+            regularizer = 0.5 * (reg * theta**2).sum()
+        data = (rows * weights).mean()
+        removed_loss = adapter.loss(
+            adapter.outputs(theta, removed_input.unsqueeze(0)), removed_target.unsqueeze(0)
+        )[0]
+        return data + regularizer - epsilon * removed_loss + 0.5 * damping * (shift**2).sum()
+
+    return objective
+
+
+def _newton_chunk(problem, kind, chunk, damping, epsilon, settings, progress):
+    """Exact batched Newton for models linear in θ (their Gauss-Newton matrix is exact).
+
+    ``epsilon`` None: a weighted model's own ε_m per removed point.
+    """
+    adapter = problem.adapter
+    inputs, targets, reference_outputs = problem.inputs, problem.targets, problem.reference_outputs
+    removed_inputs, removed_targets = _removed_points(problem, chunk)
+    if epsilon is None:
+        single = _weighted_objective(problem, kind, damping)
+        per_copy = (removed_inputs, removed_targets, problem.epsilons(chunk))
+    else:
+        objective = response_objective(
+            adapter, kind, problem.theta, damping=damping, epsilon=epsilon
+        )
+
+        def single(theta, removed_input, removed_target):
+            return objective(
+                theta, removed_input, removed_target, inputs, targets, reference_outputs
+            )
+
+        per_copy = (removed_inputs, removed_targets)
 
     def curvature_at(theta):
-        matrix = make_curvature("gauss_newton", adapter, theta, inputs, targets).dense()
+        matrix = make_curvature(
+            "gauss_newton", adapter, theta, inputs, targets, weights=problem.weights
+        ).dense()
         matrix.diagonal().add_(damping)
         return matrix
 
-    removed_inputs, removed_targets = _removed_points(problem, chunk)
     starts = problem.theta.unsqueeze(0).repeat(len(chunk), 1)
-    initial = vmap(grad(single))(starts, removed_inputs, removed_targets).norm(dim=1)
+    initial = vmap(grad(single))(starts, *per_copy).norm(dim=1)
     thetas, norms, n_iter = minimize_convex_batched(
-        single, starts, (removed_inputs, removed_targets), curvature_at, tol=CONVEX_TOL
+        single, starts, per_copy, curvature_at, tol=CONVEX_TOL
     )
     if progress is not None:
         progress(n_iter, len(chunk))
@@ -393,16 +469,21 @@ def linearized_pbrf(
 
     The Gauss-Newton system is solved by ``solver`` (``"auto"``: the exact direct solver
     while the dense matrix is small), reusing the package's solvers and curvature products.
+    A weighted model uses its weighted Gauss-Newton matrix and each point's ε_m = w_m / W.
     """
     adapter, theta = problem.adapter, problem.theta
-    epsilon = problem.epsilon if epsilon is None else float(epsilon)
+    if problem.weights is not None and epsilon is None:
+        epsilon = problem.epsilons(indices).unsqueeze(1)
+    else:
+        epsilon = problem.epsilon if epsilon is None else float(epsilon)
     index = torch.as_tensor(np.asarray(indices, dtype=int), device=problem.inputs.device)
     gradients = per_example_gradients(
         adapter, theta, problem.inputs[index], problem.targets[index], batch_size
     )
     curvature = make_curvature(
-        "gauss_newton", adapter, theta, problem.inputs, problem.targets, batch_size=batch_size
-    )
+        "gauss_newton", adapter, theta, problem.inputs, problem.targets, batch_size=batch_size,
+        weights=problem.weights,
+    )  # fmt: skip
     solver_object = make_solver(solver, curvature, solver_options)
     shift = solver_object.solve(gradients, damping) if len(gradients) else gradients
     return Bunch(parameters=theta + epsilon * shift, converged=None, solver=solver_object.name)

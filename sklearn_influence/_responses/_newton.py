@@ -79,21 +79,27 @@ def _at_rounding_level(value, newton_decrement, gradient, tol):
 
 
 def leave_one_out_optima(
-    adapter, reference, inputs, targets, removed, *, tol=CONVEX_TOL, max_iter=100
-):
+    adapter, reference, inputs, targets, removed, *, tol=CONVEX_TOL, max_iter=100,
+    row_weights=None,
+):  # fmt: skip
     """Minimisers of J_{-m} for every m in ``removed``, all at once, shape (len(removed), p).
 
     ``reference`` must minimise the full objective. Each θ_m is iterated as
     θ_m ← θ_m − P⁻¹ ∇J_{-m}(θ_m) with the fixed preconditioner P = ∇²J(reference); since
     J_{-m} differs from J by one example's term, the contraction per step is of order
-    leverage/N, and the fixed point is the exact minimiser of J_{-m}.
+    leverage/N, and the fixed point is the exact minimiser of J_{-m}. ``row_weights`` (w̃,
+    or None) are the rows' weights of a weighted model; m's is set to zero.
     """
     _check_convex(adapter)
     n_removed = len(removed)
     weights = inputs.new_ones((n_removed, len(inputs)))
+    if row_weights is not None:
+        weights = weights * row_weights.to(inputs.dtype)
     weights[torch.arange(n_removed), torch.as_tensor(removed, device=inputs.device)] = 0.0
     preconditioner = _pseudo_inverse(
-        make_curvature("gauss_newton", adapter, reference, inputs, targets).dense()
+        make_curvature(
+            "gauss_newton", adapter, reference, inputs, targets, weights=row_weights
+        ).dense()
     )
 
     def objective(theta, weight):

@@ -14,8 +14,9 @@ Estimators and metrics call this module, never the response functions directly:
 The single-point targets (``kind``):
 
 * ``"loo"`` — leave-one-out retraining. For models linear in their parameters (convex
-  objectives) this is the exact optimum of (1/N) Σ_{i≠m} L_i + R, found by Newton's method
-  from the optimum of the full objective (the reference); cold and warm starts coincide.
+  objectives) this is the exact optimum of (1/N) Σ_{i≠m} L_i + R (weighted models:
+  Σ_{i≠m} w_i L_i / W + R), found by Newton's method from the optimum of the full objective
+  (the reference); cold and warm starts coincide.
   Other models are retrained cold (same initial weights and data order); the reference is
   the cold retrain on all points.
 * ``"warm_loo"`` — retraining started from θˢ; the reference is the same warm retraining on
@@ -81,8 +82,11 @@ def removal_parameters(
         return problem.theta, result.parameters
     if adapter.linear_layout:
         inputs, targets = adapter.inputs(X), adapter.targets(y)
-        reference = minimize_convex(adapter, theta, inputs, targets)
-        return reference, leave_one_out_optima(adapter, reference, inputs, targets, removed)
+        weights = adapter.row_weights  # a weighted model keeps its weights; m loses all of its
+        reference = minimize_convex(adapter, theta, inputs, targets, weights)
+        return reference, leave_one_out_optima(
+            adapter, reference, inputs, targets, removed, row_weights=weights
+        )
     warm_start = kind == "warm_loo"
     reference = adapter.retrain(X, y, exclude=(), warm_start=warm_start)
     thetas = leave_one_out_parameters(
@@ -121,6 +125,8 @@ def _refit_without(adapter, theta, train, removed, warm_start):
     inputs, targets, X, y = train
     if adapter.linear_layout:
         weights = torch.as_tensor(~removed, dtype=inputs.dtype, device=inputs.device)
+        if adapter.row_weights is not None:
+            weights = weights * adapter.row_weights.to(inputs.dtype)
         return minimize_convex(adapter, theta, inputs, targets, weights)
     return adapter.retrain(X, y, exclude=np.flatnonzero(removed), warm_start=warm_start)
 
