@@ -10,10 +10,11 @@ from sklearn.base import (
     TransformerMixin,
     _fit_context,
 )
-from sklearn.utils import Bunch
+from sklearn.utils import Bunch, get_tags
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, check_memory
 
+from ._adapters import unwrap
 from ._base import (
     INFLUENCE_CONSTRAINTS,
     MODEL_CONSTRAINTS,
@@ -690,4 +691,8 @@ class InfluenceFunction(
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.target_tags.required = True
+        # the wrapped model's target support (GammaRegressor: y > 0), looking through
+        # pipelines (which do not forward it) and frozen estimators
+        _, model = unwrap(self.estimator)
+        tags.target_tags.positive_only = get_tags(model).target_tags.positive_only
         return tags

@@ -28,7 +28,12 @@ from sklearn.utils.validation import (
     validate_data,
 )
 
-from ._adapters import SKORCH_NETS, check_sample_weight_supported, check_supported
+from ._adapters import (
+    SKORCH_NETS,
+    check_class_weight_targets,
+    check_sample_weight_supported,
+    check_supported,
+)
 from ._adapters._pipeline import unwrap
 
 
@@ -86,6 +91,7 @@ def _check_sample_shape(estimator, X):
 def validate_training_data(estimator, X, y):
     """Refuse an unsupported model, then validate (X, y) and record the feature bookkeeping."""
     check_supported(estimator.estimator)
+    check_class_weight_targets(unwrap(estimator.estimator)[1], y)
     if is_pipeline(estimator.estimator):
         validate_data(estimator, X, y, dtype=None, ensure_all_finite=False, multi_output=True)
         return X, np.asarray(y)

@@ -49,7 +49,10 @@ def test_unsupported_estimator_names_it_and_the_supported_ones(iris, model):
         (SGDRegressor(early_stopping=True), r"early_stopping=True.*early_stopping=False"),
         (LogisticRegression(l1_ratio=0.5, solver="saga"), r"L1 or elastic-net.*l1_ratio=0"),
         (LogisticRegression(solver="liblinear"), r"liblinear.*'lbfgs'"),
-        (LogisticRegression(class_weight="balanced"), r"class_weight.*class_weight=None"),
+        (
+            SGDClassifier(loss="log_loss", class_weight="balanced"),
+            r"class_weight with more than two classes.*sample_weight",
+        ),
         (Ridge(positive=True), r"positive=True.*positive=False"),
     ],
     ids=[

@@ -7,6 +7,7 @@ from hand-derived gradients and curvatures, and scikit-learn's own objective at 
 weights. The data are synthetic draws (seeded) used nowhere else in the tests.
 """
 
+import copy
 import warnings
 
 import numpy as np
@@ -348,16 +349,42 @@ def test_glm_refuses_targets_outside_the_support():
         influence.transform(X_test[:2], np.array([1.0, -1.0]))
 
 
-def test_glm_measurement_without_labels_is_the_linear_predictor():
-    X, y, X_test, _ = _glm_data("poisson")
-    influence = InfluenceFunction(_glm_model("poisson"), damping=1e-3).fit(X, y)
+@pytest.mark.parametrize("name", ["poisson", "gamma", "poisson_identity"])
+def test_glm_measurement_without_labels_is_the_prediction(name):
+    """Without y_test a GLM query is measured by its prediction μ (what ``predict`` returns,
+    DESIGN.md §2), not by η: I[q, m] is the directional derivative of scikit-learn's own
+    ``predict`` along θ's first-order response (C + λI)⁻¹∇L_m / N (central finite
+    differences), and equals the closed form μ'(η_q) z̃_qᵀ(C + λI)⁻¹∇L_m / N."""
+    _, power, link = GLMS[name]
+    X, y, X_test, _ = _glm_data(name)
+    damping = 1e-3
+    influence = InfluenceFunction(_glm_model(name), damping=damping).fit(X, y)
     model = influence.estimator_
     Z, Z_test = _with_ones(X), _with_ones(X_test)
     theta = np.append(model.coef_, model.intercept_)
-    first, second, _ = _eta_derivatives(1.0, "log", y, Z @ theta)
-    C = Z.T @ (second[:, None] * Z) / len(y) + np.diag(np.append(np.full(4, model.alpha), 0))
-    expected = Z_test @ np.linalg.solve(C + 1e-3 * np.eye(5), (first[:, None] * Z).T) / len(y)
-    np.testing.assert_allclose(influence.transform(X_test), expected, rtol=1e-8)
+    first, _, fisher = _eta_derivatives(power, link, y, Z @ theta)
+    C = Z.T @ (fisher[:, None] * Z) / len(y) + np.diag(np.append(np.full(4, model.alpha), 0))
+    directions = np.linalg.solve(C + damping * np.eye(5), (first[:, None] * Z).T).T / len(y)
+    removed = np.arange(0, len(y), 37)
+    step = 1e-5
+
+    def predict(parameters):
+        shifted = copy.deepcopy(model)
+        shifted.coef_, shifted.intercept_ = parameters[:-1], parameters[-1]
+        return shifted.predict(X_test)
+
+    finite_differences = np.column_stack([
+        (predict(theta + step * directions[m]) - predict(theta - step * directions[m]))
+        / (2 * step)
+        for m in removed
+    ])  # fmt: skip
+    matrix = influence.transform(X_test)
+    # central differences: O(step²) truncation, rounding ~ eps·|μ|/step
+    scale = np.abs(finite_differences).max()
+    np.testing.assert_allclose(matrix[:, removed], finite_differences, rtol=1e-6, atol=1e-6 * scale)
+    slope = model.predict(X_test) if link == "log" else np.ones(len(X_test))
+    closed = slope[:, None] * (Z_test @ directions.T)
+    np.testing.assert_allclose(matrix, closed, rtol=1e-8)
 
 
 # -- estimators that chose their own regularisation, and the ridge classifier ------------------
@@ -602,8 +629,6 @@ def test_unsupported_settings_are_refused_with_the_new_families_listed():
         InfluenceFunction(LogisticRegressionCV(solver="liblinear")).fit(X, y)
     with pytest.raises(ValueError, match="refit=False"):
         InfluenceFunction(LogisticRegressionCV(refit=False)).fit(X, y)
-    with pytest.raises(ValueError, match="class_weight"):
-        InfluenceFunction(RidgeClassifierCV(class_weight="balanced")).fit(X, y)
     with pytest.raises(TypeError, match="RidgeClassifierCV.*PoissonRegressor"):
         InfluenceFunction(Lasso()).fit(X, y.astype(float))
 
@@ -644,17 +669,54 @@ def test_grid_search_over_damping_in_a_pipeline(name):
 
 
 # -- scikit-learn's estimator checks for InfluenceFunction around the new families -------------
-# (LogisticRegressionCV is left out for time; GammaRegressor fails the checks that fit on
-# generated targets containing values ≤ 0, because InfluenceFunction does not yet forward the
-# wrapped estimator's ``target_tags.positive_only`` — a change for _influence.py.)
+# (LogisticRegressionCV is left out for time. GammaRegressor's targets must be positive:
+# InfluenceFunction forwards the wrapped model's ``target_tags.positive_only``, so the checks
+# generate positive targets for it.)
+_WEIGHT_EQUIVALENCE = (
+    "the check sets some sample weights to zero, which fit refuses (a row of weight zero is "
+    "not a training point: drop it), and it compares transform on the weighted and the "
+    "repeated data, whose columns are the training rows (the repeated set has more); the "
+    "equivalence that does hold, a weight-w point's column equal to the sum of its w copies' "
+    "columns, is tested in test_sample_weight.py"
+)
+
+
+_UNTAGGED_TARGETS = (
+    "scikit-learn's transformer checks fit on make_blobs labels (0, 1, 2) without applying "
+    "the positive_only target tag, and GammaRegressor itself refuses y = 0; the other checks "
+    "honour the tag and pass"
+)
+_GAMMA_TRANSFORMER_CHECKS = {
+    "check_transformer_general": _UNTAGGED_TARGETS,
+    "check_transformer_data_not_an_array": _UNTAGGED_TARGETS,
+    "check_transformer_preserve_dtypes": _UNTAGGED_TARGETS,
+}
+
+
 @parametrize_with_checks(
     [
         InfluenceFunction(PoissonRegressor(), n_score_points=4, random_state=0),
+        InfluenceFunction(GammaRegressor(), n_score_points=4, random_state=0),
         InfluenceFunction(TweedieRegressor(power=1.5), n_score_points=4, random_state=0),
         InfluenceFunction(RidgeCV(), n_score_points=4, random_state=0),
         InfluenceFunction(RidgeClassifier(), n_score_points=4, random_state=0),
         InfluenceFunction(RidgeClassifierCV(), n_score_points=4, random_state=0),
-    ]
+    ],
+    expected_failed_checks=lambda estimator: {
+        "check_sample_weight_equivalence_on_dense_data": _WEIGHT_EQUIVALENCE,
+        **(_GAMMA_TRANSFORMER_CHECKS if isinstance(estimator.estimator, GammaRegressor) else {}),
+    },
 )
 def test_scikit_learn_contract_with_new_families(estimator, check):
     check(estimator)
+
+
+def test_positive_only_target_tag_is_forwarded():
+    from sklearn.frozen import FrozenEstimator
+    from sklearn.utils import get_tags
+
+    for model in (GammaRegressor(), make_pipeline(StandardScaler(), GammaRegressor())):
+        assert get_tags(InfluenceFunction(model)).target_tags.positive_only
+        frozen = FrozenEstimator(GammaRegressor().fit([[0.0], [1.0]], [1.0, 2.0]))
+        assert get_tags(InfluenceFunction(frozen)).target_tags.positive_only
+    assert not get_tags(InfluenceFunction(RidgeCV())).target_tags.positive_only

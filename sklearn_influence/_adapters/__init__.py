@@ -15,6 +15,7 @@ from ._linear import (
     SUPPORTED_LINEAR_MODELS,
     LinearModelAdapter,
     _check_linear_configuration,
+    check_class_weight_targets,
     training_weights,
 )
 from ._pipeline import pipeline_steps, unwrap
@@ -208,6 +209,7 @@ __all__ = [
     "ModelAdapter",
     "SklearnMLPAdapter",
     "SkorchAdapter",
+    "check_class_weight_targets",
     "check_sample_weight_supported",
     "check_supported",
     "fit_estimator",

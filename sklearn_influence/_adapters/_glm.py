@@ -43,9 +43,10 @@ weight, so the PBRF's Hessian at θˢ is exactly G + λI and the influence estim
 first-order approximation. For the canonical links it is the Bregman divergence of L in η
 itself.
 
-**Measurement without labels.** The engine measures a label-free regressor query by its
-output h = η (the linear predictor; for the log link log μ, whose change is the relative
-change of the prediction). With ``y_test`` the measurement is the query's half deviance.
+**Measurement without labels.** A label-free regressor query is measured by its prediction
+(DESIGN.md §2), here the mean μ = link⁻¹(η) that ``predict`` returns — not the linear
+predictor η — with gradient (dμ/dη)·z̃ (μ·z̃ for the log link). With ``y_test`` the
+measurement is the query's half deviance.
 """
 
 import numpy as np
@@ -206,6 +207,14 @@ class GeneralizedLinearModelAdapter(LinearModelAdapter):
     def _penalty_for(self, estimator, total_weight, n_rows=None):
         # scikit-learn averages the deviance over the weight sum: r = α with or without weights
         return float(estimator.alpha)
+
+    def prediction(self, outputs):
+        """The prediction μ = link⁻¹(η), what ``predict`` returns (shape (n,))."""
+        return self.loss.mean(outputs)[..., 0]
+
+    def prediction_gradient(self, outputs):
+        """dμ/dη: μ for the log link, 1 for the identity link (shape like ``outputs``)."""
+        return self.loss.mean(outputs) if self.loss.link == "log" else torch.ones_like(outputs)
 
     def targets(self, y):
         values = super().targets(y)

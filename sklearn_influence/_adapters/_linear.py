@@ -167,6 +167,26 @@ def fixed_hyperparameter_model(estimator):
     return estimator
 
 
+def _refuse_multiclass_sgd_class_weight(estimator):
+    _refuse(
+        estimator,
+        "class_weight with more than two classes (one-vs-rest weighs each binary problem's "
+        "positive class only, which is not a per-sample weight)",
+        "Use class_weight=None and pass the per-sample weights you want as sample_weight, "
+        "or use LogisticRegression(class_weight=...).",
+    )
+
+
+def check_class_weight_targets(estimator, y):
+    """Refuse, before fitting, a class weighting that is not a per-sample weight."""
+    if (
+        isinstance(estimator, SGDClassifier)
+        and estimator.class_weight is not None
+        and len(np.unique(np.ravel(np.asarray(y)))) > 2
+    ):
+        _refuse_multiclass_sgd_class_weight(estimator)
+
+
 def training_weights(estimator, y, sample_weight):
     """The per-row weights of ``estimator``'s objective, or None when every row has weight 1.
 
@@ -187,13 +207,7 @@ def training_weights(estimator, y, sample_weight):
         classes = np.asarray(estimator.classes_)
         if isinstance(estimator, SGDClassifier):
             if len(classes) > 2:
-                _refuse(
-                    estimator,
-                    "class_weight with more than two classes (one-vs-rest weighs each binary "
-                    "problem's positive class only, which is not a per-sample weight)",
-                    "Use class_weight=None and pass the per-sample weights you want as "
-                    "sample_weight, or use LogisticRegression(class_weight=...).",
-                )
+                _refuse_multiclass_sgd_class_weight(estimator)
             per_class = compute_class_weight(class_weight, classes=classes, y=labels)
         else:
             per_class = compute_class_weight(

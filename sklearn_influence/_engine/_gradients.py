@@ -1,7 +1,8 @@
 """Per-example gradients and measurements: closed form for linear models, else :mod:`torch.func`.
 
 The measurement of a query is its loss L(h(θ, x_q), t_q); with ``targets=None`` it is the
-model output itself (single-output regressors). Classifier queries without a label use the
+model's prediction itself (single-output regressors: ``adapter.prediction``, the output, or
+μ = link⁻¹(η) for a GLM). Classifier queries without a label use the
 predicted class as target, resolved once at θˢ by :func:`resolve_query_targets`.
 """
 
@@ -16,10 +17,10 @@ def batch_slices(n, batch_size):
 
 
 def measure(adapter, theta, inputs, targets):
-    """Measurement f(θ) of each row: its loss, or its output when ``targets`` is None."""
+    """Measurement f(θ) of each row: its loss, or its prediction when ``targets`` is None."""
     outputs = adapter.outputs(theta, inputs)
     if targets is None:
-        return outputs[..., 0]
+        return adapter.prediction(outputs)
     return adapter.loss(outputs, targets)
 
 
@@ -54,13 +55,12 @@ def per_example_gradients(adapter, theta, inputs, targets, batch_size=1024):
 
 
 def output_gradients(adapter, theta, inputs, targets):
-    """∂f_i/∂h at the outputs of every row, shape (n, k): the loss's output gradient, or e₀
-    (the first output) when ``targets`` is None and the measurement is the output itself."""
+    """∂f_i/∂h at the outputs of every row, shape (n, k): the loss's output gradient, or the
+    prediction's (``adapter.prediction_gradient``: e₀ when the prediction is the first output)
+    when ``targets`` is None."""
     outputs = adapter.outputs(theta, inputs)
     if targets is None:
-        gradient = torch.zeros_like(outputs)
-        gradient[..., 0] = 1.0
-        return gradient
+        return adapter.prediction_gradient(outputs)
     return adapter.loss.output_gradient(outputs, targets)
 
 
