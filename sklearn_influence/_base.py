@@ -25,7 +25,7 @@ from scipy.stats import rankdata, spearmanr
 from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.frozen import FrozenEstimator
-from sklearn.utils import check_random_state
+from sklearn.utils import check_random_state, metadata_routing
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.metadata_routing import (
     MetadataRouter,
@@ -154,8 +154,12 @@ class WeightedFitRouterMixin:
     """Metadata routing of ``fit``'s ``sample_weight`` to the wrapped ``estimator``.
 
     The estimators of the package are routers (as scikit-learn's meta-estimators): the
-    weights are the wrapped model's, so they go where it requests them.
+    weights are the wrapped model's, so they go where it requests them, and are never
+    requested by the estimator itself (its other metadata, such as ``transform``'s
+    ``y_test``, is requested as usual with ``set_transform_request``).
     """
+
+    __metadata_request__fit = {"sample_weight": metadata_routing.UNUSED}
 
     def get_metadata_routing(self):
         """Get the metadata routing of this object.
@@ -164,11 +168,16 @@ class WeightedFitRouterMixin:
         -------
         routing : MetadataRouter
             ``fit`` routes ``sample_weight`` to ``estimator.fit`` when the estimator requests
-            it (see :ref:`sklearn:metadata_routing`).
+            it (see :ref:`sklearn:metadata_routing`); the estimator's own requests (such as
+            ``transform``'s ``y_test``) are kept.
         """
-        return MetadataRouter(owner=self).add(
-            estimator=self.estimator,
-            method_mapping=MethodMapping().add(caller="fit", callee="fit"),
+        return (
+            MetadataRouter(owner=self)
+            .add_self_request(self)
+            .add(
+                estimator=self.estimator,
+                method_mapping=MethodMapping().add(caller="fit", callee="fit"),
+            )
         )
 
 

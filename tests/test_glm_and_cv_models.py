@@ -669,9 +669,8 @@ def test_grid_search_over_damping_in_a_pipeline(name):
 
 
 # -- scikit-learn's estimator checks for InfluenceFunction around the new families -------------
-# (LogisticRegressionCV is left out for time. GammaRegressor's targets must be positive:
-# InfluenceFunction forwards the wrapped model's ``target_tags.positive_only``, so the checks
-# generate positive targets for it.)
+# (LogisticRegressionCV is left out for time; GammaRegressor, whose targets must be positive,
+# is in test_common.py: InfluenceFunction forwards the wrapped model's positive_only tag.)
 _WEIGHT_EQUIVALENCE = (
     "the check sets some sample weights to zero, which fit refuses (a row of weight zero is "
     "not a training point: drop it), and it compares transform on the weighted and the "
@@ -681,30 +680,16 @@ _WEIGHT_EQUIVALENCE = (
 )
 
 
-_UNTAGGED_TARGETS = (
-    "scikit-learn's transformer checks fit on make_blobs labels (0, 1, 2) without applying "
-    "the positive_only target tag, and GammaRegressor itself refuses y = 0; the other checks "
-    "honour the tag and pass"
-)
-_GAMMA_TRANSFORMER_CHECKS = {
-    "check_transformer_general": _UNTAGGED_TARGETS,
-    "check_transformer_data_not_an_array": _UNTAGGED_TARGETS,
-    "check_transformer_preserve_dtypes": _UNTAGGED_TARGETS,
-}
-
-
 @parametrize_with_checks(
     [
         InfluenceFunction(PoissonRegressor(), n_score_points=4, random_state=0),
-        InfluenceFunction(GammaRegressor(), n_score_points=4, random_state=0),
         InfluenceFunction(TweedieRegressor(power=1.5), n_score_points=4, random_state=0),
         InfluenceFunction(RidgeCV(), n_score_points=4, random_state=0),
         InfluenceFunction(RidgeClassifier(), n_score_points=4, random_state=0),
         InfluenceFunction(RidgeClassifierCV(), n_score_points=4, random_state=0),
     ],
     expected_failed_checks=lambda estimator: {
-        "check_sample_weight_equivalence_on_dense_data": _WEIGHT_EQUIVALENCE,
-        **(_GAMMA_TRANSFORMER_CHECKS if isinstance(estimator.estimator, GammaRegressor) else {}),
+        "check_sample_weight_equivalence_on_dense_data": _WEIGHT_EQUIVALENCE
     },
 )
 def test_scikit_learn_contract_with_new_families(estimator, check):
