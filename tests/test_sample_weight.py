@@ -170,7 +170,7 @@ def _weighted_objective_and_gradient(influence):
     inputs, targets = adapter.inputs(influence.X_train_), adapter.targets(influence.y_train_)
     value = adapter.objective(theta, inputs, targets, adapter.row_weights)
     (gradient,) = torch.autograd.grad(value, theta)
-    return float(value), gradient.norm().item()
+    return float(value.detach()), gradient.norm().item()
 
 
 @pytest.mark.parametrize(
@@ -453,3 +453,27 @@ def test_weights_refused_for_networks_and_multiclass_sgd_class_weight():
     model = SGDClassifier(loss="log_loss", class_weight="balanced", random_state=0)
     with pytest.raises(ValueError, match="class_weight with more than two classes"):
         InfluenceFunction(model).fit(X, y)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"curvature": "hessian"},
+        {"curvature": "identity"},
+        {"curvature": "kfac"},
+        {"curvature": "ekfac"},
+        {"solver": "cg", "solver_options": {"tol": 1e-13, "maxiter": 500}},
+    ],
+    ids=lambda settings: "-".join(str(value) for value in settings.values())[:20],
+)
+def test_weights_reach_every_curvature_and_solver(settings):
+    """The repeated-rows equivalence holds for every curvature and the iterative solver."""
+    X, y = FAMILIES["logistic_multiclass"][1]()
+    weights = _integer_weights(len(y), seed=1)
+    X_rep, y_rep = np.repeat(X, weights, axis=0), np.repeat(y, weights)
+    weighted, repeated = _frozen_pair("logistic_multiclass", X, y, weights)
+    first = InfluenceFunction(weighted, damping=1e-2, **settings).fit(X, y, sample_weight=weights)
+    second = InfluenceFunction(repeated, damping=1e-2, **settings).fit(X_rep, y_rep)
+    a = first.transform(X[:6], y[:6])
+    b = _sum_copies(second.transform(X[:6], y[:6]), weights)
+    np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-10 * np.abs(b).max())

@@ -419,14 +419,15 @@ def _weighted_objective(problem, kind, damping):
 def _newton_chunk(problem, kind, chunk, damping, epsilon, settings, progress):
     """Exact batched Newton for models linear in θ (their Gauss-Newton matrix is exact).
 
-    ``epsilon`` None: a weighted model's own ε_m per removed point.
+    A weighted model's objective has weighted data terms; ``epsilon`` None then means each
+    removed point's own ε_m = w_m / W.
     """
     adapter = problem.adapter
     inputs, targets, reference_outputs = problem.inputs, problem.targets, problem.reference_outputs
     removed_inputs, removed_targets = _removed_points(problem, chunk)
-    if epsilon is None:
+    if problem.weights is not None:
         single = _weighted_objective(problem, kind, damping)
-        per_copy = (removed_inputs, removed_targets, problem.epsilons(chunk))
+        per_copy = (removed_inputs, removed_targets, problem.epsilons(chunk, epsilon))
     else:
         objective = response_objective(
             adapter, kind, problem.theta, damping=damping, epsilon=epsilon
