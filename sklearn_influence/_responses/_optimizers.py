@@ -322,7 +322,7 @@ def _lbfgs(
       sᵀy/yᵀy of the newest pair, so they need no step-size setting.
     * A pair with sᵀy ≤ 0 (negative curvature along the step) is not stored: the inverse
       Hessian approximation stays positive definite, so every direction descends.
-    * A copy whose line search fails (no decrease within ``max_halvings`` halvings)
+    * A copy whose line search fails (no decrease within ``max_halvings`` reductions)
       restarts from steepest descent with an empty memory (the adaptive restart); if that
       fails too, its objective cannot decrease beyond rounding and it stops, reported as
       not converged unless its gradient is below the threshold.
