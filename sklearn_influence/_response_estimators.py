@@ -294,26 +294,35 @@ _OPTIMIZER_DOC = """
         ``"newton"`` minimises the (convex) objectives exactly — only for models linear in
         their parameters; ``"optimizer"`` runs ``optimizer`` from θˢ; ``"auto"`` picks
         Newton for linear models and the optimizer otherwise.
-    optimizer : {"sgd", "adam"}, default="sgd"
-        First-order optimizer of the objectives. SGD uses Nesterov momentum; with full
-        batches each removed point's step is halved whenever its objective rises and its
-        momentum is dropped when it overshoots (adaptive restart), which keeps SGD stable
-        where the objective is far from quadratic.
+    optimizer : {"auto", "lbfgs", "sgd", "adam"}, default="<<optimizer>>"
+        First-order optimizer of the objectives. ``"auto"``: L-BFGS for the PRF with full
+        batches, SGD otherwise. SGD uses Nesterov momentum; with full batches each removed
+        point's step is halved whenever its objective rises and its momentum is dropped
+        when it overshoots (adaptive restart), which keeps SGD stable where the objective
+        is far from quadratic. SGD's automatic step and momentum come from the curvature
+        at θˢ, which suits the PBRF (nearly quadratic around θˢ) but not the PRF of a
+        network that did not converge: that one finishes the training, far from θˢ. L-BFGS
+        (full batches only) keeps each point's own curvature pairs (``history``, default
+        30) and line search, so it needs no step size beyond its first step.
     learning_rate : float or "auto", default="auto"
-        Step size. ``"auto"``: 1/L for SGD, where L is the largest eigenvalue of G + λI
-        (estimated by power iteration at θˢ), which is stable for the objective's
-        curvature near θˢ; for Adam, 0.1·ε·‖θˢ‖_∞ per step.
-    n_iter : int, default=1000
-        Maximum number of optimizer steps per removed point.
+        Step size (L-BFGS: its first, steepest-descent step). ``"auto"``: 1/L for SGD and
+        L-BFGS, where L is the largest eigenvalue of G + λI (estimated by power iteration
+        at θˢ), which is stable for the objective's curvature near θˢ; for Adam,
+        0.1·ε·‖θˢ‖_∞ per step.
+    n_iter : int, default=<<n_iter>>
+        Maximum number of optimizer steps per removed point (each stops as soon as it
+        reaches ``tol``).
     batch_size : int, default=None
         Training rows per step (mini-batches in a seeded order); None uses all rows.
     tol : float, default=1e-4
         A removed point's optimisation stops when its full-batch gradient norm falls below
-        ``tol`` times its value at θˢ; ``converged_`` records which did.
+        ``tol`` times its value at θˢ; ``converged_`` records which did, and a
+        ``ConvergenceWarning`` says how many did not and what to raise.
     optimizer_options : dict, default=None
         SGD: ``momentum`` (default ``"auto"``: (√κ − 1)/(√κ + 1) for the condition number
         κ = L/(λ + min r) of the damped objective, at most 0.99) and ``nesterov`` (True);
-        Adam: ``betas`` and ``eps``.
+        Adam: ``betas`` and ``eps``; L-BFGS: ``history`` (30 curvature pairs, 2 × 30
+        parameter vectors per removed point) and ``max_halvings`` (30) of its line search.
 """
 
 
@@ -330,7 +339,7 @@ _PROXIMAL_PARAMETERS_DOC = (
         Training row positions to remove, one at a time. None draws ``n_points`` of them.
     n_points : int, default=20
         Number of points drawn when ``train_indices`` is None."""
-    + _OPTIMIZER_DOC
+    + "<<optimizer_doc>>"
     + """    device : str, default="cpu"
         ``"cpu"``, ``"cuda"`` or ``"auto"``; results are returned as numpy on the CPU.
     n_jobs : int, default=None
@@ -381,6 +390,14 @@ _PROXIMAL_PARAMETERS_DOC = (
 
 """
 )
+
+
+def _proximal_parameters_doc(optimizer, n_iter):
+    """The parameters section with this estimator's optimizer defaults."""
+    options = _OPTIMIZER_DOC.replace("<<optimizer>>", optimizer)
+    return _PROXIMAL_PARAMETERS_DOC.replace(
+        "<<optimizer_doc>>", options.replace("<<n_iter>>", str(n_iter))
+    )
 
 
 class _ProximalBase(_BaseResponse):
@@ -475,7 +492,7 @@ class ProximalResponse(_ProximalBase):
     with ε = 1/N: leave-one-out training kept close to the fitted parameters.
 
 """
-        + _PROXIMAL_PARAMETERS_DOC
+        + _proximal_parameters_doc("auto", 3000)
         + """    See Also
     --------
     PBRF : The same with the training loss replaced by its Bregman divergence from θˢ.
@@ -499,6 +516,48 @@ class ProximalResponse(_ProximalBase):
 
     _objective = "prf"
 
+    # the PRF's own defaults: L-BFGS and a larger step budget (measured in
+    # benchmarks/bench_prf.py: an unconverged regression MLP needs up to ~1,600 L-BFGS steps
+    # per point at tol=1e-4; each point stops as soon as it converges)
+    def __init__(
+        self,
+        estimator,
+        *,
+        damping=1e-3,
+        train_indices=None,
+        n_points=20,
+        method="auto",
+        optimizer="auto",
+        learning_rate="auto",
+        n_iter=3000,
+        batch_size=None,
+        tol=1e-4,
+        optimizer_options=None,
+        device="cpu",
+        n_jobs=None,
+        memory=None,
+        random_state=None,
+        verbose=0,
+    ):
+        super().__init__(
+            estimator,
+            damping=damping,
+            train_indices=train_indices,
+            n_points=n_points,
+            method=method,
+            optimizer=optimizer,
+            learning_rate=learning_rate,
+            n_iter=n_iter,
+            batch_size=batch_size,
+            tol=tol,
+            optimizer_options=optimizer_options,
+            device=device,
+            n_jobs=n_jobs,
+            memory=memory,
+            random_state=random_state,
+            verbose=verbose,
+        )
+
 
 class PBRF(_ProximalBase):
     __doc__ = (
@@ -518,7 +577,7 @@ class PBRF(_ProximalBase):
     (Gauss-Newton, same damping) is its first-order approximation.
 
 """
-        + _PROXIMAL_PARAMETERS_DOC
+        + _proximal_parameters_doc("sgd", 1000)
         + """    See Also
     --------
     LinearizedPBRF : Its closed-form first-order approximation.

@@ -64,6 +64,8 @@ from ._skorch_training import (
 
 # -- attention ----------------------------------------------------------------------------
 _ATTENTION_LOCK = threading.Lock()
+#: held while a module runs with swapped-in parameters (:meth:`SkorchAdapter._raw_outputs`)
+_MODULE_CALL_LOCK = threading.RLock()
 _ATTENTION_STATE = {"depth": 0, "fastpath": None, "kernel": None}
 
 
@@ -375,7 +377,9 @@ class SkorchAdapter(ModelAdapter):
                 name: value.to(theta.dtype) if value.is_floating_point() else value
                 for name, value in constants.items()
             }
-        with differentiable_attention():
+        # functional_call swaps the given tensors into the shared module for the duration of
+        # the call: two threads inside it at once would see each other's (vmapped) tensors
+        with differentiable_attention(), _MODULE_CALL_LOCK:
             out = functional_call(self._module, {**constants, **self._unflatten(theta)}, (inputs,))
         return out[0] if isinstance(out, tuple) else out
 

@@ -34,6 +34,7 @@ from ._optimizers import (
     auto_settings,
     bregman_divergence,
     optimize_responses,
+    resolve_optimizer,
     response_objective,
     warn_not_converged,
 )
@@ -265,7 +266,7 @@ def proximal_response(
     indices = np.asarray(indices, dtype=int)
     label = name or kind.upper()
     if method == "optimizer":
-        optimizer_settings = _resolve_auto(problem, damping, epsilon, optimizer_settings)
+        optimizer_settings = _resolve_auto(problem, kind, damping, epsilon, optimizer_settings)
     store = ChunkStore(
         memory, None, kind, {"method": method, "damping": float(damping),
                              "epsilon": "weighted" if weighted else epsilon,
@@ -275,9 +276,10 @@ def proximal_response(
         store.fingerprint = problem_fingerprint(
             problem.adapter, problem.theta, problem.inputs, problem.targets, key
         )
-        chunks = checkpoint_chunks(indices, _copies_per_chunk(problem))
+        chunks = checkpoint_chunks(indices, _copies_per_chunk(problem, optimizer_settings))
     else:
-        n_chunks = max(effective_n_jobs(n_jobs), -(-len(indices) // _copies_per_chunk(problem)))
+        per_chunk = _copies_per_chunk(problem, optimizer_settings)
+        n_chunks = max(effective_n_jobs(n_jobs), -(-len(indices) // per_chunk))
         chunks = [
             chunk for chunk in np.array_split(indices, min(n_chunks, len(indices))) if len(chunk)
         ]
@@ -309,6 +311,7 @@ def proximal_response(
             result.converged,
             result.relative_gradient_norm,
             optimizer_settings.get("n_iter"),
+            optimizer_settings.get("optimizer"),
         )
     return result
 
@@ -317,21 +320,29 @@ def proximal_response(
 RESPONSE_MEMORY_BYTES = 2 * 1024**3
 
 
-def _copies_per_chunk(problem):
+def _copies_per_chunk(problem, settings=None):
     """How many parameter copies one batched optimisation may hold.
 
-    Each copy keeps about six p-vectors (parameters, gradient, optimizer state, last move)
-    and its outputs on the training rows for the forward and backward pass; chunks of
-    removed points are sized to keep that under :data:`RESPONSE_MEMORY_BYTES`. (Hidden
-    activations are not counted: lower ``batch_size`` if a large network runs out of memory.)
+    Each copy keeps about six p-vectors (parameters, gradient, optimizer state, last move;
+    L-BFGS: eight plus its 2 × ``history`` curvature pairs) and its outputs on the training
+    rows for the forward and backward pass; chunks of removed points are sized to keep that
+    under :data:`RESPONSE_MEMORY_BYTES`. (Hidden activations are not counted: lower
+    ``batch_size`` if a large network runs out of memory.)
     """
     itemsize = torch.empty((), dtype=problem.dtype).element_size()
-    per_copy = itemsize * (6 * problem.theta.numel() + 4 * problem.reference_outputs.numel())
+    settings = settings or {}
+    vectors = 6
+    if settings.get("optimizer") == "lbfgs":
+        vectors = 8 + 2 * (settings.get("optimizer_options") or {}).get("history", 30)
+    per_copy = itemsize * (vectors * problem.theta.numel() + 4 * problem.reference_outputs.numel())
     return max(1, RESPONSE_MEMORY_BYTES // per_copy)
 
 
-def _resolve_auto(problem, damping, epsilon, settings):
+def _resolve_auto(problem, kind, damping, epsilon, settings):
     settings = dict(settings)
+    settings["optimizer"] = resolve_optimizer(
+        kind, settings.get("optimizer", "auto"), settings.get("batch_size"), problem.n_train
+    )
     settings["learning_rate"], settings["optimizer_options"] = auto_settings(
         problem.adapter,
         problem.theta,

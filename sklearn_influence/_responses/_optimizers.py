@@ -18,13 +18,15 @@ import warnings
 
 import numpy as np
 import torch
+from sklearn.exceptions import ConvergenceWarning
 from torch.func import jvp, vmap
 
 from .._adapters._losses import OutputLoss
 from .._engine._power_iteration import top_eigenvalue
+from .._torch_utils import FORWARD_AD_LOCK
 
 OBJECTIVES = ("prf", "pbrf")
-OPTIMIZERS = ("adam", "sgd")
+OPTIMIZERS = ("auto", "lbfgs", "sgd", "adam")
 
 
 def bregman_divergence(loss, outputs, reference_outputs, targets):
@@ -39,7 +41,8 @@ def bregman_divergence(loss, outputs, reference_outputs, targets):
     def loss_at(values):
         return loss(values, targets)
 
-    reference_loss, slope = jvp(loss_at, (reference_outputs,), (outputs - reference_outputs,))
+    with FORWARD_AD_LOCK:  # forward-mode AD is not thread-safe in torch
+        reference_loss, slope = jvp(loss_at, (reference_outputs,), (outputs - reference_outputs,))
     return loss_at(outputs) - reference_loss - slope
 
 
@@ -150,7 +153,11 @@ def _safeguard(state, values, gradients, active):
 
 
 def _check_optimizer_options(optimizer, options):
-    allowed = {"adam": {"betas", "eps"}, "sgd": {"momentum", "nesterov"}}[optimizer]
+    allowed = {
+        "adam": {"betas", "eps"},
+        "sgd": {"momentum", "nesterov"},
+        "lbfgs": {"history", "max_halvings"},
+    }[optimizer]
     unknown = set(options) - allowed
     if unknown:
         raise ValueError(
@@ -218,18 +225,27 @@ def optimize_responses(
     n_steps : Tensor of int, shape (k,)
         Steps each copy took.
     """
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"Unknown optimizer {optimizer!r}; choose one of {OPTIMIZERS}.")
+    if optimizer not in _UPDATES and optimizer != "lbfgs":
+        raise ValueError(
+            f"Unknown optimizer {optimizer!r}; choose one of {OPTIMIZERS} (resolve 'auto' "
+            "with resolve_optimizer first)."
+        )
     options = dict(optimizer_options or {})
     _check_optimizer_options(optimizer, options)
-    update = _UPDATES[optimizer]
+    if optimizer == "lbfgs" and batch_size is not None and batch_size < len(inputs):
+        raise ValueError(
+            f"optimizer='lbfgs' needs full batches (its line search compares objective "
+            f"values), but batch_size={batch_size} < N={len(inputs)}. Use batch_size=None, "
+            "or optimizer='sgd' or 'adam' for mini-batches."
+        )
     k = len(removed_inputs)
     value_and_gradient = batched_value_and_gradient(objective)
 
-    def full(thetas):
-        return value_and_gradient(
-            thetas, removed_inputs, removed_targets, inputs, targets, reference_outputs
-        )
+    def full(thetas, copies=None):
+        removed = (removed_inputs, removed_targets)
+        if copies is not None:  # a subset of the copies (the L-BFGS line search)
+            removed = (removed_inputs[copies], removed_targets[copies])
+        return value_and_gradient(thetas, *removed, inputs, targets, reference_outputs)
 
     thetas = reference.detach().unsqueeze(0).repeat(k, 1)
     values, gradients = full(thetas)
@@ -240,6 +256,15 @@ def optimize_responses(
     threshold = torch.clamp(tol * initial, min=floor)
     active = initial > floor
     n_steps = torch.zeros(k, dtype=torch.long, device=thetas.device)
+    if optimizer == "lbfgs":
+        thetas, gradients = _lbfgs(
+            full, thetas, values, gradients, threshold, active, n_steps,
+            first_step=float(learning_rate), n_iter=n_iter, progress=progress, **options,
+        )  # fmt: skip
+        norms = gradients.norm(dim=1)
+        relative = torch.where(initial > floor, norms / initial, torch.zeros_like(norms))
+        return thetas, norms <= threshold, relative, n_steps
+    update = _UPDATES[optimizer]
     state = {
         "step": 0,
         "m": torch.zeros_like(thetas),
@@ -277,6 +302,148 @@ def optimize_responses(
     return thetas, norms <= threshold, relative, n_steps
 
 
+def _lbfgs(
+    full, thetas, values, gradients, threshold, active, n_steps, *, first_step, n_iter,
+    progress=None, history=30, max_halvings=30,
+):  # fmt: skip
+    """Batched L-BFGS: one limited-memory quasi-Newton method per copy, all in one loop.
+
+    Each copy keeps the curvature pairs (s, y) of its last ``history`` steps (a step
+    without a usable pair leaves its slot empty) and does its own backtracking (Armijo)
+    line search from the unit step, so its trajectory depends on no other copy.
+
+    Why not SGD with momentum: the PRF of an unconverged network moves far from θˢ (it
+    finishes the training), where its curvature is ill-conditioned and indefinite, so a
+    step and momentum tuned to the curvature at θˢ are neither stable nor fast there;
+    L-BFGS measures the curvature along its own path instead.
+
+    * The first step of a copy, and every step after its memory is reset, is the steepest
+      descent step of length ``first_step`` (1/L at θˢ); later steps are scaled by
+      sᵀy/yᵀy of the newest pair, so they need no step-size setting.
+    * A pair with sᵀy ≤ 0 (negative curvature along the step) is not stored: the inverse
+      Hessian approximation stays positive definite, so every direction descends.
+    * A copy whose line search fails (no decrease within ``max_halvings`` reductions)
+      restarts from steepest descent with an empty memory (the adaptive restart); if that
+      fails too, its objective cannot decrease beyond rounding and it stops, reported as
+      not converged unless its gradient is below the threshold.
+
+    ``full(thetas)`` gives the full-batch values and gradients of the given copies;
+    ``active``, ``n_steps`` are updated in place. Returns the parameters and gradients.
+    """
+    k, p = thetas.shape
+    device, dtype = thetas.device, thetas.dtype
+    pairs_s = thetas.new_zeros((k, history, p))
+    pairs_y = thetas.new_zeros((k, history, p))
+    rho = thetas.new_zeros((k, history))  # 1/(sᵀy); 0 marks an empty slot
+    gamma = torch.full((k,), first_step, dtype=dtype, device=device)
+    active &= gradients.norm(dim=1) > threshold
+    stalled = torch.zeros(k, dtype=torch.bool, device=device)
+    slack_factor = 64 * torch.finfo(dtype).eps
+    for step in range(1, n_iter + 1):
+        if not bool(active.any()):
+            break
+        # every copy's slot `head` takes this step's pair (zero when it has none), so the
+        # slots are in the same order for all copies and need no per-copy gathering
+        head = (step - 1) % history
+        rows = active.nonzero().squeeze(1)
+        newest = (head - 1) % history  # the previous step's slot
+        direction = -_two_loop(gradients, pairs_s, pairs_y, rho, gamma, newest)[rows]
+        slope = (gradients[rows] * direction).sum(1)
+        new_thetas, new_values, new_gradients, accepted = _backtrack_copies(
+            full, rows, thetas[rows], values[rows], slope, direction, slack_factor,
+            max_halvings,
+        )  # fmt: skip
+        n_steps[rows] += 1
+        # accepted steps: a new curvature pair where the curvature along the step is positive
+        done = rows[accepted]
+        step_s = torch.zeros_like(thetas)
+        step_y = torch.zeros_like(thetas)
+        step_s[done] = new_thetas[accepted] - thetas[done]
+        step_y[done] = new_gradients[accepted] - gradients[done]
+        sy = (step_s * step_y).sum(1)
+        curved = sy > 1e-10 * step_s.norm(dim=1) * step_y.norm(dim=1)
+        keep = curved.unsqueeze(1)
+        pairs_s[:, head] = torch.where(keep, step_s, 0.0)
+        pairs_y[:, head] = torch.where(keep, step_y, 0.0)
+        rho[:, head] = torch.where(curved, 1.0 / torch.where(curved, sy, 1.0), 0.0)
+        gamma = torch.where(curved, sy / (step_y * step_y).sum(1).clamp_min(1e-300), gamma)
+        # failed line searches: restart from steepest descent, or stop if already there
+        failed = rows[~accepted]
+        if len(failed):
+            had_memory = rho[failed].ne(0).any(1)
+            stalled[failed[~had_memory]] = True
+            pairs_s[failed], pairs_y[failed], rho[failed] = 0.0, 0.0, 0.0
+            gamma[failed] = first_step
+        thetas[done], values[done], gradients[done] = (
+            new_thetas[accepted], new_values[accepted], new_gradients[accepted],
+        )  # fmt: skip
+        active &= (gradients.norm(dim=1) > threshold) & ~stalled
+        if progress is not None and (step % 100 == 0 or step == n_iter):
+            progress(step, int(k - active.sum()))
+    return thetas, gradients
+
+
+def _two_loop(gradients, pairs_s, pairs_y, rho, gamma, head):
+    """H g for the L-BFGS inverse-Hessian approximation H of each copy.
+
+    Slot ``head`` holds the newest pair, ``head − 1`` (cyclically) the one before, and so
+    on; empty slots have ρ = 0 and zero vectors, so they contribute nothing.
+    """
+    history = pairs_s.shape[1]
+    order = [(head - i) % history for i in range(history)]  # newest first
+    q = gradients.clone()
+    alphas = []
+    for slot in order:
+        alpha = rho[:, slot] * (pairs_s[:, slot] * q).sum(1)
+        q -= alpha.unsqueeze(1) * pairs_y[:, slot]
+        alphas.append(alpha)
+    r = gamma.unsqueeze(1) * q
+    for slot, alpha in zip(reversed(order), reversed(alphas), strict=True):
+        beta = rho[:, slot] * (pairs_y[:, slot] * r).sum(1)
+        r += (alpha - beta).unsqueeze(1) * pairs_s[:, slot]
+    return r
+
+
+def _backtrack_copies(full, copies, thetas, values, slope, direction, slack_factor, max_halvings):
+    """Per-copy Armijo backtracking from the unit step along ``direction``.
+
+    ``copies`` are the indices (into all copies) of the rows of ``thetas``. A rejected step
+    shrinks to the minimum of the quadratic interpolating the objective along the
+    direction (between a tenth and a half of it), at most ``max_halvings`` times.
+
+    Only the copies still searching are evaluated at each trial. An increase within a few
+    ulps of the objective counts as no increase, so a copy at its rounding floor is not
+    halved to nothing.
+    """
+    new_thetas, new_values, new_gradients = thetas.clone(), values.clone(), torch.zeros_like(thetas)
+    accepted = torch.zeros(len(thetas), dtype=torch.bool, device=thetas.device)
+    size = torch.ones_like(values)
+    slack = slack_factor * values.abs().clamp_min(1.0)
+    for _ in range(max_halvings + 1):
+        pending = (~accepted).nonzero().squeeze(1)
+        if not len(pending):
+            break
+        trial = thetas[pending] + size[pending].unsqueeze(1) * direction[pending]
+        trial_values, trial_gradients = full(trial, copies[pending])
+        ok = (
+            trial_values <= values[pending] + 1e-4 * size[pending] * slope[pending] + slack[pending]
+        )
+        ok &= torch.isfinite(trial_values)
+        hit = pending[ok]
+        new_thetas[hit], new_values[hit], new_gradients[hit] = (
+            trial[ok], trial_values[ok], trial_gradients[ok],
+        )  # fmt: skip
+        accepted[hit] = True
+        # shrink to the minimiser of the quadratic through f(0), f'(0) and f(size), kept
+        # within [0.1, 0.5] of the rejected size (plain halving for a non-finite value)
+        rejected, tried = pending[~ok], size[pending[~ok]]
+        rise = trial_values[~ok] - values[rejected] - slope[rejected] * tried
+        quadratic = -slope[rejected] * tried**2 / (2 * rise)
+        quadratic = torch.where(torch.isfinite(quadratic) & (rise > 0), quadratic, 0.5 * tried)
+        size[rejected] = torch.minimum(torch.maximum(quadratic, 0.1 * tried), 0.5 * tried)
+    return new_thetas, new_values, new_gradients, accepted
+
+
 def batched_value_and_gradient(objective):
     """Values (k,) and gradients (k, p) of k independent copies of ``objective`` at once.
 
@@ -296,17 +463,28 @@ def batched_value_and_gradient(objective):
     return value_and_gradient
 
 
-def warn_not_converged(name, converged, relative, n_iter):
-    """One warning naming how many responses missed the tolerance and what to change."""
+def warn_not_converged(name, converged, relative, n_iter, optimizer=None):
+    """One ``ConvergenceWarning`` naming how many responses missed the tolerance, which
+    ones (``converged_``) and which setting to raise."""
     missed = int((~converged).sum())
     if missed:
+        if optimizer == "lbfgs":
+            advice = (
+                "Increase n_iter (L-BFGS stops each point as soon as it converges, so a "
+                "larger budget costs only the points that need it) or "
+                "optimizer_options={'history': ...}, or raise tol"
+            )
+        else:
+            advice = (
+                "Increase n_iter or learning_rate, or raise tol; for the PRF, "
+                "optimizer='auto' (L-BFGS) converges where SGD's steps, tuned at θˢ, do not"
+            )
         warnings.warn(
             f"{name}: {missed} of {len(converged)} response optimisations did not reach the "
             f"tolerance in {'the allowed' if n_iter is None else f'n_iter={n_iter}'} steps "
-            f"(worst relative gradient norm "
-            f"{float(relative.max()):.3g}). Increase n_iter or learning_rate, or raise tol; "
-            "the attribute converged_ says which.",
-            UserWarning,
+            f"(worst relative gradient norm {float(relative.max()):.3g}). {advice}; the "
+            "attribute converged_ says which.",
+            ConvergenceWarning,
             stacklevel=3,
         )
 
@@ -359,6 +537,21 @@ def curvature_scale(
     return max(largest, smallest), smallest
 
 
+def resolve_optimizer(kind, optimizer, batch_size, n_train):
+    """``optimizer="auto"``: L-BFGS for the PRF with full batches, SGD otherwise.
+
+    The PBRF is close to a quadratic around θˢ, where its curvature G + λI sets SGD's
+    optimal step and momentum (:func:`auto_settings`). The PRF is not: it is the training
+    objective itself, and on an unconverged network it moves far from θˢ into regions
+    where that curvature says little, so it needs a method that measures the curvature
+    along its own path (:func:`_lbfgs`). Mini-batches rule out L-BFGS's line search.
+    """
+    if optimizer != "auto":
+        return optimizer
+    full = batch_size is None or batch_size >= n_train
+    return "lbfgs" if kind == "prf" and full else "sgd"
+
+
 def auto_settings(
     adapter,
     reference,
@@ -384,6 +577,15 @@ def auto_settings(
     size of the response itself.
     """
     options = dict(optimizer_options or {})
+    if optimizer == "lbfgs":
+        if learning_rate == "auto":  # the first (steepest-descent) step: 1/L at θˢ
+            learning_rate = (
+                1.0
+                / curvature_scale(
+                    adapter, reference, inputs, targets, reference_outputs, damping=damping
+                )[0]
+            )
+        return learning_rate, options
     momentum_auto = options.get("momentum", "auto") == "auto"
     if optimizer == "sgd" and (learning_rate == "auto" or momentum_auto):
         schedule = BatchSchedule(len(inputs), batch_size, seed)
