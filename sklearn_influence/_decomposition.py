@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, _fit_context
 from sklearn.frozen import FrozenEstimator
-from sklearn.utils._param_validation import Interval
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from ._base import (
@@ -40,6 +40,7 @@ from ._responses._functions import (
     proximal_response,
     warm_leave_one_out,
 )
+from ._responses._optimizers import AUTO_STEPS, resolve_optimizer
 from ._torch_utils import resolve_device, seeded_torch, to_numpy
 from ._validation import validate_sample_weight, validate_training_data
 from .metrics._display import _check_matplotlib
@@ -104,9 +105,15 @@ class InfluenceDecomposition(FittedModelMixin, BaseEstimator):
         Number of points drawn when ``train_indices`` is None.
     method : {"auto", "newton", "optimizer"}, default="auto"
         How PRF and PBRF are minimised (see :class:`~sklearn_influence.PBRF`).
-    optimizer : {"sgd", "adam"}, default="sgd"
+    optimizer : {"auto", "lbfgs", "sgd", "adam"}, default="auto"
+        ``"auto"``: L-BFGS for the PRF with full batches (it finishes the training, far
+        from θˢ, where SGD's step from the curvature at θˢ does not converge), SGD for the
+        PBRF (nearly quadratic around θˢ).
     learning_rate : float or "auto", default="auto"
-    n_iter : int, default=1000
+    n_iter : int or "auto", default="auto"
+        Maximum steps per removed point. ``"auto"``: 3000 for L-BFGS, 1000 for SGD and Adam
+        (the defaults of :class:`~sklearn_influence.ProximalResponse` and
+        :class:`~sklearn_influence.PBRF`).
     batch_size : int, default=None
     tol : float, default=1e-4
     optimizer_options : dict, default=None
@@ -186,6 +193,7 @@ class InfluenceDecomposition(FittedModelMixin, BaseEstimator):
         **MODEL_CONSTRAINTS,
         **INFLUENCE_CONSTRAINTS,
         **OPTIMIZER_CONSTRAINTS,  # batch_size: the optimizer's (None: full batches)
+        "n_iter": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
         **PARALLEL_CONSTRAINTS,
         **MEMORY_CONSTRAINTS,
         "train_indices": ["array-like", None],
@@ -203,9 +211,9 @@ class InfluenceDecomposition(FittedModelMixin, BaseEstimator):
         train_indices=None,
         n_points=50,
         method="auto",
-        optimizer="sgd",
+        optimizer="auto",
         learning_rate="auto",
-        n_iter=1000,
+        n_iter="auto",
         batch_size=None,
         tol=1e-4,
         optimizer_options=None,
@@ -305,6 +313,7 @@ class InfluenceDecomposition(FittedModelMixin, BaseEstimator):
         proximal = {}
         for kind in ("prf", "pbrf"):
             self._say(f"{kind.upper()}: {len(indices)} batched optimisations")
+            settings["n_iter"] = self._steps(kind, problem.n_train)
             proximal[kind] = proximal_response(
                 problem, kind, indices, damping=self.damping, method=self.method, **common,
                 **settings,
@@ -319,6 +328,13 @@ class InfluenceDecomposition(FittedModelMixin, BaseEstimator):
             "pbrf": proximal["pbrf"].parameters,
             "linearized_pbrf": linear.parameters,
         }
+
+    def _steps(self, kind, n_train):
+        """``n_iter="auto"``: the step budget of the optimizer ``kind`` resolves to."""
+        if self.n_iter != "auto":
+            return self.n_iter
+        optimizer = resolve_optimizer(kind, self.optimizer, self.batch_size, n_train)
+        return AUTO_STEPS[optimizer]
 
     def _say(self, message):
         if self.verbose:

@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 import torch
 from joblib import parallel_config
+from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.frozen import FrozenEstimator
 from skorch import NeuralNetRegressor
 from torch.func import functional_call
 
-from sklearn_influence import PBRF, ProximalResponse
+from sklearn_influence import PBRF, InfluenceDecomposition, ProximalResponse
 from sklearn_influence._adapters import make_adapter
 from sklearn_influence._adapters._losses import OutputLoss
 from sklearn_influence._responses._functions import ResponseProblem, proximal_response
@@ -258,3 +259,24 @@ def test_threads_give_the_serial_answer_bitwise(regression):
             assert not errors, errors
             for name in jobs:
                 assert torch.equal(results[name], serial[name]), name
+
+
+def test_decomposition_defaults_converge_prf_and_pbrf(regression):
+    """InfluenceDecomposition's defaults (optimizer and n_iter "auto") give its PRF stage
+    L-BFGS with 3000 steps, so on the same unconverged net every removed point converges
+    there, and the PRF parameters equal the ProximalResponse estimator's (same optimiser,
+    same settings, same points)."""
+    net, X, y, _, _ = regression
+    points = REMOVED[:2]  # the decomposition's cold leave-one-out retrains an unfitted net
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        decomposition = InfluenceDecomposition(
+            clone(net), damping=DAMPING, train_indices=points, random_state=0
+        ).fit(X, y)
+        response = ProximalResponse(
+            clone(net), damping=DAMPING, train_indices=points, random_state=0
+        ).fit(X, y)
+    assert decomposition.converged_["prf"].all() and decomposition.converged_["pbrf"].all()
+    np.testing.assert_allclose(
+        decomposition.parameters_["prf"], response.parameters_, rtol=1e-10, atol=1e-12
+    )

@@ -28,6 +28,11 @@ from .._torch_utils import FORWARD_AD_LOCK
 OBJECTIVES = ("prf", "pbrf")
 OPTIMIZERS = ("auto", "lbfgs", "sgd", "adam")
 
+#: step budgets of the estimators' defaults: L-BFGS on an unconverged network's PRF takes up
+#: to ~1,600 steps per point (benchmarks/results/bench_prf.md), SGD on the PBRF converges in
+#: a few hundred
+AUTO_STEPS = {"lbfgs": 3000, "sgd": 1000, "adam": 1000}
+
 
 def bregman_divergence(loss, outputs, reference_outputs, targets):
     """D_L(h, hˢ; t) = L(h, t) − L(hˢ, t) − ∇_h L(hˢ, t)ᵀ(h − hˢ), per row.
