@@ -17,7 +17,9 @@ def digits():
     return X[:400] / 16, y[:400], X[400:520] / 16, y[400:520]
 
 
-def test_blocks_and_refits_identical_across_n_jobs(digits):
+def test_blocks_and_refits_identical_across_n_jobs(digits, one_torch_thread):
+    """Bitwise equal when the caller runs as many threads as joblib gives each worker (one
+    here): a different thread count changes BLAS's summation order, hence the round-off."""
     X, y, X_test, y_test = digits
     model = LogisticRegression(C=0.5, max_iter=2000)
     serial = InfluenceFunction(model, batch_size=32, n_score_points=6, random_state=0).fit(X, y)
