@@ -23,9 +23,12 @@ not); two families get both, so the table shows what the factored approximation 
 A second part repeats the paper's trends (training epochs, damping, width) on LeNet with the
 machinery of ``paper_trends.py``.
 
-Run ``python benchmarks/paper_table2.py`` (about 30 minutes on 2 CPU cores) to regenerate
-``benchmarks/results/paper_table2.md`` and ``paper_table2.png``. ``--quick`` is a smoke run of
-a few minutes that writes to a temporary folder, never to the committed results.
+Run ``python benchmarks/paper_table2.py`` to regenerate ``benchmarks/results/paper_table2.md``
+(with its ``.json``) and the figures ``paper_table2.png`` and ``paper_table2_lenet_trends.png``.
+Measured on a 2-core machine shared with other jobs (load 5-7, one thread): 36 minutes for
+the table, 8 for the LeNet trends (``--trends-only`` recomputes only those); less on a quiet
+machine. ``--quick`` is a smoke run of a few minutes that writes to a temporary folder, never
+to the committed results.
 """
 
 import argparse
