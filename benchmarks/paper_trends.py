@@ -19,13 +19,17 @@ solver errors; wider networks have smaller linearization error.
 
 Run ``python benchmarks/paper_trends.py`` (``--quick`` for a smoke run). It prints a table,
 writes ``benchmarks/results/paper_trends.md`` and a figure ``paper_trends.png`` next to it
-(matplotlib needed for the figure).
+(matplotlib needed for the figure). ``--quick`` writes to a temporary folder instead and
+refuses to overwrite the committed results. ``paper_table2.py`` runs the same sweeps on
+LeNet through :class:`TrendSpec`.
 """
 
 import argparse
 import json
+import tempfile
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -51,9 +55,45 @@ def make_net(hidden, epochs):
     return sgd_tanh_net(hidden=hidden, epochs=epochs, lr=0.05)
 
 
-def run_setting(data, setting, args):
+@dataclass
+class TrendSpec:
+    """A network family's trend sweeps: ``make_net(hidden, epochs)``, base setting, sweeps."""
+
+    name: str
+    make_net: object
+    base: dict
+    sweeps: dict
+    quick_sweeps: dict
+
+
+MLP_TRENDS = TrendSpec("MLP", make_net, BASE, SWEEPS, QUICK_SWEEPS)
+
+
+def resolve_output(quick, output, committed):
+    """Where results go: ``committed`` by default; a temporary folder with ``--quick``.
+
+    A quick run never writes the committed results (asking for them raises SystemExit).
+    """
+    if not quick:
+        return committed if output is None else output
+    if output is None:
+        return (
+            Path(tempfile.gettempdir())
+            / "sklearn_influence_benchmarks"
+            / (committed.stem + "_quick.md")
+        )
+    if Path(output).resolve().parent == committed.resolve().parent:
+        raise SystemExit(
+            f"--quick results are a smoke run: refusing to write them to {output}, next to the "
+            "committed results. Drop --output (a temporary folder is used) or choose another "
+            "folder."
+        )
+    return Path(output)
+
+
+def run_setting(data, setting, args, spec=MLP_TRENDS):
     """Fit one decomposition; return a flat dict of its results."""
-    net = make_net(setting["hidden"], setting["epochs"])
+    net = spec.make_net(setting["hidden"], setting["epochs"])
     start = time.perf_counter()
     with warnings.catch_warnings():
         # CG reaching its iteration limit is part of the solver error being measured
@@ -66,6 +106,7 @@ def run_setting(data, setting, args):
             n_iter=args.n_iter,
             random_state=0,
             n_jobs=args.n_jobs,
+            memory=getattr(args, "memory", None),
         ).fit(data.X_train, data.y_train)
         table = parts.decompose(data.X_test, data.y_test)
         agreement = parts.agreement(data.X_test, data.y_test)
@@ -82,12 +123,12 @@ def run_setting(data, setting, args):
     return row
 
 
-def settings(sweeps):
+def settings(sweeps, base=BASE):
     """Every distinct setting of the three sweeps (the base setting once)."""
     seen, result = set(), []
     for name, values in sweeps.items():
         for value in values:
-            setting = {**BASE, name: value}
+            setting = {**base, name: value}
             key = tuple(sorted(setting.items()))
             if key not in seen:
                 seen.add(key)
@@ -104,7 +145,7 @@ SHORT = {
 }
 
 
-def markdown(rows, sweeps):
+def markdown(rows, sweeps, spec=MLP_TRENDS):
     lines = []
     for name, values in sweeps.items():
         lines += [f"### vs {name}", ""]
@@ -113,7 +154,7 @@ def markdown(rows, sweeps):
         header += ["ρ(IF, PBRF)", "ρ(IF, cold LOO)", "ρ(IF, warm LOO)", "conv. PRF/PBRF", "s"]
         lines += ["| " + " | ".join(header) + " |", "|" + "---:|" * len(header)]
         for value in values:
-            row = next(r for r in rows if r[name] == value and _matches_base(r, name))
+            row = next(r for r in rows if r[name] == value and _matches_base(r, name, spec))
             cells = [f"{value:g}", f"{row['accuracy']:.3f}"]
             cells += [f"{row[f'{t}:distance']:.2e}" for t, _, _ in TERMS]
             cells += [f"{row[f'{t}:spearman']:.2f}" for t, _, _ in TERMS]
@@ -130,12 +171,12 @@ def _converged(row):
     return f"{'n/a' if prf is None else f'{prf:.0%}'}/{row['pbrf_converged']:.0%}"
 
 
-def _matches_base(row, varied):
-    return all(row[key] == value for key, value in BASE.items() if key != varied)
+def _matches_base(row, varied, spec=MLP_TRENDS):
+    return all(row[key] == value for key, value in spec.base.items() if key != varied)
 
 
-def _sweep(rows, name, values):
-    return [next(r for r in rows if r[name] == v and _matches_base(r, name)) for v in values]
+def _sweep(rows, name, values, spec=MLP_TRENDS):
+    return [next(r for r in rows if r[name] == v and _matches_base(r, name, spec)) for v in values]
 
 
 def _trend(values, increasing):
@@ -146,7 +187,7 @@ def _trend(values, increasing):
     return overall, monotone
 
 
-def trend_checks(rows, sweeps):
+def trend_checks(rows, sweeps, spec=MLP_TRENDS):
     """The paper's findings as checks on the measured numbers (matched or not)."""
     lines = []
 
@@ -158,8 +199,8 @@ def trend_checks(rows, sweeps):
         "influence agrees better with the PBRF than with cold-start LOO",
         all(better),
         f"ρ(IF, PBRF) > ρ(IF, cold LOO) in {sum(better)} of {len(rows)} settings; base: "
-        f"{_base(rows)['influence~pbrf:spearman']:.2f} vs "
-        f"{_base(rows)['influence~cold_loo:spearman']:.2f}",
+        f"{_base(rows, spec)['influence~pbrf:spearman']:.2f} vs "
+        f"{_base(rows, spec)['influence~cold_loo:spearman']:.2f}",
     )
     first, last = [t for t, _, _ in TERMS[:3]], [t for t, _, _ in TERMS[3:]]
     dominate = [
@@ -183,7 +224,7 @@ def trend_checks(rows, sweeps):
     ]:
         if name not in sweeps:
             continue
-        values = [r[f"{term}:distance"] for r in _sweep(rows, name, sweeps[name])]
+        values = [r[f"{term}:distance"] for r in _sweep(rows, name, sweeps[name], spec)]
         overall, monotone = _trend(values, increasing)
         report(
             claim,
@@ -194,11 +235,11 @@ def trend_checks(rows, sweeps):
     return lines
 
 
-def _base(rows):
-    return next(r for r in rows if all(r[key] == value for key, value in BASE.items()))
+def _base(rows, spec=MLP_TRENDS):
+    return next(r for r in rows if all(r[key] == value for key, value in spec.base.items()))
 
 
-def figure(rows, sweeps, path):
+def figure(rows, sweeps, path, spec=MLP_TRENDS):
     try:
         import matplotlib
 
@@ -209,7 +250,7 @@ def figure(rows, sweeps, path):
         return None
     fig, axes = plt.subplots(2, len(sweeps), figsize=(4.2 * len(sweeps), 6.5), sharey="row")
     for column, (name, values) in enumerate(sweeps.items()):
-        chosen = [next(r for r in rows if r[name] == v and _matches_base(r, name)) for v in values]
+        chosen = _sweep(rows, name, values, spec)
         for term, _, _ in TERMS:
             axes[0, column].plot(
                 values, [r[f"{term}:distance"] for r in chosen], "o-", label=SHORT[term]
@@ -229,22 +270,32 @@ def figure(rows, sweeps, path):
     axes[1, 0].set_ylabel("Spearman ρ of test-loss changes")
     axes[0, -1].legend(fontsize=8)
     axes[1, -1].legend(fontsize=8)
-    fig.suptitle("Five terms of the influence-vs-LOO gap (digits, skorch MLP)")
+    fig.suptitle(f"Five terms of the influence-vs-LOO gap (digits, skorch {spec.name})")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)
     return path
+
+
+def compute_trends(data, spec, sweeps, args):
+    """Every setting of ``sweeps`` for ``spec``: ``{"sweeps": ..., "rows": [...]}``."""
+    rows = []
+    for setting in settings(sweeps, spec.base):
+        rows.append(run_setting(data, setting, args, spec))
+        print(f"done {spec.name} {setting} in {rows[-1]['seconds']:.0f} s", flush=True)
+    return {"sweeps": sweeps, "rows": rows}
+
+
+#: names paper_table2.py uses
+trend_markdown, trend_figure = markdown, figure
 
 
 def compute(args, sweeps):
     data = load_digits_split(n_train=args.n_train, n_test=args.n_test, random_state=0)
     data.X_train = data.X_train.astype(np.float32)
     data.X_test = data.X_test.astype(np.float32)
-    rows = []
     with threadpool_limits(limits=args.threads):
-        for setting in settings(sweeps):
-            rows.append(run_setting(data, setting, args))
-            print(f"done {setting} in {rows[-1]['seconds']:.0f} s", flush=True)
-    return rows
+        return compute_trends(data, MLP_TRENDS, sweeps, args)["rows"]
 
 
 def main(argv=None):
@@ -257,11 +308,17 @@ def main(argv=None):
     parser.add_argument("--solver", default="cg", help="solver of the influence estimate")
     parser.add_argument("--n-jobs", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None, help="pin torch and BLAS")
-    parser.add_argument("--output", type=Path, default=RESULTS / "paper_trends.md")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="markdown file (default: the committed results; with --quick a temporary folder)",
+    )
     parser.add_argument(
         "--from-json", type=Path, default=None, help="re-render saved rows, computing nothing"
     )
     args = parser.parse_args(argv)
+    args.output = resolve_output(args.quick, args.output, RESULTS / "paper_trends.md")
     sweeps = QUICK_SWEEPS if args.quick else SWEEPS
     if args.quick:
         args.n_train, args.n_points, args.n_test = 200, 10, 20

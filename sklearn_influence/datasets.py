@@ -3,11 +3,12 @@
 Every loader returns a :class:`~sklearn.utils.Bunch` with a fixed train/test split, so that
 influence matrices (rows: test queries, columns: training points) can be indexed back to the
 images they describe (no download). :class:`TanhMLP` is the small network that the command
-line, the tests and the benchmarks train on them; :class:`LeNet` (convolutional),
-:class:`ResNet` (residual, with batch normalisation) and :class:`TransformerClassifier`
-(attention over an image's rows) are the small networks beyond MLPs, for the 8×8 images
-(``images_train`` of :func:`load_digits_split`, shape (n, 8, 8); reshape to (n, 1, 8, 8) for
-the convolutional ones).
+line, the tests and the benchmarks train on them; :class:`Autoencoder` (reconstructs its
+input), :class:`LeNet`, :class:`AlexNet` and :class:`VGG` (convolutional), :class:`ResNet`
+(residual, with batch normalisation) and :class:`TransformerClassifier` (attention over an
+image's rows) are the small networks beyond MLPs, one per model family of Bae et al. (2022),
+for the 8×8 images (``images_train`` of :func:`load_digits_split`, shape (n, 8, 8); reshape
+to (n, 1, 8, 8) for the convolutional ones).
 """
 
 from numbers import Integral, Real
@@ -17,9 +18,18 @@ import torch
 from sklearn.datasets import load_digits
 from sklearn.utils import Bunch, check_random_state
 
-from ._networks import LeNet, ResNet, TransformerClassifier
+from ._networks import VGG, AlexNet, Autoencoder, LeNet, ResNet, TransformerClassifier
 
-__all__ = ["LeNet", "ResNet", "TanhMLP", "TransformerClassifier", "load_digits_split"]
+__all__ = [
+    "VGG",
+    "AlexNet",
+    "Autoencoder",
+    "LeNet",
+    "ResNet",
+    "TanhMLP",
+    "TransformerClassifier",
+    "load_digits_split",
+]
 
 #: the largest pixel value of scikit-learn's digits (4-bit grey levels)
 _DIGITS_MAX_PIXEL = 16.0
