@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# One prepared run for a lent GPU machine (the device tool's `run`), about 5 minutes on an
-# H200: the CUDA tests, then the MLP influence benchmark on the GPU. Results go to $OUT.
+# One prepared run for a lent GPU machine (the device tool's `run`), about 8 minutes on an
+# H200: the CUDA tests (test_cuda, test_response and the CUDA cases of test_networks,
+# test_streaming and test_kfac), the MLP influence benchmark and the scale benchmark (part c:
+# EK-FAC on the 1M-parameter MLP) on the GPU. Results go to $OUT.
 #
 # The GPU image has torch and scikit-learn but not skorch. Before the call, here:
 #   echo /.whl/ >> .git/info/exclude
@@ -21,7 +23,11 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT
 python3 -c "import torch, sklearn, skorch; print(torch.__version__, sklearn.__version__, skorch.__version__)" \
     | tee -a "$OUT/gpu.txt"
 # the default addopts start xdist workers and collect doctests: not wanted here
-python3 -m pytest -o addopts="" -p no:cacheprovider -q -ra tests/test_cuda.py \
-    tests/test_response.py -k "cuda" 2>&1 | tee "$OUT/cuda_tests.log"
-timeout 300 python3 benchmarks/bench_mlp.py --device cuda --sizes 500,1500 --repeats 3 \
+timeout 180 python3 -m pytest -o addopts="" -p no:cacheprovider -q -ra tests/test_cuda.py \
+    tests/test_response.py tests/test_networks.py tests/test_streaming.py tests/test_kfac.py \
+    -k "cuda" 2>&1 | tee "$OUT/cuda_tests.log"
+timeout 120 python3 benchmarks/bench_mlp.py --device cuda --sizes 1500 --repeats 1 \
     --output "$OUT/bench_mlp_cuda.md"
+# rows are written as they finish: a timeout keeps the finished ones
+timeout 180 python3 benchmarks/bench_scale.py --device cuda --parts c \
+    --sizes 10000,20000,50000 --output "$OUT/bench_scale_cuda.md"

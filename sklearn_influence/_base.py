@@ -37,6 +37,12 @@ from sklearn.utils.metadata_routing import (
 from ._adapters import fit_with_weights, make_adapter
 from ._engine._curvature import CURVATURES
 from ._engine._gradients import batch_slices, per_example_gradients, resolve_query_targets
+from ._engine._layers import (
+    check_factored_gradients,
+    factored_gradient_layers,
+    factored_gradient_sum_and_norms,
+    layer_gradient_factors,
+)
 from ._engine._solvers import SOLVERS
 from ._responses._functions import METHODS, ResponseProblem
 from ._responses._optimizers import OPTIMIZERS
@@ -217,17 +223,43 @@ def stationarity(adapter, inputs, targets, *, batch_size=512):
         )
     total = torch.zeros_like(theta)
     norms = theta.new_zeros(())
+    # a network of Linear/Conv2d layers only: sums and norms from per-layer factors, without
+    # the (rows, p) per-example gradients (at p = 10⁶ they made this check cost minutes)
+    # (weighted rows: only models linear in θ take weights, and those have no factored layers)
+    factored = len(inputs) and weights is None
+    layers = factored_gradient_layers(adapter, theta) if factored else None
+    if layers is not None and not check_factored_gradients(
+        adapter, theta, layers, inputs[:2], targets[:2]
+    ):
+        layers = None
     # blocks of at most ~2**26 gradient entries, whatever p
     batch_size = max(1, min(batch_size, (1 << 26) // max(theta.numel(), 1)))
+    if layers is not None:
+        batch_size = 512
     for rows in batch_slices(len(inputs), batch_size):
-        gradients = per_example_gradients(adapter, theta, inputs[rows], targets[rows], batch_size)
-        if weights is None:
-            total += gradients.sum(0)
-            norms += gradients.norm(dim=1).sum()
+        if layers is not None:
+            with torch.no_grad():
+                factors = layer_gradient_factors(
+                    adapter, theta, inputs[rows], targets[rows], layers
+                )
+                block_sum, block_norms = factored_gradient_sum_and_norms(layers, factors)
         else:
-            total += weights[rows].to(gradients.dtype) @ gradients
-            norms += (gradients.norm(dim=1) * weights[rows]).sum()
-        if not (bool(torch.isfinite(gradients).all()) and bool(torch.isfinite(norms))):
+            gradients = per_example_gradients(
+                adapter, theta, inputs[rows], targets[rows], batch_size
+            )
+            if weights is None:
+                block_sum, block_norms = gradients.sum(0), gradients.norm(dim=1)
+            else:
+                row_weights = weights[rows].to(gradients.dtype)
+                block_sum, block_norms = (
+                    row_weights @ gradients,
+                    gradients.norm(dim=1) * row_weights,
+                )
+        total += block_sum
+        norms += block_norms.sum()
+        # a non-finite gradient entry makes its row's norm non-finite: checking the norms
+        # (and the sum) is enough, without a pass over the (rows, p) gradients
+        if not (bool(torch.isfinite(norms)) and bool(torch.isfinite(block_sum).all())):
             largest = float(inputs.abs().max()) if inputs.is_floating_point() else float("nan")
             raise ValueError(
                 "The per-example gradients of the training loss are not finite (or their "

@@ -108,13 +108,20 @@ def orthonormal_rows(block):
         with small_dense_algebra():
             factor, info = torch.linalg.cholesky_ex(gram)
             diagonal = factor.diagonal() ** 2 if int(info) == 0 else None
-            if diagonal is not None and float(diagonal.min()) > floor * float(diagonal.max()):
+            # more rows than columns are dependent even when round-off lets Cholesky pass
+            square = len(gram) <= block.shape[-1]
+            if (
+                square
+                and diagonal is not None
+                and float(diagonal.min()) > floor * float(diagonal.max())
+            ):
                 transform = torch.linalg.solve_triangular(
                     factor, torch.eye(len(gram), dtype=gram.dtype, device=gram.device), upper=False
                 )
             else:
                 values, vectors = torch.linalg.eigh(gram)
                 keep = values > max(float(values[-1]) * floor, 0.0)
+                keep[: max(len(values) - block.shape[-1], 0)] = False  # at most as many as columns
                 if not bool(keep.any()):
                     return block[:0]
                 transform = (vectors[:, keep] / values[keep].sqrt()).T

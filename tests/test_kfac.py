@@ -328,3 +328,31 @@ def test_cg_refuses_an_unknown_preconditioner(fitted):
     curvature = make_curvature("gauss_newton", adapter, theta, inputs, targets)
     with pytest.raises(ValueError, match="preconditioner must be one of"):
         make_solver("cg", curvature, {"preconditioner": "x"})
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("name", ["kfac", "ekfac"])
+def test_cuda_factored_curvature_and_influence_equal_cpu(name, fitted):
+    """Factors, eigenvalues and the factored influence on the GPU equal the CPU ones."""
+    _, net, adapter, theta, inputs, targets = fitted
+    X, y = _digits()
+    X_query, y_query = _digits(8, offset=N_TRAIN)
+    on_cpu = make_curvature(name, adapter, theta, inputs, targets)
+    cuda = make_adapter(net, len(X), torch.device("cuda"))
+    on_gpu = make_curvature(name, cuda, cuda.parameters(), cuda.inputs(X), cuda.targets(y))
+    for cpu_layer, gpu_layer in zip(on_cpu.layers, on_gpu.layers, strict=True):
+        assert gpu_layer.eigenvalues.device.type == "cuda"
+        torch.testing.assert_close(gpu_layer.A.cpu(), cpu_layer.A, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(gpu_layer.S.cpu(), cpu_layer.S, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(
+            gpu_layer.eigenvalues.cpu(), cpu_layer.eigenvalues, rtol=1e-7, atol=1e-12
+        )
+    matrices = [
+        InfluenceFunction(FrozenEstimator(net), curvature=name, damping=DAMPING, device=device)
+        .fit(X, y)
+        .transform(X_query, y_query)
+        for device in ("cpu", "cuda")
+    ]
+    np.testing.assert_allclose(
+        matrices[1], matrices[0], rtol=1e-7, atol=1e-10 * np.abs(matrices[0]).max()
+    )

@@ -335,3 +335,28 @@ def test_weight_decays_are_read_without_constructing_an_optimizer(digits, monkey
         net.__dict__["optimizer_"] = optimizer
     decay = adapter.regularizer_diagonal()
     torch.testing.assert_close(decay, influence.engine_.adapter.regularizer_diagonal())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("curvature, solver", [("gauss_newton", "cg"), ("ekfac", "auto")])
+def test_cuda_networks_give_the_cpu_answer(fitted, curvature, solver):
+    """LeNet, ResNet and the Transformer on the GPU: the CPU influence matrix."""
+    _, (X, y, X_query, y_query), influence = fitted
+    net = influence.estimator_
+    options = {"tol": 1e-10, "maxiter": 500} if solver == "cg" else None
+    matrices = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the factored curvature's fallback note
+        for device in ("cpu", "cuda"):
+            on_device = InfluenceFunction(
+                FrozenEstimator(net),
+                curvature=curvature,
+                solver=solver,
+                solver_options=options,
+                damping=DAMPING,
+                device=device,
+                random_state=0,
+            ).fit(X, y)
+            matrices.append(on_device.transform(X_query, y_query))
+    cpu, cuda = matrices
+    np.testing.assert_allclose(cuda, cpu, rtol=1e-6, atol=1e-9 * np.abs(cpu).max())

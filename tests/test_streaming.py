@@ -346,3 +346,138 @@ def test_engine_pickles_without_its_locks():
         copy.transform(X_query, y_query), influence.transform(X_query, y_query)
     )
     assert copy.engine_.solver._lock is not influence.engine_.solver._lock
+
+
+# -- scores from per-layer factors (networks of Linear/Conv2d layers) ----------------------------
+def _skorch_net(module, X, y, **params):
+    import torch
+    from skorch import NeuralNetClassifier
+
+    torch.manual_seed(0)
+    net = NeuralNetClassifier(
+        module,
+        criterion=torch.nn.CrossEntropyLoss,
+        optimizer__weight_decay=1e-3,
+        lr=0.1,
+        max_epochs=3,
+        batch_size=32,
+        train_split=None,
+        verbose=0,
+        **params,
+    )
+    return net.fit(X, y)
+
+
+def _factored_nets():
+    import torch
+
+    from sklearn_influence.datasets import LeNet, TanhMLP, load_digits_split
+
+    digits = load_digits_split(n_train=80, n_test=6, random_state=0)
+    X, y = digits.X_train, digits.y_train
+    images = digits.images_train.reshape(-1, 1, 8, 8)
+    mlp = _skorch_net(TanhMLP, X, y, module__hidden=8, module__dtype=torch.float64)
+    lenet = _skorch_net(
+        LeNet, images, y, module__channels=(2, 3), module__hidden=6, module__dtype=torch.float64
+    )
+    queries = (digits.X_test, digits.images_test.reshape(-1, 1, 8, 8))
+    return {
+        "mlp": (mlp, X, y, queries[0], digits.y_test),
+        "lenet": (lenet, images, y, queries[1], digits.y_test),
+    }
+
+
+@pytest.fixture(scope="module")
+def factored_nets():
+    return _factored_nets()
+
+
+@pytest.mark.parametrize("name", ["mlp", "lenet"])
+def test_scores_from_layer_factors_equal_those_from_per_example_gradients(name, factored_nets):
+    """Streamed without a cache, the MLP and the CNN never form per-example gradients; the
+    matrix, top-k and the stationarity figure equal the per-example-gradient computation."""
+    from sklearn.frozen import FrozenEstimator
+
+    from sklearn_influence._base import stationarity
+
+    net, X, y, X_query, y_query = factored_nets[name]
+    with sklearn.config_context(working_memory=TINY * 40):  # no cache, a few blocks
+        influence = InfluenceFunction(FrozenEstimator(net), damping=DAMPING).fit(X, y)
+    engine = influence.engine_
+    assert engine.gradient_cache is None and engine.factored_layers is not None
+    calls = []
+    original = _influence_engine.per_example_gradients
+
+    def counting(adapter, theta, inputs, *args, **kwargs):
+        calls.append(len(inputs))
+        return original(adapter, theta, inputs, *args, **kwargs)
+
+    with sklearn.config_context(working_memory=TINY * 40):
+        _influence_engine.per_example_gradients = counting
+        try:
+            factored = influence.transform(X_query, y_query)
+            top = influence.most_influential(X_query, y_query, k=5)
+        finally:
+            _influence_engine.per_example_gradients = original
+    # the queries' gradients (once per call), never the training ones
+    assert sum(calls) == 2 * len(X_query)
+    engine.factored_layers = None  # the per-example-gradient path
+    with sklearn.config_context(working_memory=TINY * 40):
+        reference = influence.transform(X_query, y_query)
+    np.testing.assert_allclose(factored, reference, rtol=1e-10, atol=1e-12 * abs(reference).max())
+    order = np.argsort(-reference, axis=1, kind="stable")[:, :5]
+    np.testing.assert_array_equal(np.sort(top["helpful_indices"], 1), np.sort(order, 1))
+    # the stationarity figure of fit, by the factored path, against per-example gradients
+    adapter = engine.adapter
+    fast = stationarity(adapter, engine.inputs, engine.targets)
+    gradients = per_example_gradients(adapter, engine.theta, engine.inputs, engine.targets)
+    penalty = adapter.regularizer_diagonal() * engine.theta
+    expected = float(
+        (gradients.mean(0) + penalty).norm() / (gradients.norm(dim=1).mean() + penalty.norm())
+    )
+    assert fast == pytest.approx(expected, rel=1e-10)
+
+
+def test_layer_factors_are_not_used_when_a_parameter_is_outside_the_layers():
+    import torch
+
+    from sklearn_influence.datasets import TransformerClassifier, load_digits_split
+
+    digits = load_digits_split(n_train=30, n_test=2, random_state=0)
+    rows = digits.images_train.reshape(-1, 8, 8)
+    net = _skorch_net(
+        TransformerClassifier,
+        rows,
+        digits.y_train,
+        module__d_model=4,
+        module__dim_feedforward=8,
+        module__dtype=torch.float64,
+    )
+    from sklearn.frozen import FrozenEstimator
+
+    with sklearn.config_context(working_memory=TINY * 40):
+        influence = InfluenceFunction(FrozenEstimator(net), damping=DAMPING)
+        influence.fit(rows, digits.y_train)
+    assert influence.engine_.factored_layers is None  # LayerNorm, attention, embeddings
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("name", ["mlp", "lenet"])
+def test_cuda_streamed_scores_and_top_k_equal_cpu(name, factored_nets):
+    """On the GPU the streamed (factored) scores and the top-k equal the CPU ones."""
+    from sklearn.frozen import FrozenEstimator
+
+    net, X, y, X_query, y_query = factored_nets[name]
+    results = {}
+    for device in ("cpu", "cuda"):
+        with sklearn.config_context(working_memory=TINY * 40):
+            influence = InfluenceFunction(
+                FrozenEstimator(net), curvature="ekfac", damping=DAMPING, device=device
+            ).fit(X, y)
+            results[device] = (
+                influence.transform(X_query, y_query),
+                influence.most_influential(X_query, y_query, k=5)["helpful_indices"],
+            )
+    cpu, cuda = results["cpu"], results["cuda"]
+    np.testing.assert_allclose(cuda[0], cpu[0], rtol=1e-8, atol=1e-10 * abs(cpu[0]).max())
+    np.testing.assert_array_equal(np.sort(cuda[1], 1), np.sort(cpu[1], 1))

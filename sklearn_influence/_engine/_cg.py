@@ -108,8 +108,11 @@ class FactoredPreconditioner(LockedState):
             )
         self._floor = None
 
-    def for_damping(self, damping):
-        """The map R ↦ R P⁻¹ for this damping; the factors are built once, under the lock."""
+    def for_damping(self, damping, n_rhs=1):
+        """The map R ↦ R P⁻¹ for this damping; the factors are built once, under the lock.
+
+        ``n_rhs`` is accepted for the preconditioner contract (it sizes a Nyström sketch).
+        """
         with self._lock:
             if self._floor is None:
                 _ = self.factored.layers  # factors and eigenbases, once
@@ -154,8 +157,9 @@ class CGSolver(IterativeSolver):
         and rows (the curvature itself when it is that factored curvature) and applied with
         each solve's λ.
     rank : "auto" or int, default="auto"
-        Nyström sketch size; "auto" doubles it from 64 until its smallest eigenvalue is at
-        most λ/4 above the regularizer's floor (at most ``max_rank``).
+        Nyström sketch size; "auto" doubles it from 64 while a doubling saves more
+        curvature products in the solve than it costs (at most ``max_rank``; see
+        :class:`NystromPreconditioner`).
     max_rank : int, default=512
     sketch_coverage : float, default=0.95
         Share of the Gauss-Newton trace carried by the training rows used in the sketch.
@@ -218,6 +222,7 @@ class CGSolver(IterativeSolver):
                 max_rank=settings["max_rank"],
                 coverage=coverage,
                 seed=self.seed,
+                tol=self.tol,
             )
         elif preconditioner in ("kfac", "ekfac") and self.curvature.needs_preconditioner:
             self.preconditioner = FactoredPreconditioner(self.curvature, preconditioner)
@@ -230,7 +235,7 @@ class CGSolver(IterativeSolver):
         precondition = (
             (lambda block: block)
             if self.preconditioner is None
-            else self.preconditioner.for_damping(damping)
+            else self.preconditioner.for_damping(damping, len(rhs))
         )
 
         solution, relative, n_iter = block_conjugate_gradient(

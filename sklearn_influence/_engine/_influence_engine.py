@@ -44,6 +44,13 @@ from sklearn.utils.parallel import Parallel, delayed
 
 from ._curvature import make_curvature
 from ._gradients import batch_slices, per_example_gradients, resolve_query_targets
+from ._layers import (
+    check_factored_gradients,
+    factored_gradient_layers,
+    factored_scores,
+    layer_gradient_factors,
+    prepare_factored_queries,
+)
 from ._solvers import make_solver
 
 #: share of the working memory that training gradients may take to be cached (``"auto"``)
@@ -161,6 +168,16 @@ class InfluenceEngine:
             self.gradient_cache = per_example_gradients(
                 adapter, self.theta, inputs, targets, self.batch_size
             )
+        # streamed scores of a network of Linear/Conv2d layers only: from per-layer factors
+        # (one batched forward/backward), never the (block, p) per-example gradients
+        self.factored_layers = None
+        if self.gradient_cache is None and self.n_train:
+            layers = factored_gradient_layers(adapter, self.theta)
+            rows = slice(0, min(2, self.n_train))
+            if layers is not None and check_factored_gradients(
+                adapter, self.theta, layers, inputs[rows], targets[rows]
+            ):
+                self.factored_layers = layers
 
     # -- training gradients ---------------------------------------------------------------
     def train_gradients(self, rows):
@@ -179,8 +196,16 @@ class InfluenceEngine:
         return self.theta.element_size()
 
     def train_block_rows(self, n_queries, working_memory=None):
-        """Training points per block: their gradients and their output column fit."""
-        row_bytes = self._itemsize() * self.n_params + 8 * max(int(n_queries), 1)
+        """Training points per block: their gradients and their output column fit.
+
+        With factored layers the gradients are not formed, but a layer's (queries × out)
+        product per point is: a row is counted as the larger of the two.
+        """
+        width = self.n_params
+        if self.factored_layers is not None:
+            widest = max(layer.weight_shape[0] for layer in self.factored_layers)
+            width = max(width, max(int(n_queries), 1) * widest)
+        row_bytes = self._itemsize() * width + 8 * max(int(n_queries), 1)
         return chunk_rows(
             row_bytes,
             self.n_train,
@@ -241,6 +266,8 @@ class InfluenceEngine:
     def _stream(self, task, preconditioned, n_jobs, working_memory, *arguments):
         """Yield ``(training slice, task(engine, P, slice, *arguments))`` over training blocks."""
         slices = self._train_slices(len(preconditioned), working_memory)
+        if self.factored_layers is not None:  # each layer's slice of P, laid out once
+            preconditioned = prepare_factored_queries(self.factored_layers, preconditioned)
         results = Parallel(n_jobs=n_jobs, return_as="generator")(
             delayed(task)(self, preconditioned, rows, *arguments) for rows in slices
         )
@@ -356,7 +383,24 @@ def _precondition_block(engine, inputs, targets, damping):
 
 
 def _score_block(engine, preconditioned, rows):
-    """Influence of the training points ``rows`` on the queries, a float64 ndarray."""
+    """Influence of the training points ``rows`` on the queries, a float64 ndarray.
+
+    ``preconditioned`` is the (m, p) tensor P, or its per-layer layout
+    (:func:`~sklearn_influence._engine._layers.prepare_factored_queries`) when the engine
+    has factored layers.
+    """
+    if engine.factored_layers is not None:
+        with torch.no_grad():
+            factors = layer_gradient_factors(
+                engine.adapter,
+                engine.theta,
+                engine.inputs[rows],
+                engine.targets[rows],
+                engine.factored_layers,
+            )
+            block = factored_scores(preconditioned, factors)
+        block = block / engine.n_train
+        return block.detach().to("cpu", torch.float64).numpy()
     gradients = engine.train_gradients(rows).to(preconditioned.dtype)
     block = (preconditioned @ gradients.T) / engine.n_train
     block = _weigh_removal(engine, block, rows)

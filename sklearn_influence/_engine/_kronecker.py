@@ -121,12 +121,11 @@ def layer_index(layer, device):
 def layer_activations_and_gradients(layer, tape, repeats):
     """ā (n, T, in+1) of each example and g (n·repeats, T, out) of each factor row.
 
-    The batch was expanded example-major (row i·repeats + r), so the inputs of the first
-    copy of each example are kept.
+    The tape holds the inputs once per example and the output gradients example-major
+    (row i·repeats + r, one backward pass per factor row).
     """
     activations, gradients = [], []
     for a, g in zip(tape.inputs, tape.output_gradients, strict=True):
-        a = a[::repeats]
         if layer.kind == "conv2d":
             a = unfold_conv_inputs(layer, a).transpose(1, 2)
             g = g.flatten(2).transpose(1, 2)
@@ -192,7 +191,9 @@ class KroneckerFactoredCurvature(Curvature):
         return self._layers
 
     def _rows_per_batch(self, repeats):
-        return max(1, self.batch_size // max(1, repeats))
+        # one forward pass of b rows and r backward passes of b rows each: the b·r output
+        # gradients per layer take what the forward pass of a batch expanded r times took
+        return max(1, self.batch_size)
 
     def _expanded_tapes(self, rows):
         """Layer tapes of a batch of rows, back-propagated from every Hessian-factor row."""
@@ -202,10 +203,8 @@ class KroneckerFactoredCurvature(Curvature):
             factor = adapter.loss.hessian_factor(adapter.outputs(theta, batch))  # (b, r, k)
             if self.weights is not None:
                 factor = factor * self.weights[rows].sqrt().reshape(-1, 1, 1)
-        repeats = factor.shape[1]
-        expanded = batch.repeat_interleave(repeats, 0)
-        cotangents = factor.reshape(-1, factor.shape[-1])
-        return layer_inputs_and_output_gradients(adapter, theta, expanded, cotangents), repeats
+        # one forward pass over the batch, one backward pass per factor row
+        return layer_inputs_and_output_gradients(adapter, theta, batch, factor), factor.shape[1]
 
     def _passes(self, kept):
         """Yield (rows, [(ā, g) per kept layer]) over the training rows, in batches.

@@ -20,22 +20,32 @@ from ._solver_base import LockedState
 class NystromPreconditioner(LockedState):
     """Randomized Nyström preconditioner for C + λI (Frangella, Tropp & Udell, 2023).
 
-    A sketch Y = Ĉ Ω of an approximation Ĉ of the Gauss-Newton matrix (Ω: orthonormal
-    Gaussian columns) gives Ĉ ≈ U diag(L) Uᵀ, and
+    The damped curvature is split as C + λI = K + μI with μ = λ + r_min, r_min ≥ 0 the
+    smallest coefficient of the regularizer's diagonal R, and K = (data term) + (R − r_min I)
+    positive semi-definite. So the whole damped curvature enters, weight decay included: a
+    uniform weight decay is part of the shift μ exactly like the damping, and the same
+    matrix written as (weight decay λ, damping 0) or (weight decay 0, damping λ) gets the
+    same preconditioner.
 
-        P⁻¹ = (L_s + λ) U (diag(L) + λI)⁻¹ Uᵀ + (I − UUᵀ),
+    A sketch Y = K̂ Ω of an approximation K̂ of K (Ω: orthonormal Gaussian columns) gives
+    K̂ ≈ U diag(L) Uᵀ, and
 
-    which maps the top s eigenvalues of C + λI close to L_s + λ, so the preconditioned
-    condition number is about (L_s + λ)/(λ + r_min), with r_min the smallest regularizer
-    coefficient (a floor under the spectrum). The sketch does not depend on λ; its rank
-    doubles from 64 until L_s ≤ λ/4 + r_min or ``max_rank`` is reached, so a smaller damping
-    later reuses and extends it.
+        P⁻¹ = (L_s + μ) U (diag(L) + μI)⁻¹ Uᵀ + (I − UUᵀ),
 
-    Ĉ is the Gauss-Newton data term restricted to the training rows that carry ``coverage``
-    of its trace (estimated with a few random Jacobian-vector products): for a well-fitted
-    model most rows have a nearly zero output Hessian, so the sketch costs a fraction of a
-    full product. The rows left out only make the preconditioner less exact, never the
-    solution.
+    which maps the top s eigenvalues of K + μI close to L_s + μ. The sketch does not depend
+    on λ, so a smaller damping later reuses and extends it.
+
+    **Rank.** Block CG with m right-hand sides already resolves about m eigenvalues itself,
+    so with the sketch of rank s its iterations grow like √((L_{s+m} + μ)/μ) · ln(2/tol)/2
+    (L_j beyond the sketch extrapolated from the decay between L_{s/2} and L_s). The rank
+    doubles from 64 while the products a doubling saves in that solve (m per iteration, over
+    all N rows) exceed the s new sketch products it costs (on the sketch's rows only), up to
+    ``max_rank``: a preconditioner sized by what it saves, not grown to its cap.
+
+    K̂ is the data term restricted to the training rows that carry ``coverage`` of its trace
+    (estimated with a few random Jacobian-vector products): for a well-fitted model most rows
+    have a nearly zero output Hessian, so the sketch costs a fraction of a full product. The
+    rows left out only make the preconditioner less exact, never the solution.
 
     Parameters
     ----------
@@ -43,10 +53,12 @@ class NystromPreconditioner(LockedState):
         The full curvature (of any kind); its adapter, θ, rows and weights define the
         Gauss-Newton sketch.
     rank : "auto" or int
-        Fixed sketch size, or "auto" for the adaptive rule above.
+        Fixed sketch size, or "auto" for the rule above.
     max_rank : int
     coverage : float in (0, 1]
     seed : int
+    tol : float, default=1e-3
+        The CG tolerance the savings are estimated for.
 
     Notes
     -----
@@ -57,13 +69,18 @@ class NystromPreconditioner(LockedState):
 
     initial_rank = 64
 
-    def __init__(self, curvature, *, rank="auto", max_rank=512, coverage=0.95, seed=0):
+    def __init__(self, curvature, *, rank="auto", max_rank=512, coverage=0.95, seed=0, tol=1e-3):
         self._init_lock()
         self.curvature = curvature
         self.rank = rank
         self.max_rank = int(max_rank)
         self.coverage = float(coverage)
         self.seed = int(seed)
+        self.tol = float(tol)
+        regularizer = curvature.adapter.regularizer_diagonal()
+        #: r_min, the isotropic part of the regularizer: it joins the damping in the shift μ
+        self.floor = float(regularizer.min().clamp_min(0.0)) if regularizer.numel() else 0.0
+        self.n_sketch_rows = None
         self._sketch_operator = None
         self._omega = None
         self._sketch = None
@@ -90,11 +107,14 @@ class NystromPreconditioner(LockedState):
             weights=None if curvature.weights is None else curvature.weights[rows],
         )
         fraction = len(rows) / curvature.n_train
+        # K = data term + (R − r_min I); sub.matmul adds R once, which is taken back out
+        anisotropic = curvature.adapter.regularizer_diagonal() - self.floor
         regularizer = curvature.adapter.regularizer_diagonal()
 
         def sketch(block):
-            # data term over the kept rows, scaled to the full 1/N, plus the full regularizer
-            return fraction * sub.matmul(block) + (1.0 - fraction) * block * regularizer
+            # data term over the kept rows, scaled to the full 1/N, plus R − r_min I
+            data = sub.matmul(block) - block * regularizer
+            return fraction * data + block * anisotropic
 
         self.n_sketch_rows = len(rows)
         return sketch
@@ -148,7 +168,7 @@ class NystromPreconditioner(LockedState):
         # a sketch wider than the rank of Ĉ recovers it exactly; its s-th eigenvalue is then 0
         self._tail = 0.0 if not bool(kept.all()) else float(self._eigenvalues[-1])
 
-    def _ensure(self, damping):
+    def _ensure(self, damping, n_rhs):
         cap = self._rank_cap()
         if self.rank != "auto":
             target = min(int(self.rank), cap)
@@ -157,28 +177,52 @@ class NystromPreconditioner(LockedState):
             return
         if self._omega is None:
             self._extend(min(self.initial_rank, cap))
-        # the preconditioned condition number is about (L_s + λ)/(λ + r_min), r_min the floor
-        # that the regularizer puts under the spectrum: grow until L_s ≤ λ/4 + r_min
-        floor = float(self.curvature.adapter.regularizer_diagonal().min().clamp_min(0.0))
-        while self._omega.shape[0] < cap and self._tail > 0.25 * damping + floor:
+        shift = damping + self.floor
+        while self._omega.shape[0] < cap and self._doubling_pays(shift, n_rhs, cap):
             self._extend(min(2 * self._omega.shape[0], cap))
+
+    def _doubling_pays(self, shift, n_rhs, cap):
+        """Whether doubling the rank saves more CG products than its sketch costs.
+
+        Savings: ``n_rhs`` products per iteration, times the iterations it removes under
+        the model of the class docstring. Cost: the new sketch columns, each a product on
+        the sketch's rows only (a fraction of a full product over the N rows).
+        """
+        rank, values = self._omega.shape[0], self._eigenvalues
+        tail = self._tail
+        if tail <= 0.25 * shift or len(values) < 2:
+            return False  # already resolved (or the sketch found the whole rank)
+        new = min(2 * rank, cap)
+        half = float(values[max(len(values) // 2 - 1, 0)])
+        # power-law decay L_j ≈ L_s (j/s)^(−α), α from L_{s/2} → L_s (α = 0 when flat)
+        alpha = max(math.log(max(half, tail) / tail) / math.log(2.0), 0.0)
+
+        def iterations(extra):  # √κ · ln(2/tol)/2 with L_{rank + extra} extrapolated
+            value = tail * ((rank + extra) / rank) ** (-alpha)
+            return math.sqrt((value + shift) / max(shift, 1e-300)) * math.log(2 / self.tol) / 2
+
+        saved = n_rhs * (iterations(n_rhs) - iterations(new - rank + n_rhs))
+        cost = (new - rank) * self.n_sketch_rows / max(self.curvature.n_train, 1)
+        return saved > cost
 
     @property
     def sketch_rank(self):
         return 0 if self._omega is None else self._omega.shape[0]
 
-    def for_damping(self, damping):
+    def for_damping(self, damping, n_rhs=1):
         """The map R ↦ R P⁻¹ for this damping, on a snapshot of the current factors.
 
-        The sketch is grown (under the lock) as the damping needs; the returned function
-        keeps its own references, so later growth for another damping does not change it.
+        The sketch is grown (under the lock) as the damping and the number of right-hand
+        sides solved together (``n_rhs``) make worthwhile; the returned function keeps its
+        own references, so later growth for another damping does not change it.
         """
         with self._lock:
-            self._ensure(damping)
+            self._ensure(damping, n_rhs)
             basis, eigenvalues, tail = self._basis, self._eigenvalues, self._tail
         eigenvalues = eigenvalues.to(basis.dtype)
-        damping = max(damping, float(eigenvalues[0]) * torch.finfo(basis.dtype).eps, 1e-30)
-        scale = (tail + damping) / (eigenvalues + damping)
+        shift = damping + self.floor
+        shift = max(shift, float(eigenvalues[0]) * torch.finfo(basis.dtype).eps, 1e-30)
+        scale = (tail + shift) / (eigenvalues + shift)
 
         def apply(residuals):
             coefficients = residuals @ basis.T
@@ -187,8 +231,8 @@ class NystromPreconditioner(LockedState):
         return apply
 
     def apply(self, residuals, damping):
-        """Rows of R P⁻¹."""
-        return self.for_damping(damping)(residuals)
+        """Rows of R P⁻¹ (the sketch sized for as many right-hand sides as rows of R)."""
+        return self.for_damping(damping, len(residuals))(residuals)
 
 
 def _rows_carrying_curvature(curvature, coverage, seed, n_probes=4):
