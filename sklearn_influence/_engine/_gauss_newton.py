@@ -7,6 +7,7 @@ structure Σ_i H_i ⊗ z̃_i z̃_iᵀ instead.
 """
 
 import torch
+from sklearn import get_config
 from torch.func import jacrev, jvp, vjp, vmap
 
 from ._curvature_base import Curvature
@@ -34,12 +35,13 @@ class GaussNewton(Curvature):
     """
 
     name = "gauss_newton"
+    _activation_bytes = None  # measured at the first product (under FORWARD_AD_LOCK)
 
     def _products(self, block):
         """Per batch of rows: one forward pass, J V (forward mode), H_h, then Jᵀ (reverse)."""
         adapter, theta, weights = self.adapter, self.theta, self.weights
         total = torch.zeros_like(block)
-        for rows in batch_slices(self.n_train, self.batch_size):
+        for rows in batch_slices(self.n_train, self.product_rows(len(block))):
             batch = self.inputs[rows]
 
             def outputs(theta_, batch=batch):
@@ -54,6 +56,22 @@ class GaussNewton(Curvature):
             curved = torch.einsum("bkl,mbl->mbk", output_hessian, pushed)
             total += vmap(pullback)(curved)[0]
         return self._finish(total, block)
+
+    def product_rows(self, n_vectors):
+        """Training rows per batch of a product with ``n_vectors`` vectors.
+
+        The vmapped forward- and reverse-mode passes hold about three activation-sized
+        tensors per vector and row (tangents, cotangents and the primal activations they
+        refer to), so a batch is sized to keep 3 · n_vectors · rows · (activation bytes per
+        row) under half of scikit-learn's ``working_memory``, and never above
+        ``batch_size``. Small networks keep ``batch_size``; a network of a million
+        parameters multiplying 100 vectors gets about a hundred rows per batch.
+        """
+        if self._activation_bytes is None:
+            self._activation_bytes = activation_bytes_per_row(self.adapter, self.theta, self.inputs)
+        budget = get_config()["working_memory"] * 2**20 / 2
+        rows = int(budget // max(1.0, 3.0 * n_vectors * self._activation_bytes))
+        return max(1, min(self.batch_size, rows))
 
     def diagonal(self):
         """diag(G), exactly, from per-example output Jacobians (batched; memory b·k·p)."""
@@ -129,6 +147,41 @@ class GaussNewton(Curvature):
         if not blocks:
             return theta.new_zeros((0, k, k))
         return torch.cat(blocks) if len(blocks) > 1 else blocks[0]
+
+
+def activation_bytes_per_row(adapter, theta, inputs):
+    """Bytes that autograd saves per training row in a forward pass of ``adapter``.
+
+    Measured on one and on two rows (whatever does not grow with the rows, such as the
+    weights a matrix product saves, cancels in the difference). 0 without training rows.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn.linear_model import Ridge
+    >>> from sklearn_influence._adapters import make_adapter
+    >>> from sklearn_influence._engine._gauss_newton import activation_bytes_per_row
+    >>> X, y = torch.randn(20, 3).numpy(), torch.randn(20).numpy()
+    >>> adapter = make_adapter(Ridge().fit(X, y), 20, torch.device("cpu"))
+    >>> activation_bytes_per_row(adapter, adapter.parameters(), adapter.inputs(X)) > 0
+    True
+    """
+    if len(inputs) < 2:
+        return 0.0
+
+    def saved_bytes(rows):
+        sizes = []
+
+        def pack(tensor):
+            sizes.append(tensor.numel() * tensor.element_size())
+            return tensor
+
+        leaf = theta.detach().requires_grad_(True)
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            adapter.outputs(leaf, inputs[:rows])
+        return sum(sizes)
+
+    return float(max(saved_bytes(2) - saved_bytes(1), inputs[:1].numel() * theta.element_size()))
 
 
 def output_jacobians(adapter, theta, inputs):
