@@ -6,7 +6,7 @@ import warnings
 import torch
 from sklearn.exceptions import ConvergenceWarning
 
-from .._torch_utils import orthonormal_rows, small_dense_algebra
+from .._torch_utils import float64_gram, orthonormal_rows, small_dense_algebra
 from ._curvature import make_curvature
 from ._iterative import IterativeSolver
 from ._nystrom import NystromPreconditioner
@@ -53,7 +53,7 @@ def block_conjugate_gradient(apply, precondition, rhs, *, tol, maxiter):
     n_iter = 0
     while n_iter < maxiter and float(relative_nonzero.max()) > tol and len(directions):
         curved = apply(directions)
-        gram = directions.to(torch.float64) @ curved.to(torch.float64).T
+        gram = float64_gram(directions, curved)
         gram = 0.5 * (gram + gram.T)
         with small_dense_algebra():
             factor, info = torch.linalg.cholesky_ex(gram)
@@ -184,6 +184,9 @@ class CGSolver(IterativeSolver):
     """
 
     name = "cg"
+    # the block recursion's basis, iterate, residual, directions, their products, the
+    # preconditioned residual and its correction, plus the right-hand sides and solution
+    vectors_per_rhs = 12
     options = {
         **IterativeSolver.options,
         "tol": 1e-3,

@@ -215,15 +215,28 @@ class InfluenceEngine:
         )
 
     def query_block_rows(self, n_queries, working_memory=None):
-        """Queries per block: their gradients and preconditioned gradients fit."""
-        row_bytes = 2 * self._itemsize() * self.n_params
-        return chunk_rows(
-            row_bytes,
+        """Queries per block: their gradients, preconditioned gradients and the solver's
+        working vectors (a dozen per query for block CG) fit.
+
+        Only the gradient and the preconditioned gradient of one query are required (a
+        working memory too small for them is an error); the solver's vectors shrink the
+        block as far as one query.
+        """
+        vector_bytes = self._itemsize() * self.n_params
+        required = chunk_rows(
+            2 * vector_bytes,
             n_queries,
             working_memory,
             what="query (its gradient and preconditioned gradient)",
             multiple=self.batch_size,
         )
+        with_solver = int(
+            working_memory_bytes(working_memory)
+            // ((2 + self.solver.vectors_per_rhs) * vector_bytes)
+        )
+        if with_solver >= self.batch_size:
+            with_solver -= with_solver % self.batch_size
+        return max(1, min(required, with_solver))
 
     def _train_slices(self, n_queries, working_memory):
         return batch_slices(self.n_train, self.train_block_rows(n_queries, working_memory))

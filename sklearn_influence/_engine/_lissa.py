@@ -58,6 +58,7 @@ class LissaSolver(IterativeSolver):
     """
 
     name = "lissa"
+    vectors_per_rhs = 4
     options = {
         **IterativeSolver.options,
         "scale": "auto",

@@ -62,9 +62,13 @@ class Solver(LockedState):
         The options with defaults filled in.
     n_factorizations : int
         Factorizations performed so far (0 for the matrix-free solvers).
+    vectors_per_rhs : int
+        Parameter-sized vectors the solver holds per right-hand side while it solves (the
+        engine sizes its blocks of queries with it).
     """
 
     name = None
+    vectors_per_rhs = 2
     #: option name → default; ``seed`` is accepted by every solver (the engine always passes one)
     options = {"seed": None}
 
