@@ -13,6 +13,9 @@ from torch.func import jacrev, jvp, vjp, vmap
 from ._curvature_base import Curvature
 from ._gradients import batch_slices
 
+#: fewest training rows per batch of a Gauss-Newton product, whatever the working memory
+MIN_PRODUCT_ROWS = 64
+
 
 class GaussNewton(Curvature):
     """Gauss-Newton matrix of the training objective (the default curvature).
@@ -64,14 +67,17 @@ class GaussNewton(Curvature):
         tensors per vector and row (tangents, cotangents and the primal activations they
         refer to), so a batch is sized to keep 3 · n_vectors · rows · (activation bytes per
         row) under half of scikit-learn's ``working_memory``, and never above
-        ``batch_size``. Small networks keep ``batch_size``; a network of a million
-        parameters multiplying 100 vectors gets about a hundred rows per batch.
+        ``batch_size`` nor below ``MIN_PRODUCT_ROWS`` (64). Small networks keep
+        ``batch_size``; a network of a million parameters multiplying 100 vectors gets about
+        two hundred rows per batch.
         """
         if self._activation_bytes is None:
             self._activation_bytes = activation_bytes_per_row(self.adapter, self.theta, self.inputs)
         budget = get_config()["working_memory"] * 2**20 / 2
         rows = int(budget // max(1.0, 3.0 * n_vectors * self._activation_bytes))
-        return max(1, min(self.batch_size, rows))
+        # a floor: a tiny working_memory (set to stream other blocks finely) must not turn
+        # every product into a loop over single rows
+        return max(min(self.batch_size, MIN_PRODUCT_ROWS), min(self.batch_size, rows))
 
     def diagonal(self):
         """diag(G), exactly, from per-example output Jacobians (batched; memory b·k·p)."""
