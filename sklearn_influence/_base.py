@@ -226,7 +226,7 @@ def stationarity(adapter, inputs, targets, *, batch_size=512):
     # a network of Linear/Conv2d layers only: sums and norms from per-layer factors, without
     # the (rows, p) per-example gradients (at p = 10⁶ they made this check cost minutes)
     # (weighted rows: only models linear in θ take weights, and those have no factored layers)
-    factored = len(inputs) and weights is None
+    factored = len(inputs) > 0 and weights is None
     layers = factored_gradient_layers(adapter, theta) if factored else None
     if layers is not None and not check_factored_gradients(
         adapter, theta, layers, inputs[:2], targets[:2]

@@ -156,7 +156,26 @@ def _he_initialisation(module):
             nn.init.zeros_(layer.bias)
 
 
-class AlexNet(nn.Module):
+class _FeaturesClassifier(nn.Module):
+    """A CNN written as ``features`` (convolutions and pooling) then ``classifier`` (dense)."""
+
+    def forward(self, X):
+        """Logits of the images.
+
+        Parameters
+        ----------
+        X : torch.Tensor of shape (n_samples, 1, s, s)
+            The inputs.
+
+        Returns
+        -------
+        logits : torch.Tensor of shape (n_samples, n_classes)
+        """
+        out = self.features(_images(X, self.image_size))
+        return self.classifier(out.flatten(1))
+
+
+class AlexNet(_FeaturesClassifier):
     """An AlexNet-like CNN for (n, 1, 8, 8) images: five ReLU convolutions, three dense layers.
 
     The layout of Krizhevsky et al. (2012) at digit scale: two ``Conv2d(3×3) → ReLU →
@@ -215,23 +234,8 @@ class AlexNet(nn.Module):
         )
         _he_initialisation(self)
 
-    def forward(self, X):
-        """Logits of the images.
 
-        Parameters
-        ----------
-        X : torch.Tensor of shape (n_samples, 1, s, s)
-            The inputs.
-
-        Returns
-        -------
-        logits : torch.Tensor of shape (n_samples, n_classes)
-        """
-        out = self.features(_images(X, self.image_size))
-        return self.classifier(out.flatten(1))
-
-
-class VGG(nn.Module):
+class VGG(_FeaturesClassifier):
     """A VGG13-like CNN for (n, 1, 8, 8) images: stages of two 3×3 ReLU convolutions.
 
     The pattern of VGG13 (Simonyan & Zisserman, 2015) at digit scale: each stage is two
@@ -282,21 +286,6 @@ class VGG(nn.Module):
             nn.Linear(hidden, n_classes, dtype=dtype),
         )
         _he_initialisation(self)
-
-    def forward(self, X):
-        """Logits of the images.
-
-        Parameters
-        ----------
-        X : torch.Tensor of shape (n_samples, 1, s, s)
-            The inputs.
-
-        Returns
-        -------
-        logits : torch.Tensor of shape (n_samples, n_classes)
-        """
-        out = self.features(_images(X, self.image_size))
-        return self.classifier(out.flatten(1))
 
 
 class _ResidualBlock(nn.Module):

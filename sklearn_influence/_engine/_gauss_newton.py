@@ -79,6 +79,13 @@ class GaussNewton(Curvature):
         # every product into a loop over single rows
         return max(min(self.batch_size, MIN_PRODUCT_ROWS), min(self.batch_size, rows))
 
+    def subset(self, rows):
+        """The same curvature on ``rows``; the activation bytes per row carry over (they
+        depend on the network, not on which rows), so LiSSA's many subsets measure once."""
+        part = super().subset(rows)
+        part._activation_bytes = self._activation_bytes
+        return part
+
     def diagonal(self):
         """diag(G), exactly, from per-example output Jacobians (batched; memory b·k·p)."""
         total = torch.zeros_like(self.theta)

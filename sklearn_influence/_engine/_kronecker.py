@@ -57,7 +57,7 @@ from torch.func import jacrev, vmap
 
 from ._curvature_base import Curvature
 from ._gradients import batch_slices
-from ._layers import layer_inputs_and_output_gradients, unfold_conv_inputs
+from ._layers import layer_inputs_and_output_gradients, tape_positions
 
 #: elements of one batch of rotated per-example gradients (EK-FAC refit, T > 1)
 _REFIT_ELEMENTS = 2**23
@@ -124,17 +124,7 @@ def layer_activations_and_gradients(layer, tape, repeats):
     The tape holds the inputs once per example and the output gradients example-major
     (row i·repeats + r, one backward pass per factor row).
     """
-    activations, gradients = [], []
-    for a, g in zip(tape.inputs, tape.output_gradients, strict=True):
-        if layer.kind == "conv2d":
-            a = unfold_conv_inputs(layer, a).transpose(1, 2)
-            g = g.flatten(2).transpose(1, 2)
-        else:
-            a = a.reshape(a.shape[0], -1, a.shape[-1])
-            g = g.reshape(g.shape[0], -1, g.shape[-1])
-        activations.append(a)
-        gradients.append(g)
-    a, g = torch.cat(activations, 1), torch.cat(gradients, 1)
+    a, g = tape_positions(layer, tape)
     if layer.bias is not None:
         a = torch.cat([a, a.new_ones((*a.shape[:-1], 1))], -1)
     return a, g

@@ -261,20 +261,27 @@ def layer_gradient_factors(adapter, theta, inputs, targets, layers):
     with torch.no_grad():
         cotangents = output_gradients(adapter, theta.detach(), inputs, targets)
     tapes = layer_inputs_and_output_gradients(adapter, theta, inputs, cotangents)
-    factors = []
-    for layer, tape in zip(layers, tapes, strict=True):
-        activations, gradients = [], []
-        for a, g in zip(tape.inputs, tape.output_gradients, strict=True):
-            if layer.kind == "conv2d":
-                a = unfold_conv_inputs(layer, a).transpose(1, 2)
-                g = g.flatten(2).transpose(1, 2)
-            else:
-                a = a.reshape(a.shape[0], -1, a.shape[-1])
-                g = g.reshape(g.shape[0], -1, g.shape[-1])
-            activations.append(a)
-            gradients.append(g)
-        factors.append((torch.cat(activations, 1), torch.cat(gradients, 1)))
-    return factors
+    return [tape_positions(layer, tape) for layer, tape in zip(layers, tapes, strict=True)]
+
+
+def tape_positions(layer, tape):
+    """A layer's recorded inputs and output gradients as (n, T, in) and (n', T, out).
+
+    T counts the positions that share the layer's weight: a convolution's patches (inputs
+    unfolded), a linear layer's leading dimensions beyond the batch (e.g. tokens), 1 for a
+    plain batch of vectors; the calls of a layer used several times are concatenated along T.
+    """
+    activations, gradients = [], []
+    for a, g in zip(tape.inputs, tape.output_gradients, strict=True):
+        if layer.kind == "conv2d":
+            a = unfold_conv_inputs(layer, a).transpose(1, 2)
+            g = g.flatten(2).transpose(1, 2)
+        else:
+            a = a.reshape(a.shape[0], -1, a.shape[-1])
+            g = g.reshape(g.shape[0], -1, g.shape[-1])
+        activations.append(a)
+        gradients.append(g)
+    return torch.cat(activations, 1), torch.cat(gradients, 1)
 
 
 def prepare_factored_queries(layers, preconditioned):
