@@ -42,8 +42,12 @@ sys.path.insert(0, str(HERE))
 
 RESULTS = HERE / "results" / "bench_scale.md"
 DAMPING = 1e-3
-#: the 1M-parameter MLP of part c
-SCALE_FEATURES, SCALE_HIDDEN = 512, (1024, 512)
+#: the 1M-parameter MLP of part c (BENCH_SCALE_WIDTHS="features,hidden,hidden" shrinks it for
+#: the CPU dry run of gpu_check.sh; children inherit the environment)
+SCALE_FEATURES, *_HIDDEN = (
+    int(width) for width in os.environ.get("BENCH_SCALE_WIDTHS", "512,1024,512").split(",")
+)
+SCALE_HIDDEN = tuple(_HIDDEN)
 
 
 # -- tasks: data, networks, training ----------------------------------------------------------

@@ -211,6 +211,7 @@ def run_family(name, family, data, args, indices):
             optimizer=args.optimizer,
             random_state=0,
             n_jobs=args.n_jobs,
+            device=args.device,
         ).fit(X, y)
         changes = parts.measurement_changes(X_test, y_test)
         table = parts.decompose(X_test, y_test)
@@ -251,6 +252,7 @@ def run_family(name, family, data, args, indices):
                 curvature=curvature,
                 solver=solver,
                 random_state=0,
+                device=args.device,
             ).fit(X, y)
             estimate = other.transform(X_test, y_test)[:, parts.train_indices_]
         row["influence"].append(
@@ -465,6 +467,7 @@ def build_parser():
         help="compute only the LeNet trends; the table's rows come from the output's .json",
     )
     parser.add_argument("--n-jobs", type=int, default=None)
+    parser.add_argument("--device", default="cpu", help="of the influence and response math")
     parser.add_argument("--threads", type=int, default=None, help="pin torch and BLAS")
     parser.add_argument(
         "--output",
@@ -544,7 +547,7 @@ def main(argv=None):
             saved.update(
                 environment=machine,
                 settings={key: getattr(args, key) for key in FULL}
-                | {"damping": args.damping, "optimizer": args.optimizer},
+                | {"damping": args.damping, "optimizer": args.optimizer, "device": args.device},
                 removed=indices.tolist(),
                 rows=rows,
                 trends=trends,
