@@ -49,6 +49,7 @@ from sklearn_influence.metrics import (
 
 from ._cli_data import DataError, load_data
 from ._cli_output import Progress, class_label, figure_skipped, new_axes, print_images, table_rows
+from .exceptions import UndefinedCorrelationWarning
 
 # -- models ---------------------------------------------------------------------------------
 
@@ -300,7 +301,7 @@ def _check_against_retraining(args, data, influence, out):
     # (a network from its initial weights); pbrf: one batched optimisation of the removed
     # points' PBRF objectives. Constant changes are reported below, not warned about.
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The predicted or the actual loss changes")
+        warnings.simplefilter("ignore", UndefinedCorrelationWarning)
         agreement = influence.removal_agreement(
             data.X_test,
             data.y_test,

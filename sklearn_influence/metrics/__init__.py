@@ -22,6 +22,7 @@ from .._base import row_correlations
 from .._engine._gradients import resolve_query_targets
 from .._responses._removal import subset_removal_measurements
 from .._validation import query_tensors
+from ..exceptions import UndefinedCorrelationWarning
 from ._display import MislabelRecallDisplay
 
 __all__ = [
@@ -47,7 +48,7 @@ def _warn_constant(n_constant, n_total, what):
         f"{n_constant} of {n_total} {what} are constant in the predicted or the actual "
         "values, so their correlation is undefined and reported as nan. Use more varied "
         "inputs (more removed points, other queries) to make it defined.",
-        UserWarning,
+        UndefinedCorrelationWarning,
         stacklevel=3,
     )
 
