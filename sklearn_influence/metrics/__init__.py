@@ -8,6 +8,8 @@
   :func:`mislabel_detection_auc` and :class:`MislabelRecallDisplay` — the fraction of
   mislabeled training points found as a function of the fraction of the training set
   inspected, most suspicious first.
+* :class:`MostInfluentialDisplay` — pictures (or bar charts) of the most helpful and most
+  harmful training examples of each query.
 """
 
 import warnings
@@ -23,10 +25,11 @@ from .._engine._gradients import resolve_query_targets
 from .._responses._removal import subset_removal_measurements
 from .._validation import query_tensors
 from ..exceptions import UndefinedCorrelationWarning
-from ._display import MislabelRecallDisplay
+from ._display import MislabelRecallDisplay, MostInfluentialDisplay
 
 __all__ = [
     "MislabelRecallDisplay",
+    "MostInfluentialDisplay",
     "influence_correlation",
     "linear_datamodeling_score",
     "mislabel_detection_auc",
