@@ -4,14 +4,20 @@ Subcommands, each on scikit-learn's bundled digits by default or on a user CSV f
 (``--csv PATH --target COLUMN``):
 
 * ``explain`` (the default) fits a model, shows the most helpful and most harmful training
-  examples for a few test examples, and checks the influence estimates against actual
-  leave-one-out retraining;
+  examples for a few test examples, checks the influence estimates against actual
+  leave-one-out retraining and the PBRF, says what the agreement figures mean, and writes a
+  report (``--report``: HTML or a figure, by default into a new temporary folder);
 * ``decompose`` prints the five-term decomposition of the gap between influence estimates and
   leave-one-out retraining (:class:`~sklearn_influence.InfluenceDecomposition`) and saves its
-  bar plot;
+  bar plot (by default into a new temporary folder: never over a file of the working
+  directory);
 * ``mislabeled`` flips a fraction of the training labels, ranks the training points with
   :class:`~sklearn_influence.MislabelDetector`, prints the suspects and the recall against
   the loss baseline and random inspection, and can save the recall curves.
+
+Examples of a CSV file are named by their 0-based data row (the header not counted) or by an
+``--id`` column; a continuous target is detected (``--task``) and explained by ridge
+regression, or refused in one line naming the option to change.
 
 Progress of long steps goes to stderr (``--quiet`` turns it off); results go to stdout.
 
@@ -796,7 +802,7 @@ def _run_mislabeled(args, out):
 _COMMANDS = {
     "explain": (
         "most helpful and harmful training images for test images, checked against "
-        "leave-one-out retraining (the default)",
+        "leave-one-out retraining and the PBRF, with a report (the default)",
         _add_explain_arguments,
         _check_explain_arguments,
         _run_explain,
