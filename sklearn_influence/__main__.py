@@ -503,6 +503,14 @@ def _pbrf_check(args, data, influence, removed):
     )
 
 
+def _pixels(data):
+    """`` of HxW pixels`` for image data, else nothing."""
+    if data.images_train is None:
+        return ""
+    height, width = data.images_train.shape[1:]
+    return f" of {height}x{width} pixels"
+
+
 def _report_path(args):
     """Where ``--report`` goes: the given path, none, or a new file in a new temporary folder."""
     if args.no_report:
@@ -541,7 +549,7 @@ def _run_explain(args, out):
     header = (
         f"sklearn-influence explain: {type(estimator).__name__} on {data.source} "
         f"({len(data.y_train)} training / {len(data.y_test)} test {data.unit}"
-        f"{' of 8x8 pixels' if data.images_train is not None else ''})\n"
+        f"{_pixels(data)})\n"
         f"Fit model + influence matrix ({matrix.shape[0]} x {matrix.shape[1]}) in "
         f"{elapsed:.1f} s; test {metric} {score:.3f}; damping {args.damping:g}.\n"
         f"Influence of training {unit} m on test {unit} q: the predicted rise of q's loss if m "

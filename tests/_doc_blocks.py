@@ -7,9 +7,11 @@ that it must leave empty; a block whose extra is not installed is skipped.
 
 import importlib.util
 import re
+import warnings
 from pathlib import Path
 
 import pytest
+import sklearn
 import torch
 from threadpoolctl import threadpool_limits
 
@@ -83,7 +85,9 @@ def run_block(block, name, directory, monkeypatch):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        with threadpool_limits(limits=1):
+        # a block may change the warning filters or scikit-learn's configuration: not for
+        # the tests that follow
+        with threadpool_limits(limits=1), warnings.catch_warnings(), sklearn.config_context():
             exec(compile(block, name, "exec"), namespace)
     finally:
         torch.set_num_threads(threads)

@@ -640,3 +640,22 @@ def test_default_outputs_go_to_a_new_temporary_folder_not_the_working_directory(
     report = re.search(r"Report \(pictures of these rows\): (\S+)", text)[1]
     assert report.startswith(_temporary_folder)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pets.csv"]  # nothing else written
+
+
+def test_a_csv_of_pixels_gets_images_in_its_report(tmp_path):
+    data = load_digits_split(n_train=50, n_test=10, random_state=0)
+    pixels = np.vstack([data.X_train, data.X_test])
+    labels = np.concatenate([data.y_train, data.y_test])
+    header = ",".join([f"p{i}" for i in range(64)] + ["digit"])
+    lines = [",".join([*(f"{v:.4f}" for v in row), str(label)]) for row, label in
+             zip(pixels, labels, strict=True)]  # fmt: skip
+    path = tmp_path / "pixels.csv"
+    path.write_text("\n".join([header, *lines]) + "\n")
+    report = tmp_path / "pixels.html"
+    argv = ["explain", "--csv", str(path), "--target", "digit", "--image-shape", "8x8"]
+    status, text = run([*argv, "--n-queries", "2", "--k", "2", "--n-removed", "0", "--quiet",
+                        "--report", str(report)])  # fmt: skip
+    assert status == 0 and "of 8x8 pixels" in text
+    assert len(_report_images(report.read_text())) == 2
+    with pytest.raises(SystemExit):
+        main([*argv[:-1], "5x5"])
