@@ -49,6 +49,7 @@ from sklearn_influence import (
     InfluenceFunction,
     MislabelDetector,
 )
+from sklearn_influence.exceptions import UndefinedCorrelationWarning
 from sklearn_influence.metrics import (
     MislabelRecallDisplay,
     mislabel_detection_auc,
@@ -67,7 +68,6 @@ from ._cli_output import (
     table_rows,
     write_report,
 )
-from .exceptions import UndefinedCorrelationWarning
 
 # -- models ---------------------------------------------------------------------------------
 
