@@ -387,8 +387,7 @@ def _explain_queries(args, data, influence, out):
                 label = kind if rank == 0 else ""
                 name = class_label(data, data.y_train[index])
                 print(
-                    f"  {label:9}{example_name(data, 'train', index):>6} {name:>6} "
-                    f"{value:>+11.3e}",
+                    f"  {label:9}{example_name(data, 'train', index):>6} {name:>6} {value:>+11.3e}",
                     file=out,
                 )
         if not args.no_images and data.images_train is not None and data.train_names is None:

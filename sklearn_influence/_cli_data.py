@@ -121,19 +121,21 @@ def _continuous(labels):
 
 
 def _task(args, labels):
-    """``"classification"`` or ``"regression"``: ``--task``, or detected from the target."""
+    """``"classification"`` or ``"regression"``: ``--task``, or detected from the target.
+
+    Sets ``args.target_kind``, why the target looks continuous (None for class labels).
+    """
     task = getattr(args, "task", "auto")
-    why = _continuous(labels)
+    args.target_kind = _continuous(labels)
     if task == "auto":
-        task = "classification" if why is None else "regression"
-    if task == "regression" and why is None and labels.dtype.kind not in "fiu":
+        return "classification" if args.target_kind is None else "regression"
+    if task == "regression":
         try:
             labels.astype(float)
         except ValueError:
             raise DataError(
                 f"--task regression needs a numeric target; {args.target!r} holds text labels"
             ) from None
-    args.target_kind = why
     return task
 
 
@@ -250,9 +252,10 @@ def _regression_split(args, X, y, names, ids, train, test, shape):
             "flipped; mislabeled needs class labels (--task classification treats each value "
             "as a class)"
         )
+    scaled = _standardized(X, train)
     return Bunch(
-        X_train=_standardized(X, train)[train],
-        X_test=_standardized(X, train)[test],
+        X_train=scaled[train],
+        X_test=scaled[test],
         y_train=y[train],
         y_test=y[test],
         y_train_clean=y[train],

@@ -62,7 +62,7 @@ def skip_without_extras(block):
     for extra in extras(block):
         module = EXTRA_MODULES[extra]
         if importlib.util.find_spec(module.split(".")[0]) is None:
-            pytest.skip(f"needs the {extra!r} extra: pip install -e \".[{extra}]\"")
+            pytest.skip(f'needs the {extra!r} extra: pip install -e ".[{extra}]"')
 
 
 def run_block(block, name, directory, monkeypatch):

@@ -620,7 +620,7 @@ def test_report_of_a_csv_file_lists_its_rows_and_a_png_report_is_one_figure(tmp_
     page = report.read_text()
     assert f"<h2>Test row {test[0]}:" in page and "<th>a</th><th>b</th><th>c</th>" in page
     best = train[np.argmax(matrix[0])]
-    assert f"<tr class=\"helpful\"><td>helpful</td><td>{best}</td>" in page
+    assert f'<tr class="helpful"><td>helpful</td><td>{best}</td>' in page
     figure = tmp_path / "pets.png"
     status, _ = run([*argv, "--n-removed", "0", "--quiet", "--report", str(figure)])
     assert status == 0 and figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
