@@ -6,7 +6,8 @@ Most helpful and most harmful training images
 An :class:`~sklearn_influence.InfluenceFunction` around a logistic regression on
 scikit-learn's 8×8 digits. For one test image we show the training images whose removal is
 predicted to raise its loss the most (the most *helpful*, positive influence) and to lower it
-the most (the most *harmful*, negative influence).
+the most (the most *harmful*, negative influence), with
+:class:`~sklearn_influence.MostInfluentialDisplay`.
 
 ``influence[q, m] = (1/N) ∇f_qᵀ (C + λI)⁻¹ ∇L_m`` is the predicted change of the loss of test
 image ``q`` when training image ``m`` is removed, where C is the curvature (for a linear model
@@ -22,12 +23,13 @@ import matplotlib.pyplot as plt
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
-from sklearn_influence import InfluenceFunction
+from sklearn_influence import InfluenceFunction, MostInfluentialDisplay
 from sklearn_influence.datasets import load_digits_split
 
 data = load_digits_split(n_train=1000, n_test=200, random_state=0)
 model = LogisticRegression(solver="newton-cholesky", tol=1e-10)
-influence = InfluenceFunction(model, damping=1e-4).fit(data.X_train, data.y_train)
+influence = InfluenceFunction(model, damping=1e-4, random_state=0)
+influence.fit(data.X_train, data.y_train)
 
 # %%
 # The influence matrix
@@ -48,23 +50,31 @@ top = influence.most_influential(data.X_test[[query]], data.y_test[[query]], k=5
 # %%
 # Plot the test image, its most helpful and its most harmful training images
 # ---------------------------------------------------------------------------
-fig, axes = plt.subplots(2, 6, figsize=(9, 4))
-for ax in axes.ravel():
-    ax.set_xticks([])
-    ax.set_yticks([])
-axes[0, 0].imshow(data.images_test[query], cmap="gray_r")
-axes[0, 0].set_title(f"test image\nlabel {data.y_test[query]}", fontsize=9)
-axes[1, 0].set_axis_off()
-rows = [
-    ("helpful", top.helpful_indices[0], top.helpful_values[0]),
-    ("harmful", top.harmful_indices[0], top.harmful_values[0]),
-]
-for row, (kind, indices, values) in enumerate(rows):
-    axes[row, 1].set_ylabel(f"most {kind}")
-    for column, (index, value) in enumerate(zip(indices, values, strict=True), start=1):
-        axes[row, column].imshow(data.images_train[index], cmap="gray_r")
-        axes[row, column].set_title(f"label {data.y_train[index]}\n{value:+.1e}", fontsize=9)
-fig.tight_layout()
+# :class:`~sklearn_influence.MostInfluentialDisplay` draws the query, then its most helpful
+# (green frames) and most harmful (red frames) training images, each titled with its position
+# in the training set, its label and its influence. The rows of X are 8×8 images:
+# ``image_shape`` says so.
+display = MostInfluentialDisplay.from_estimator(
+    influence, data.X_test[[query]], data.y_test[[query]], k=5, image_shape=(8, 8)
+)
+display.figure_.set_size_inches(9, 2.2)
+plt.show()
+
+# %%
+# The same display from an influence matrix already computed, for three more test images:
+# :meth:`~sklearn_influence.MostInfluentialDisplay.from_predictions` takes the rows of
+# ``matrix`` and the images, and draws on the axes it is given.
+others = [0, 1, 2]
+fig, ax = plt.subplots(figsize=(9, 4.5))
+MostInfluentialDisplay.from_predictions(
+    matrix[others],
+    k=3,
+    query_images=data.images_test[others],
+    train_images=data.images_train,
+    query_labels=data.y_test[others],
+    train_labels=data.y_train,
+    ax=ax,
+)
 plt.show()
 
 # %%

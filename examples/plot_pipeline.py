@@ -15,13 +15,14 @@ training point.
 # ------------------------------------------------------
 import matplotlib.pyplot as plt
 import numpy as np
+import sklearn
 from sklearn.datasets import load_breast_cancer
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from sklearn_influence import InfluenceFunction
+from sklearn_influence import InfluenceFunction, MostInfluentialDisplay
 
 X, y = load_breast_cancer(return_X_y=True)
 X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=100, random_state=0)
@@ -66,3 +67,24 @@ print("most helpful training points:", list(mean_influence.index[order[::-1][:5]
 # default NumPy output: with ``set_output(transform="pandas")`` it currently fails.)
 influence.set_output(transform="default")
 print(f"agreement with leave-one-out retraining: {influence.score(X_test, y_test):.3f}")
+
+# %%
+# The influence function as a pipeline step, with the test labels routed
+# ----------------------------------------------------------------------
+# Inside a pipeline, ``transform`` receives the query labels through scikit-learn's metadata
+# routing: the step requests ``y_test`` (never ``y``). Without them it would measure the loss
+# at the predicted class instead of the test loss.
+with sklearn.config_context(enable_metadata_routing=True):
+    step = InfluenceFunction(LogisticRegression(C=1.0, tol=1e-10), damping=1e-4, random_state=0)
+    pipeline = make_pipeline(StandardScaler(), step.set_transform_request(y_test=True))
+    pipeline.fit(X_train, y_train)
+    routed = pipeline.transform(X_test, y_test=y_test)
+print("same matrix as above:", np.allclose(routed, matrix.to_numpy()))
+
+# %%
+# For tabular data, :class:`~sklearn_influence.MostInfluentialDisplay` draws each query's most
+# helpful and most harmful training rows as bars.
+MostInfluentialDisplay.from_predictions(
+    routed[:2], k=4, query_labels=y_test[:2], train_labels=y_train
+)
+plt.show()

@@ -4,14 +4,14 @@ Sign convention: ``InfluenceFunction(...).transform(X)[q, m] > 0`` means removin
 point m is predicted to raise query q's loss (m helps q).
 """
 
-from . import datasets, metrics
+from . import datasets, exceptions, metrics
 from ._cv import InfluenceFunctionCV
 from ._decomposition import InfluenceDecomposition, InfluenceDecompositionDisplay
 from ._influence import InfluenceFunction
 from ._mislabel import MislabelDetector
 from ._response_estimators import PBRF, LeaveOneOut, LinearizedPBRF, ProximalResponse
 from ._scorers import make_influence_scorer
-from .metrics._display import MislabelRecallDisplay
+from .metrics._display import MislabelRecallDisplay, MostInfluentialDisplay
 
 __version__ = "0.1.0.dev0"
 
@@ -25,9 +25,11 @@ __all__ = [
     "LinearizedPBRF",
     "MislabelDetector",
     "MislabelRecallDisplay",
+    "MostInfluentialDisplay",
     "ProximalResponse",
     "__version__",
     "datasets",
+    "exceptions",
     "make_influence_scorer",
     "metrics",
 ]

@@ -4,14 +4,20 @@ Subcommands, each on scikit-learn's bundled digits by default or on a user CSV f
 (``--csv PATH --target COLUMN``):
 
 * ``explain`` (the default) fits a model, shows the most helpful and most harmful training
-  examples for a few test examples, and checks the influence estimates against actual
-  leave-one-out retraining;
+  examples for a few test examples, checks the influence estimates against actual
+  leave-one-out retraining and the PBRF, says what the agreement figures mean, and writes a
+  report (``--report``: HTML or a figure, by default into a new temporary folder);
 * ``decompose`` prints the five-term decomposition of the gap between influence estimates and
   leave-one-out retraining (:class:`~sklearn_influence.InfluenceDecomposition`) and saves its
-  bar plot;
+  bar plot (by default into a new temporary folder: never over a file of the working
+  directory);
 * ``mislabeled`` flips a fraction of the training labels, ranks the training points with
   :class:`~sklearn_influence.MislabelDetector`, prints the suspects and the recall against
   the loss baseline and random inspection, and can save the recall curves.
+
+Examples of a CSV file are named by their 0-based data row (the header not counted) or by an
+``--id`` column; a continuous target is detected (``--task``) and explained by ridge
+regression, or refused in one line naming the option to change.
 
 Progress of long steps goes to stderr (``--quiet`` turns it off); results go to stdout.
 
@@ -27,12 +33,14 @@ All output is plain ASCII so that it prints on any terminal.
 import argparse
 import os
 import sys
+import tempfile
+import textwrap
 import time
 import warnings
 
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import LogisticRegression, Ridge
 from threadpoolctl import threadpool_limits
 
 from sklearn_influence import (
@@ -41,14 +49,25 @@ from sklearn_influence import (
     InfluenceFunction,
     MislabelDetector,
 )
+from sklearn_influence.exceptions import UndefinedCorrelationWarning
 from sklearn_influence.metrics import (
     MislabelRecallDisplay,
     mislabel_detection_auc,
     mislabel_detection_recall,
 )
 
-from ._cli_data import DataError, load_data
-from ._cli_output import Progress, class_label, figure_skipped, new_axes, print_images, table_rows
+from ._cli_data import _MAX_CLASSES, DataError, load_data
+from ._cli_output import (
+    REPORT_TYPES,
+    Progress,
+    class_label,
+    example_name,
+    figure_skipped,
+    new_axes,
+    print_images,
+    table_rows,
+    write_report,
+)
 
 # -- models ---------------------------------------------------------------------------------
 
@@ -87,8 +106,16 @@ def _mlp(args):
     )
 
 
+def _ridge(args):
+    """Ridge regression (squared loss, alpha=1): the model of a continuous target."""
+    return Ridge(alpha=1.0)
+
+
 #: ``--model`` choices: name -> function building the unfitted estimator from the arguments
-_MODELS = {"logistic": _logistic, "mlp": _mlp}
+_MODELS = {"logistic": _logistic, "mlp": _mlp, "ridge": _ridge}
+
+#: the models of a continuous target; every other one needs class labels
+_REGRESSORS = ("ridge",)
 
 
 # -- argument types -------------------------------------------------------------------------
@@ -126,18 +153,44 @@ def _prepare(parser, args, default_n_train, **load_options):
         parser.error("--target names a column of --csv; give --csv PATH too")
     if args.csv is not None and args.target is None:
         parser.error("--csv needs --target COLUMN, the column that holds the labels")
+    if args.csv is None and (args.id is not None or args.image_shape is not None):
+        parser.error("--id and --image-shape describe columns of --csv; give --csv PATH too")
     _check_device(parser, args.device)
     try:
         args.data = load_data(args, default_n_train, **load_options)
     except DataError as error:
         parser.error(str(error))
+    _choose_model(parser, args)
     args.n_features = args.data.X_train.shape[1]
+    if args.data.task == "regression":
+        return
     args.n_classes = int(max(args.data.y_train.max(), args.data.y_test.max(initial=0))) + 1
     if args.model == "mlp":  # torch modules take float32 inputs and int64 labels
         for name in ("X_train", "X_test"):
             args.data[name] = args.data[name].astype(np.float32)
         for name in ("y_train", "y_test"):
             args.data[name] = args.data[name].astype(np.int64)
+
+
+def _choose_model(parser, args):
+    """``--model auto``: logistic for class labels, ridge for a continuous target.
+
+    A model that cannot take the target is refused in one line naming the option to change.
+    """
+    regression = args.data.task == "regression"
+    if args.model == "auto":
+        args.model = "ridge" if regression else "logistic"
+    if regression and args.model not in _REGRESSORS:
+        why = f" ({args.target_kind})" if args.target_kind else ""
+        parser.error(
+            f"--target {args.target!r} is continuous{why}; --model {args.model} needs class "
+            "labels: use --model ridge (or --task classification to treat each value as a class)"
+        )
+    if not regression and args.model in _REGRESSORS:
+        parser.error(
+            f"--model {args.model} is for a continuous target, but {args.data.source} has class "
+            "labels: use --model logistic or mlp (or --task regression for a numeric target)"
+        )
 
 
 def _check_device(parser, device):
@@ -155,10 +208,11 @@ def _check_device(parser, device):
 def _add_common_arguments(parser, *, n_train, damping):
     parser.add_argument(
         "--model",
-        choices=sorted(_MODELS),
-        default="logistic",
+        choices=["auto", *sorted(_MODELS)],
+        default="auto",
         help="logistic: multinomial logistic regression; mlp: a one-hidden-layer skorch "
-        "network (default logistic)",
+        "network; ridge: ridge regression, for a continuous target; auto: logistic for class "
+        "labels, ridge for a continuous target (default auto)",
     )
     parser.add_argument(
         "--csv",
@@ -167,6 +221,26 @@ def _add_common_arguments(parser, *, n_train, damping):
         "instead of scikit-learn's bundled digits",
     )
     parser.add_argument("--target", metavar="COLUMN", help="the label column of --csv")
+    parser.add_argument(
+        "--id",
+        metavar="COLUMN",
+        help="a column of --csv that names the rows (not a feature): examples are shown by "
+        "it instead of their 0-based data row (the header not counted)",
+    )
+    parser.add_argument(
+        "--task",
+        choices=("auto", "classification", "regression"),
+        default="auto",
+        help="what --target holds: class labels or a continuous value; auto detects it (a "
+        f"numeric column with values that are not whole numbers, or more than {_MAX_CLASSES} "
+        "distinct values, is continuous) (default auto)",
+    )
+    parser.add_argument(
+        "--image-shape",
+        metavar="HxW",
+        help="the feature columns of --csv are the pixels of an image of this shape (for "
+        "example 8x8): reports show the images",
+    )
     parser.add_argument(
         "--n-train",
         type=_positive_int,
@@ -244,11 +318,32 @@ def _add_explain_arguments(parser):
         "optimisation (default loo)",
     )
     parser.add_argument(
+        "--pbrf-points",
+        type=_non_negative_int,
+        default=10,
+        help="with --check loo, also check the estimates against the PBRF on this many of "
+        "the removed examples, what influence estimates approximate by design; 0 skips it "
+        "(default 10)",
+    )
+    parser.add_argument(
         "--no-images", action="store_true", help="do not draw the 8x8 images as ASCII art"
     )
+    parser.add_argument(
+        "--report",
+        metavar="PATH",
+        default=None,
+        help="write the most helpful and harmful training examples of each test example "
+        "(images for image data, tables of the rows) to PATH: .html (a page with a figure and "
+        "a table per test example) or .png, .pdf, .svg (one figure); default: explain.html "
+        "in a new temporary folder, printed at the end (needs matplotlib)",
+    )
+    parser.add_argument("--no-report", action="store_true", help="write no report")
 
 
 def _check_explain_arguments(parser, args):
+    _check_output(parser, args.report, option="--report", types=REPORT_TYPES)
+    if args.report is not None and args.no_report:
+        parser.error("--report PATH and --no-report contradict each other; give one")
     _prepare(parser, args, 1500)
     n_train, n_test = len(args.data.y_train), len(args.data.y_test)
     if args.n_queries > n_test:
@@ -268,18 +363,22 @@ def _check_explain_arguments(parser, args):
 
 
 def _explain_queries(args, data, influence, out):
+    """Print each query's most helpful and harmful training examples; return what the
+    report needs: (queries, top, predictions)."""
     queries = np.arange(args.n_queries)
     X_query, y_query = data.X_test[queries], data.y_test[queries]
     top = influence.most_influential(X_query, y_query, k=args.k)
-    predicted = np.asarray(influence.estimator_.predict(X_query)).astype(int)
-    unit = data.unit[:-1]
+    predicted = np.asarray(influence.estimator_.predict(X_query))
+    if data.task == "classification":
+        predicted = predicted.astype(int)
+    unit, header = data.unit[:-1], data.name_header
     for row, query in enumerate(queries):
         print(
-            f"\nTest {unit} {query}: label {class_label(data, y_query[row])}, "
-            f"predicted {class_label(data, predicted[row])}",
+            f"\nTest {unit} {example_name(data, 'test', query)}: label "
+            f"{class_label(data, y_query[row])}, predicted {class_label(data, predicted[row])}",
             file=out,
         )
-        print(f"  {'':9}{'index':>6} {'label':>6} {'influence':>11}", file=out)
+        print(f"  {'':9}{header:>6} {'label':>6} {'influence':>11}", file=out)
         for kind, indices, values in (
             ("helpful", top.helpful_indices[row], top.helpful_values[row]),
             ("harmful", top.harmful_indices[row], top.harmful_values[row]),
@@ -287,28 +386,65 @@ def _explain_queries(args, data, influence, out):
             for rank, (index, value) in enumerate(zip(indices, values, strict=True)):
                 label = kind if rank == 0 else ""
                 name = class_label(data, data.y_train[index])
-                print(f"  {label:9}{index:>6} {name:>6} {value:>+11.3e}", file=out)
-        if not args.no_images and data.images_train is not None:
+                print(
+                    f"  {label:9}{example_name(data, 'train', index):>6} {name:>6} {value:>+11.3e}",
+                    file=out,
+                )
+        if not args.no_images and data.images_train is not None and data.train_names is None:
             print_images(data, query, top, row, out)
+    return queries, top, predicted
 
 
-def _check_against_retraining(args, data, influence, out):
-    rng = np.random.RandomState(args.random_state)
-    removed = np.sort(rng.choice(len(data.y_train), size=args.n_removed, replace=False))
+def _wrapped(text):
+    """``text`` as lines of at most 92 characters, indented by two spaces."""
+    return textwrap.fill(text, width=92, initial_indent="  ", subsequent_indent="  ")
+
+
+def _quality(pearson):
+    if pearson >= 0.9:
+        return "good"
+    return "fair" if pearson >= 0.7 else "poor"
+
+
+def _reading(agreement, slope, what):
+    """Plain words for one check's Pearson, Spearman and slope."""
+    if slope >= 1:
+        size = f"the actual changes are {slope:.2f} times the predicted ones"
+    else:
+        size = f"the actual changes are {slope:.2f} of the predicted ones"
+    return _wrapped(
+        f"Reading: Pearson {agreement.pearson:.2f} is {_quality(agreement.pearson)} "
+        f"agreement with {what} (1 = the estimates line up exactly with it, 0 = no relation, "
+        f"above 0.9 is good); Spearman {agreement.spearman:.2f} compares only the order "
+        "(which removals matter most). The slope is the size: 1 would be exact; here "
+        f"{size}. Influence is a first-order estimate: trust its ranking and its sign more "
+        "than its size."
+    )
+
+
+def _agreement(args, data, influence, removed, target):
+    """``removal_agreement`` with the command's settings, and the seconds it took."""
     start = time.perf_counter()
     # loo: exact leave-one-out optima by Newton's method for linear models, refits otherwise
     # (a network from its initial weights); pbrf: one batched optimisation of the removed
     # points' PBRF objectives. Constant changes are reported below, not warned about.
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The predicted or the actual loss changes")
+        warnings.simplefilter("ignore", UndefinedCorrelationWarning)
         agreement = influence.removal_agreement(
             data.X_test,
             data.y_test,
             train_indices=removed,
-            target=args.check,
+            target=target,
             pbrf_damping=args.damping,
         )
-    elapsed = time.perf_counter() - start
+    return agreement, time.perf_counter() - start
+
+
+def _check_against_retraining(args, data, influence, out):
+    """Print the agreement of the estimates with what ``--check`` says; return the text."""
+    rng = np.random.RandomState(args.random_state)
+    removed = np.sort(rng.choice(len(data.y_train), size=args.n_removed, replace=False))
+    agreement, elapsed = _agreement(args, data, influence, removed, args.check)
     predicted, actual = agreement.predicted, agreement.actual
     target = (
         "actual leave-one-out retraining"
@@ -316,31 +452,71 @@ def _check_against_retraining(args, data, influence, out):
         else f"the PBRF (proximal Bregman response function, damping {args.damping:g})"
     )
     how = "each removed and the model refit" if args.check == "loo" else "one PBRF each"
-    print(
+    lines = [
         f"\nAgreement with {target} ({len(removed)} training {data.unit}, {how}, "
         f"{elapsed:.1f} s).\nMeasurement: mean test loss over "
-        f"{len(data.y_test)} test {data.unit}; predicted = mean influence over them.",
-        file=out,
-    )
+        f"{len(data.y_test)} test {data.unit}; predicted = mean influence over them."
+    ]
     if np.isnan(agreement.pearson):
-        print("  The changes are constant; their correlation is undefined.", file=out)
-        return
+        lines.append("  The changes are constant; their correlation is undefined.")
+        print("\n".join(lines), file=out)
+        return "\n".join(lines)
     slope = np.polyfit(predicted, actual, 1)[0]
-    print(
+    lines.append(
         f"  Pearson {agreement.pearson:.4f}   Spearman {agreement.spearman:.4f}   "
-        f"slope of actual on predicted {slope:.3f}",
-        file=out,
+        f"slope of actual on predicted {slope:.3f}"
     )
-    print(f"  {'index':>6} {'label':>6} {'predicted':>11} {'actual':>11}", file=out)
+    lines.append(f"  {data.name_header:>6} {'label':>6} {'predicted':>11} {'actual':>11}")
     shown = np.argsort(-np.abs(predicted), kind="stable")[:5]
     for position in shown:
         index = removed[position]
         name = class_label(data, data.y_train[index])
-        print(
-            f"  {index:>6} {name:>6} {predicted[position]:>+11.3e} {actual[position]:>+11.3e}",
-            file=out,
+        lines.append(
+            f"  {example_name(data, 'train', index):>6} {name:>6} {predicted[position]:>+11.3e} "
+            f"{actual[position]:>+11.3e}"
         )
-    print(f"  (the 5 removed {data.unit} with the largest predicted effect)", file=out)
+    lines.append(f"  (the 5 removed {data.unit} with the largest predicted effect)")
+    what = "retraining" if args.check == "loo" else "the PBRF"
+    lines.append(_reading(agreement, slope, what))
+    if args.check == "loo" and args.pbrf_points:
+        lines.append(_pbrf_check(args, data, influence, removed[: args.pbrf_points]))
+    print("\n".join(lines), file=out)
+    return "\n".join(lines)
+
+
+def _pbrf_check(args, data, influence, removed):
+    """One line: the same estimates against the PBRF, what they approximate by design."""
+    agreement, elapsed = _agreement(args, data, influence, removed, "pbrf")
+    if np.isnan(agreement.pearson):
+        return "\nPBRF check: the changes are constant; their correlation is undefined."
+    slope = np.polyfit(agreement.predicted, agreement.actual, 1)[0]
+    return (
+        f"\nPBRF check ({len(removed)} of the removed {data.unit}, {elapsed:.1f} s): Pearson "
+        f"{agreement.pearson:.4f}   Spearman {agreement.spearman:.4f}   slope {slope:.3f}\n"
+    ) + _wrapped(
+        "The PBRF (proximal Bregman response function, Bae et al. 2022) is what influence "
+        "estimates approximate by design: the response of a model kept close to the fitted "
+        "one, instead of a refit from scratch. For networks, where leave-one-out retraining "
+        "agrees poorly with influence, the PBRF still agrees closely; --check pbrf checks "
+        f"every removed {data.unit[:-1]} against it."
+    )
+
+
+def _pixels(data):
+    """`` of HxW pixels`` for image data, else nothing."""
+    if data.images_train is None:
+        return ""
+    height, width = data.images_train.shape[1:]
+    return f" of {height}x{width} pixels"
+
+
+def _report_path(args):
+    """Where ``--report`` goes: the given path, none, or a new file in a new temporary folder."""
+    if args.no_report:
+        return None
+    if args.report is not None:
+        return args.report
+    return os.path.join(tempfile.mkdtemp(prefix="sklearn-influence-"), "explain.html")
 
 
 def _run_explain(args, out):
@@ -359,23 +535,40 @@ def _run_explain(args, out):
     influence.fit(data.X_train, data.y_train)
     matrix = influence.transform(data.X_test, data.y_test)
     elapsed = time.perf_counter() - start
-    accuracy = influence.estimator_.score(data.X_test, data.y_test)
-    print(
+    score = influence.estimator_.score(data.X_test, data.y_test)
+    metric = "accuracy" if data.task == "classification" else "R^2"
+    unit = data.unit[:-1]
+    names = (
+        "index = position in the training split"
+        if data.name_header == "index"
+        else "row = 0-based data row of the file (the header not counted)"
+        if data.name_header == "row"
+        else f"{data.name_header} = the --id column"
+    )
+    header = (
         f"sklearn-influence explain: {type(estimator).__name__} on {data.source} "
         f"({len(data.y_train)} training / {len(data.y_test)} test {data.unit}"
-        f"{' of 8x8 pixels' if data.images_train is not None else ''})\n"
+        f"{_pixels(data)})\n"
         f"Fit model + influence matrix ({matrix.shape[0]} x {matrix.shape[1]}) in "
-        f"{elapsed:.1f} s; test accuracy {accuracy:.3f}; damping {args.damping:g}.\n"
-        "influence[q, m] = (1/N) grad f_q^T (C + damping I)^-1 grad L_m: the predicted rise "
-        "of test image q's loss when training image m is removed.\n"
-        "Positive: m helps q (removing it hurts). Negative: m harms q.",
-        file=out,
+        f"{elapsed:.1f} s; test {metric} {score:.3f}; damping {args.damping:g}.\n"
+        f"Influence of training {unit} m on test {unit} q: the predicted rise of q's loss if m "
+        "were removed from the training set and the model refit, estimated without refitting "
+        "(to first order: (1/N) grad loss_q . (curvature + damping)^-1 . grad loss_m, "
+        f"N = {len(data.y_train)} training {data.unit}).\n"
+        "Positive: m helps q (removing it hurts). Negative: m harms q. "
+        f"{names}."
     )
-    _explain_queries(args, data, influence, out)
+    print(header, file=out)
+    queries, top, predicted = _explain_queries(args, data, influence, out)
+    summary = header
     if args.n_removed:
         action = "refitting without" if args.check == "loo" else "optimising the PBRF of"
         progress(f"{action} each of {args.n_removed} training {data.unit}")
-        _check_against_retraining(args, data, influence, out)
+        summary += "\n" + _check_against_retraining(args, data, influence, out)
+    path = _report_path(args)
+    if path is not None and not figure_skipped(path, out):
+        write_report(path, data, top, queries, predicted, summary)
+        print(f"\nReport (pictures of these {data.unit}): {path}", file=out)
     return 0
 
 
@@ -385,7 +578,7 @@ def _run_explain(args, out):
 _FIGURE_TYPES = (".png", ".pdf", ".svg")
 
 
-def _check_output(parser, path):
+def _check_output(parser, path, *, option="--output", types=_FIGURE_TYPES):
     """A figure path with a known extension in an existing directory.
 
     Without matplotlib the command still runs: it prints its table and a one-line note
@@ -393,11 +586,11 @@ def _check_output(parser, path):
     """
     if path is None:
         return
-    if os.path.splitext(path)[1].lower() not in _FIGURE_TYPES:
-        parser.error(f"--output {path!r}: the file name must end in {', '.join(_FIGURE_TYPES)}")
+    if os.path.splitext(path)[1].lower() not in types:
+        parser.error(f"{option} {path!r}: the file name must end in {', '.join(types)}")
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
-        parser.error(f"--output {path!r}: the folder {folder!r} does not exist; create it first")
+        parser.error(f"{option} {path!r}: the folder {folder!r} does not exist; create it first")
 
 
 # -- decompose ------------------------------------------------------------------------------
@@ -420,9 +613,10 @@ def _add_decompose_arguments(parser):
     )
     parser.add_argument(
         "--output",
-        default="decomposition.png",
-        help="figure file of the five terms: .png, .pdf or .svg (default decomposition.png; "
-        "skipped with a note when matplotlib is not installed)",
+        default=None,
+        help="figure file of the five terms: .png, .pdf or .svg (default: decomposition.png "
+        "in a new temporary folder, printed at the end; skipped with a note when matplotlib "
+        "is not installed)",
     )
 
 
@@ -477,12 +671,15 @@ def _run_decompose(args, out):
             f"{row['pearson']:>9.4f}{row['spearman']:>9.4f}",
             file=out,
         )
-    if figure_skipped(args.output, out):
+    path = args.output
+    if path is None:  # never the working directory: a checkout's tracked files stay as they are
+        path = os.path.join(tempfile.mkdtemp(prefix="sklearn-influence-"), "decomposition.png")
+    if figure_skipped(path, out):
         return 0
     display = InfluenceDecompositionDisplay(table, estimator_name=type(estimator).__name__)
     display.plot(ax=new_axes((7, 3.5)))
-    display.figure_.savefig(args.output)
-    print(f"\nFigure of the five terms saved to {args.output}", file=out)
+    display.figure_.savefig(path)
+    print(f"\nFigure of the five terms saved to {path}", file=out)
     return 0
 
 
@@ -526,6 +723,12 @@ def _check_mislabeled_arguments(parser, args):
     if args.flip_fraction is None:
         args.flip_fraction = 0.1 if args.csv is None else 0.0
     _prepare(parser, args, 1000, flip_fraction=args.flip_fraction)
+    if args.data.task == "regression":
+        parser.error(
+            f"--target {args.target!r} is continuous ({args.target_kind}); mislabeled needs "
+            "class labels: use explain for a continuous target, or --task classification to "
+            "treat each value as a class"
+        )
     n_train = len(args.data.y_train)
     if args.flip_fraction and len(args.data.flipped_indices) == 0:
         parser.error(
@@ -558,11 +761,12 @@ def _run_mislabeled(args, out):
     )
     flipped = np.zeros(len(data.y_train), dtype=bool)
     flipped[data.flipped_indices] = True
-    header = f"{'rank':>5} {'index':>6} {'label':>8} {'score':>11}"
+    header = f"{'rank':>5} {data.name_header:>6} {'label':>8} {'score':>11}"
     print(header + ("  flipped (true label)" if n_flipped else ""), file=out)
     for rank, index in enumerate(detector.ranking_[: args.k], start=1):
         line = (
-            f"{rank:>5} {index:>6} {class_label(data, data.y_train[index]):>8} "
+            f"{rank:>5} {example_name(data, 'train', index):>6} "
+            f"{class_label(data, data.y_train[index]):>8} "
             f"{detector.mislabel_scores_[index]:>+11.3e}"
         )
         if flipped[index]:
@@ -605,7 +809,7 @@ def _run_mislabeled(args, out):
 _COMMANDS = {
     "explain": (
         "most helpful and harmful training images for test images, checked against "
-        "leave-one-out retraining (the default)",
+        "leave-one-out retraining and the PBRF, with a report (the default)",
         _add_explain_arguments,
         _check_explain_arguments,
         _run_explain,

@@ -23,7 +23,6 @@ import numpy as np
 import torch
 from scipy.stats import rankdata, spearmanr
 from sklearn.base import clone
-from sklearn.exceptions import ConvergenceWarning
 from sklearn.frozen import FrozenEstimator
 from sklearn.utils import check_random_state, metadata_routing
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
@@ -47,6 +46,7 @@ from ._engine._solvers import SOLVERS
 from ._responses._functions import METHODS, ResponseProblem
 from ._responses._optimizers import OPTIMIZERS
 from ._validation import query_tensors
+from .exceptions import NotStationaryWarning, UndefinedCorrelationWarning
 
 # -- parameter constraints -------------------------------------------------------------------
 
@@ -291,7 +291,7 @@ def warn_if_not_stationary(adapter, name, *, stacklevel=3):
             "optimum; from this point the estimates disagree with actual retraining. Fit the "
             "model to convergence (a tighter tol, a larger max_iter), or, for a "
             "FrozenEstimator, pass fit the data the model was really fitted on.",
-            ConvergenceWarning,
+            NotStationaryWarning,
             stacklevel=stacklevel,
         )
 
@@ -341,7 +341,7 @@ def correlation(first, second, *, method="pearson", message=UNDEFINED_CORRELATIO
     """
     first, second = np.asarray(first, float), np.asarray(second, float)
     if len(first) < 2 or np.std(first) == 0 or np.std(second) == 0:
-        warnings.warn(message, UserWarning, stacklevel=stacklevel + 1)
+        warnings.warn(message, UndefinedCorrelationWarning, stacklevel=stacklevel + 1)
         return float("nan")
     if method == "spearman":
         return float(spearmanr(first, second).statistic)

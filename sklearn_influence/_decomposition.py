@@ -43,6 +43,7 @@ from ._responses._functions import (
 from ._responses._optimizers import AUTO_STEPS, resolve_optimizer
 from ._torch_utils import resolve_device, seeded_torch, to_numpy
 from ._validation import validate_sample_weight, validate_training_data
+from .exceptions import NotStationaryWarning
 from .metrics._display import _check_matplotlib
 
 #: the six objects, from actual retraining to the practical estimate
@@ -271,7 +272,7 @@ class InfluenceDecomposition(FittedModelMixin, BaseEstimator):
             results = self._objects(problem, indices, seed)
         with warnings.catch_warnings():
             # the same model and data: _fit_problem has warned already
-            warnings.filterwarnings("ignore", "InfluenceFunction: the fitted model is not at")
+            warnings.simplefilter("ignore", NotStationaryWarning)
             self.influence_ = InfluenceFunction(
                 FrozenEstimator(self.estimator_),
                 damping=self.damping,

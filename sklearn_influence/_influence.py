@@ -343,12 +343,51 @@ class InfluenceFunction(
         self.estimator_, self.engine_ = self._fit_engine(X, y, self._fit_params)
         # outside the cached fit, so that a cached fit warns too
         self.stationarity_ = self.engine_.adapter.stationarity
-        warn_if_not_stationary(self.engine_.adapter, type(self).__name__)
+        warn_if_not_stationary(self.engine_.adapter, type(self).__name__, stacklevel=4)
         self.X_train_, self.y_train_ = X, y
         self._fitted_settings = self._settings()
         self.n_train_ = self._n_features_out = len(y)
         self.solver_ = self.engine_.solver_name
         return self
+
+    def fit_transform(self, X, y, sample_weight=None):
+        """Fit, then the influence of every training point on every training point.
+
+        ``fit(X, y, sample_weight=sample_weight).transform(X, y)``: the training labels are
+        the queries' labels, so the measurement is each training point's own loss (the
+        diagonal is its self-influence). Inside a :class:`~sklearn.pipeline.Pipeline` this is
+        what ``pipeline.fit_transform(X, y)`` returns.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Training inputs, also the queries.
+        y : array-like of shape (n_samples,) or (n_samples, n_targets)
+            Training targets, also the queries' labels.
+        sample_weight : array-like of shape (n_samples,), default=None
+            See :meth:`fit`.
+
+        Returns
+        -------
+        influence : ndarray of shape (n_samples, n_samples)
+            ``influence[q, m]``: predicted change of training point q's loss when training
+            point m is removed. Positive means m helps q.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from sklearn.datasets import load_diabetes
+        >>> from sklearn.linear_model import Ridge
+        >>> from sklearn_influence import InfluenceFunction
+        >>> X, y = load_diabetes(return_X_y=True)
+        >>> matrix = InfluenceFunction(Ridge()).fit_transform(X[:50], y[:50])
+        >>> matrix.shape
+        (50, 50)
+        >>> fitted = InfluenceFunction(Ridge()).fit(X[:50], y[:50])
+        >>> bool(np.allclose(matrix, fitted.transform(X[:50], y[:50])))
+        True
+        """
+        return self.fit(X, y, sample_weight=sample_weight).transform(X, y)
 
     def _fit_engine(self, X, y, fit_params=None):
         """``(fitted model, engine)`` on (X, y), cached by ``memory`` across clones."""
@@ -411,15 +450,46 @@ class InfluenceFunction(
         X : array-like of shape (n_queries, n_features)
             Query inputs.
         y_test : array-like of shape (n_queries,) or (n_queries, n_targets), default=None
-            Query targets. The measurement is the query's loss. Without them it is the loss
-            at the predicted class (classifiers) or the prediction itself (single-output
-            regressors).
+            Query targets. The measurement is the query's loss. Without them
+            (``transform(X)``) it is not the loss at the true label but, for classifiers,
+            the loss at the class the model predicts (the influence on the model's
+            confidence in its own prediction) and, for single-output regressors, the
+            prediction itself (the influence on the predicted value); a multi-output
+            regressor needs ``y_test``. Named ``y_test``, not ``y``, so that metadata routing
+            can pass it: in a :class:`~sklearn.pipeline.Pipeline`, request it with
+            ``set_transform_request(y_test=True)`` and call
+            ``pipeline.transform(X, y_test=labels)``.
 
         Returns
         -------
         influence : ndarray of shape (n_queries, n_train_)
             ``influence[q, m]``: predicted change of query q's measurement when training
             point m is removed. Positive means m helps q.
+
+        See Also
+        --------
+        fit_transform : The training set's influence on itself, with its labels.
+
+        Examples
+        --------
+        The labels of the queries reach ``transform`` inside a pipeline through metadata
+        routing:
+
+        >>> import sklearn
+        >>> from sklearn.datasets import load_iris
+        >>> from sklearn.linear_model import LogisticRegression
+        >>> from sklearn.pipeline import make_pipeline
+        >>> from sklearn.preprocessing import StandardScaler
+        >>> from sklearn_influence import InfluenceFunction
+        >>> X, y = load_iris(return_X_y=True)
+        >>> with sklearn.config_context(enable_metadata_routing=True):
+        ...     influence = InfluenceFunction(LogisticRegression(), random_state=0)
+        ...     pipeline = make_pipeline(
+        ...         StandardScaler(), influence.set_transform_request(y_test=True)
+        ...     ).fit(X, y)
+        ...     matrix = pipeline.transform(X[:5], y_test=y[:5])
+        >>> matrix.shape
+        (5, 150)
         """
         return self._influence_matrix(X, y_test)
 

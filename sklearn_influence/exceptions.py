@@ -8,11 +8,13 @@ its subclasses below), so that a user can filter them by class::
     warnings.simplefilter("ignore", InfluenceWarning)
 
 Convergence warnings also subclass scikit-learn's
-:class:`~sklearn.exceptions.ConvergenceWarning`, so filters written for scikit-learn apply.
+:class:`~sklearn.exceptions.ConvergenceWarning` (and an undefined correlation its
+:class:`~sklearn.exceptions.UndefinedMetricWarning`), so filters written for scikit-learn
+apply.
 
 Examples
 --------
->>> from sklearn.exceptions import ConvergenceWarning
+>>> from sklearn.exceptions import ConvergenceWarning, UndefinedMetricWarning
 >>> from sklearn_influence.exceptions import InfluenceWarning, ResponseConvergenceWarning
 >>> issubclass(ResponseConvergenceWarning, ConvergenceWarning)
 True
@@ -20,7 +22,7 @@ True
 True
 """
 
-from sklearn.exceptions import ConvergenceWarning
+from sklearn.exceptions import ConvergenceWarning, UndefinedMetricWarning
 
 
 class InfluenceWarning(UserWarning):
@@ -55,6 +57,14 @@ class NumericalWarning(InfluenceWarning):
     """Some values overflowed or are otherwise not finite; the rows concerned are named."""
 
 
+class UndefinedCorrelationWarning(InfluenceWarning, UndefinedMetricWarning):
+    """A correlation (``score``, an agreement, a metric) is undefined and reported as nan.
+
+    One side is constant or has fewer than two entries; subclasses scikit-learn's
+    :class:`~sklearn.exceptions.UndefinedMetricWarning`.
+    """
+
+
 __all__ = [
     "ApproximationWarning",
     "DampingWarning",
@@ -64,4 +74,5 @@ __all__ = [
     "ResponseConvergenceWarning",
     "ResponseDivergenceWarning",
     "SolverConvergenceWarning",
+    "UndefinedCorrelationWarning",
 ]

@@ -1,7 +1,9 @@
 """Tests of the command line (``python -m sklearn_influence``), run in-process."""
 
+import base64
 import io
 import re
+import tempfile
 
 import numpy as np
 import pytest
@@ -21,7 +23,9 @@ from sklearn_influence.__main__ import _MODELS, main
 from sklearn_influence.datasets import load_digits_split
 from sklearn_influence.metrics import mislabel_detection_recall
 
-SMALL = ["--n-train", "300", "--n-queries", "2", "--k", "2", "--n-removed", "12"]
+SMALL_CHECK = ["--n-train", "300", "--n-queries", "2", "--k", "2", "--n-removed", "12"]
+#: without the report and the quick PBRF check, which the report test covers
+SMALL = [*SMALL_CHECK, "--pbrf-points", "0", "--no-report"]
 
 
 def run(argv):
@@ -42,6 +46,15 @@ def _one_thread():
     with threadpool_limits(limits=1):
         yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _temporary_folder(tmp_path_factory):
+    """Default outputs (reports, figures) go to new temporary folders: here, the test's."""
+    before = tempfile.tempdir
+    tempfile.tempdir = str(tmp_path_factory.mktemp("defaults"))
+    yield tempfile.tempdir
+    tempfile.tempdir = before
 
 
 @pytest.fixture(scope="module")
@@ -385,7 +398,9 @@ def test_explain_and_mislabeled_run_on_a_csv_file(tmp_path):
     )
     assert status == 0
     assert "on 'pets.csv' (45 training / 15 test rows)" in text
-    assert re.search(r"Test row 0: label (cat|dog), predicted (cat|dog)", text)
+    # the test rows are named by their data row in the file: the split is seeded
+    first_test_row = np.random.RandomState(0).permutation(60)[45]
+    assert re.search(rf"Test row {first_test_row}: label (cat|dog), predicted (cat|dog)", text)
     assert "Pearson" in text
     status, text = run(
         [
@@ -484,3 +499,163 @@ def test_help_lists_every_subcommand(capsys):
     help_text = capsys.readouterr().out
     for command in ("explain", "decompose", "mislabeled"):
         assert command in help_text
+
+
+# -- the user's file: rows, ids, continuous targets, reports ---------------------------------
+
+
+def _csv_reference(path, n_rows, n_train):
+    """Split, standardize and fit as the command line documents it, without it."""
+    X = np.loadtxt(path, delimiter=",", skiprows=1, usecols=(0, 1, 2))
+    labels = np.loadtxt(path, delimiter=",", skiprows=1, usecols=3, dtype=str)
+    order = np.random.RandomState(0).permutation(n_rows)
+    train, test = order[:n_train], order[n_train:]
+    X = (X - X[train].mean(0)) / X[train].std(0)
+    y = (labels == "dog").astype(int)
+    influence = InfluenceFunction(_MODELS["logistic"](None), damping=1e-4).fit(X[train], y[train])
+    return train, test, influence.transform(X[test], y[test])
+
+
+def _printed_rows(text, header, query_name):
+    block = text.split(f"Test row {query_name}:")[1].split("\n\n")[0]
+    assert f"{header:>6} {'label':>6}" in block
+    return re.findall(r"^  (?:helpful|harmful|\s{7})\s+(\S+)\s+(?:cat|dog)\s+\S+$", block, re.M)
+
+
+def test_csv_examples_are_named_by_their_data_row_or_id_column(tmp_path):
+    path = _write_csv(tmp_path / "pets.csv")
+    train, test, matrix = _csv_reference(path, 60, 45)
+    order = np.argsort(matrix[0], kind="stable")
+    expected = [*order[::-1][:2], *order[:2]]  # positions in the training split
+    argv = ["explain", "--csv", str(path), "--target", "species", "--n-queries", "1"]
+    argv += ["--k", "2", "--n-removed", "0", "--quiet", "--no-report"]
+    status, text = run(argv)
+    assert status == 0 and "row = 0-based data row of the file" in text
+    assert _printed_rows(text, "row", test[0]) == [str(row) for row in train[expected]]
+    # an id column names the rows instead, and is not a feature
+    lines = path.read_text().splitlines()
+    ids = [f"pet{row:03d}" for row in range(60)]
+    with_ids = tmp_path / "pets_ids.csv"
+    rows = [f"{i},{line}" for i, line in zip(ids, lines[1:], strict=True)]
+    with_ids.write_text("\n".join([f"name,{lines[0]}", *rows]) + "\n")
+    status, text = run([*argv[:2], str(with_ids), *argv[3:], "--id", "name"])
+    assert status == 0
+    assert _printed_rows(text, "name", ids[test[0]]) == [ids[row] for row in train[expected]]
+
+
+def _write_regression_csv(path, n_rows=60):
+    rng = np.random.RandomState(0)
+    X = rng.normal(size=(n_rows, 2))
+    price = 3.0 * X[:, 0] - X[:, 1] + 0.1 * rng.normal(size=n_rows) + 10.0
+    rows = [f"{a:.6f},{b:.6f},{p:.3f}" for (a, b), p in zip(X, price, strict=True)]
+    lines = ["size,age,price", *rows]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_a_continuous_target_is_detected_and_explained_by_a_regressor(tmp_path):
+    path = _write_regression_csv(tmp_path / "houses.csv")
+    argv = ["explain", "--csv", str(path), "--target", "price", "--n-queries", "1", "--k", "2"]
+    status, text = run([*argv, "--n-removed", "6", "--quiet", "--no-report"])
+    assert status == 0
+    assert "Ridge on 'houses.csv' (45 training / 15 test rows)" in text and "test R^2" in text
+    assert float(re.search(r"Pearson (\S+)", text)[1]) > 0.9
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["mislabeled"], "is continuous (numeric, 60 distinct values, not all whole numbers); "
+         "mislabeled needs class labels: use explain for a continuous target, or --task "
+         "classification"),
+        (["explain", "--model", "logistic"], "--model logistic needs class labels: use --model "
+         "ridge (or --task classification"),
+        (["explain", "--model", "mlp"], "--model mlp needs class labels: use --model ridge"),
+    ],
+)  # fmt: skip
+def test_a_continuous_target_is_refused_in_one_line_naming_the_option(
+    tmp_path, argv, message, capsys
+):
+    path = _write_regression_csv(tmp_path / "houses.csv")
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--csv", str(path), "--target", "price"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message in error
+
+
+def _report_images(page):
+    return re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+
+
+def test_report_html_shows_the_right_training_images_of_each_query(reference, tmp_path):
+    report = tmp_path / "out.html"
+    argv = ["explain", *SMALL_CHECK, "--random-state", "1", "--report", str(report)]
+    status, text = run([*argv, "--pbrf-points", "5"])
+    assert status == 0 and f"Report (pictures of these images): {report}" in text
+    page = report.read_text()
+    _, _, matrix = reference
+    images = _report_images(page)
+    assert len(images) == 2  # one figure per query
+    assert all(base64.b64decode(image)[:8] == b"\x89PNG\r\n\x1a\n" for image in images)
+    for query in range(2):
+        section = page.split(f"<h2>Test image {query}:")[1].split("<h2>")[0]
+        order = np.argsort(matrix[query])
+        expected = [*order[::-1][:2], *order[:2]]
+        shown = re.findall(r"<tr class=\"(?:helpful|harmful)\"><td>\w*</td><td>(\d+)</td>", section)
+        assert [int(index) for index in shown] == expected
+    assert "Agreement with actual leave-one-out retraining" in page
+    # the quick PBRF check, and what its figures mean in words
+    assert re.search(r"PBRF check \(5 of the removed images, \S+ s\): Pearson 0\.9", text)
+    assert "Reading: Pearson" in text and "is good agreement with retraining" in text
+
+
+def test_report_of_a_csv_file_lists_its_rows_and_a_png_report_is_one_figure(tmp_path):
+    path = _write_csv(tmp_path / "pets.csv")
+    train, test, matrix = _csv_reference(path, 60, 45)
+    report = tmp_path / "pets.html"
+    argv = ["explain", "--csv", str(path), "--target", "species", "--n-queries", "1", "--k", "2"]
+    status, _ = run([*argv, "--n-removed", "0", "--quiet", "--report", str(report)])
+    assert status == 0
+    page = report.read_text()
+    assert f"<h2>Test row {test[0]}:" in page and "<th>a</th><th>b</th><th>c</th>" in page
+    best = train[np.argmax(matrix[0])]
+    assert f'<tr class="helpful"><td>helpful</td><td>{best}</td>' in page
+    figure = tmp_path / "pets.png"
+    status, _ = run([*argv, "--n-removed", "0", "--quiet", "--report", str(figure)])
+    assert status == 0 and figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_default_outputs_go_to_a_new_temporary_folder_not_the_working_directory(
+    tmp_path, monkeypatch, _temporary_folder
+):
+    monkeypatch.chdir(tmp_path)
+    path = _write_csv(tmp_path / "pets.csv", n_rows=40)
+    argv = ["--csv", str(path), "--target", "species", "--quiet"]
+    status, text = run(["decompose", *argv, "--n-points", "2", "--n-test", "5"])
+    assert status == 0
+    saved = re.search(r"saved to (\S+)", text)[1]
+    assert saved.startswith(_temporary_folder) and saved.endswith("decomposition.png")
+    status, text = run(["explain", *argv, "--n-queries", "1", "--k", "1", "--n-removed", "0"])
+    report = re.search(r"Report \(pictures of these rows\): (\S+)", text)[1]
+    assert report.startswith(_temporary_folder)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pets.csv"]  # nothing else written
+
+
+def test_a_csv_of_pixels_gets_images_in_its_report(tmp_path):
+    data = load_digits_split(n_train=50, n_test=10, random_state=0)
+    pixels = np.vstack([data.X_train, data.X_test])
+    labels = np.concatenate([data.y_train, data.y_test])
+    header = ",".join([f"p{i}" for i in range(64)] + ["digit"])
+    lines = [",".join([*(f"{v:.4f}" for v in row), str(label)]) for row, label in
+             zip(pixels, labels, strict=True)]  # fmt: skip
+    path = tmp_path / "pixels.csv"
+    path.write_text("\n".join([header, *lines]) + "\n")
+    report = tmp_path / "pixels.html"
+    argv = ["explain", "--csv", str(path), "--target", "digit", "--image-shape", "8x8"]
+    status, text = run([*argv, "--n-queries", "2", "--k", "2", "--n-removed", "0", "--quiet",
+                        "--report", str(report)])  # fmt: skip
+    assert status == 0 and "of 8x8 pixels" in text
+    assert len(_report_images(report.read_text())) == 2
+    with pytest.raises(SystemExit):
+        main([*argv[:-1], "5x5"])

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _doc_blocks import declared_extras, extras, rst_blocks, run_block, skip_without_extras
 from threadpoolctl import threadpool_limits
 
 import sklearn_influence
@@ -87,3 +88,44 @@ def test_gallery_example_runs(example, monkeypatch, tmp_path):
 
 def test_there_are_gallery_examples():
     assert EXAMPLES, "examples/ must contain at least one plot_*.py gallery example"
+
+
+#: the pages whose python blocks a reader runs as written
+PAGES = ("doc/user_guide.rst", "doc/index.rst")
+DOC_BLOCKS = [(page, number, block) for page in PAGES for number, block in
+              enumerate(rst_blocks(ROOT / page))]  # fmt: skip
+
+
+def test_doc_pages_have_python_blocks_starting_with_their_install_line():
+    assert {page for page, _, _ in DOC_BLOCKS} == set(PAGES)
+    for page, number, block in DOC_BLOCKS:
+        assert set(extras(block)) <= declared_extras(), f"{page} block {number}"
+
+
+@pytest.mark.parametrize(
+    "page, number, block", DOC_BLOCKS, ids=[f"{p.split('/')[-1]}-{n}" for p, n, _ in DOC_BLOCKS]
+)
+def test_doc_python_block_runs_on_its_own(page, number, block, tmp_path, monkeypatch):
+    if "Client(" in block:
+        # a Dask cluster's worker processes import the main module: run it as a real script
+        skip_without_extras(block)
+        script = tmp_path / "block.py"
+        script.write_text(block)
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+        result = subprocess.run(
+            [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True,
+            timeout=300, env=env,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert "(100, 600)" in result.stdout
+        assert sorted(path.name for path in tmp_path.iterdir()) == ["block.py"]
+        return
+    namespace = run_block(block, f"{page} python block {number}", tmp_path, monkeypatch)
+    if "matrix" in namespace:
+        assert namespace["matrix"].shape == (100, 600)
+
+
+def test_install_page_states_the_one_torch_requirement():
+    text = (ROOT / "doc" / "install.rst").read_text()
+    assert "PyTorch ≥ 2.1" in text and "≤ 2.13" not in text
+    assert "project's machines" not in text and "these machines" not in text

@@ -16,6 +16,7 @@ from sklearn.preprocessing import StandardScaler
 from torch.func import grad
 
 from sklearn_influence import InfluenceFunction, make_influence_scorer
+from sklearn_influence.exceptions import NotStationaryWarning, UndefinedCorrelationWarning
 
 
 @pytest.fixture
@@ -58,11 +59,14 @@ def test_frozen_estimator_is_used_as_fitted_and_never_refit(wine):
     frozen = FrozenEstimator(model)
     influence = InfluenceFunction(frozen).fit(X, y)
     assert influence.estimator_ is frozen
-    search = GridSearchCV(
-        InfluenceFunction(frozen, n_score_points=8, random_state=0),
-        {"damping": [1e-4, 1e-1]},
-        cv=2,
-    ).fit(X, y)
+    # the folds of the search are not the data the frozen model was fitted on: warned
+    # about, by class
+    with pytest.warns(NotStationaryWarning, match="FrozenEstimator, pass fit the data"):
+        search = GridSearchCV(
+            InfluenceFunction(frozen, n_score_points=8, random_state=0),
+            {"damping": [1e-4, 1e-1]},
+            cv=2,
+        ).fit(X, y)
     assert search.best_params_["damping"] in (1e-4, 1e-1)
     np.testing.assert_array_equal(model[-1].coef_, coefficients)
     assert influence.transform(X_test, y_test).shape == (len(X_test), len(X))
@@ -289,7 +293,7 @@ def test_removal_agreement_rejects_bad_arguments(wine, kwargs, match):
 def test_undefined_agreement_warns_once_and_is_nan(wine):
     X, y, X_test, y_test = wine
     influence = InfluenceFunction(Ridge(), n_score_points=4).fit(X, y)
-    with pytest.warns(UserWarning, match="constant") as record:
+    with pytest.warns(UndefinedCorrelationWarning, match="constant") as record:
         agreement = influence.removal_agreement(X_test, y_test, train_indices=[5])
     assert len(record) == 1
     assert np.isnan(agreement.pearson) and np.isnan(agreement.spearman)

@@ -428,10 +428,9 @@ class LinearModelAdapter(ModelAdapter):
         if self.sample_weight is not None:
             fit_params["sample_weight"] = self.sample_weight[keep]
         with warnings.catch_warnings():
-            # a warm start from an already-optimal point makes lbfgs report line-search
-            # failures at machine precision; the solution is still the optimum
-            warnings.filterwarnings(
-                "ignore", category=ConvergenceWarning, message=".*line search.*"
-            )
+            if warm_start:
+                # a warm start from an already-optimal point makes the solvers report
+                # line-search failures at machine precision; the solution is the optimum
+                warnings.simplefilter("ignore", ConvergenceWarning)
             model.fit(self.features(X)[keep], np.asarray(y)[keep], **fit_params)
         return self._pack(model)

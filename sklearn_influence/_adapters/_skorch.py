@@ -43,6 +43,7 @@ from torch.func import functional_call, grad, jvp, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .._torch_utils import array_to_tensor
+from ..exceptions import NumericalWarning
 from ._base import Layer, LayerStructure, ModelAdapter, ParameterBlock
 from ._losses import BinaryLogLoss, SoftmaxCrossEntropy, SquaredError
 from ._skorch_checks import (
@@ -156,7 +157,7 @@ def _warn_if_tf32(device, dtype):
             "carry relative errors near 1e-3, enough to spoil influence estimates at small "
             "damping. Set torch.backends.cuda.matmul.allow_tf32 = False (and unset the "
             "override), or use a float64 module.",
-            UserWarning,
+            NumericalWarning,
             stacklevel=3,
         )
 

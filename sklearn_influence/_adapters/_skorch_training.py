@@ -114,6 +114,10 @@ def _prepare_targets(net, y, n_outputs, dtype):
         y.dtype.kind == "f" and np.all(np.isfinite(y)) and np.all(y == np.round(y))
     )
     n_classes = 2 if isinstance(net, NeuralNetBinaryClassifier) else n_outputs
+    regression_hint = (
+        " If y is a continuous target (a regression), use skorch's NeuralNetRegressor "
+        "(MSELoss) instead of a classifier."
+    )
     if not labels_ok or (len(y) and (y.min() < 0 or y.max() >= n_classes)):
         shown = np.unique(y.astype(str) if y.dtype.kind not in "iufb" else y)[:10].tolist()
         kind = "Unknown label type" if not labels_ok else "Labels out of range"
@@ -122,6 +126,7 @@ def _prepare_targets(net, y, n_outputs, dtype):
             f"0..{n_classes - 1} (a 1-d y), but got labels {shown}. Encode them with "
             "sklearn.preprocessing.LabelEncoder"
             + (" and give the module one output per class." if n_classes == n_outputs else ".")
+            + (regression_hint if y.dtype.kind == "f" and not labels_ok else "")
         )
     if isinstance(net, NeuralNetBinaryClassifier):
         return y.astype(np_dtype)

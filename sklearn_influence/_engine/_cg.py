@@ -4,9 +4,9 @@ import math
 import warnings
 
 import torch
-from sklearn.exceptions import ConvergenceWarning
 
 from .._torch_utils import float64_gram, orthonormal_rows, small_dense_algebra
+from ..exceptions import SolverConvergenceWarning
 from ._curvature import make_curvature
 from ._iterative import IterativeSolver
 from ._nystrom import NystromPreconditioner
@@ -256,7 +256,7 @@ class CGSolver(IterativeSolver):
                 f"Conjugate gradient did not converge in maxiter={self.maxiter} iterations: "
                 f"the largest relative residual is {worst:.3g} > tol={self.tol:g}. Increase "
                 "solver_options['maxiter'], the damping, or loosen 'tol'.",
-                ConvergenceWarning,
+                SolverConvergenceWarning,
                 stacklevel=4,
             )
         return solution

@@ -55,6 +55,7 @@ from dataclasses import dataclass
 import torch
 from torch.func import jacrev, vmap
 
+from ..exceptions import ApproximationWarning
 from ._curvature_base import Curvature
 from ._gradients import batch_slices
 from ._layers import layer_inputs_and_output_gradients, tape_positions
@@ -302,7 +303,7 @@ class KroneckerFactoredCurvature(Curvature):
             f"curvature={self.name!r} factors only nn.Linear and nn.Conv2d (groups=1) layers; "
             f"the parameters {list(self.fallback_parameters)} get their exact diagonal "
             "Gauss-Newton block instead.",
-            UserWarning,
+            ApproximationWarning,
             stacklevel=4,
         )
         index = torch.cat(

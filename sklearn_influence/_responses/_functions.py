@@ -28,6 +28,7 @@ from torch.func import grad, vmap
 from .._engine._curvature import make_curvature
 from .._engine._gradients import measure, per_example_gradients
 from .._engine._solvers import make_solver
+from ..exceptions import NumericalWarning
 from ._checkpoint import ChunkStore, checkpoint_chunks, problem_fingerprint
 from ._newton import CONVEX_TOL, minimize_convex_batched
 from ._optimizers import (
@@ -167,7 +168,7 @@ def _working_dtype(adapter, X):
             f"The model cannot be evaluated in float64 ({error}); response functions are "
             f"computed in {adapter.dtype}, which resolves changes of order 1/N to only a few "
             "digits. Convert the model to float64 (module.double()) for exact responses.",
-            UserWarning,
+            NumericalWarning,
             stacklevel=4,
         )
         return adapter.dtype

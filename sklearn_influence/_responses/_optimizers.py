@@ -18,12 +18,12 @@ import warnings
 
 import numpy as np
 import torch
-from sklearn.exceptions import ConvergenceWarning
 from torch.func import jvp, vmap
 
 from .._adapters._losses import OutputLoss
 from .._engine._power_iteration import top_eigenvalue
 from .._torch_utils import FORWARD_AD_LOCK
+from ..exceptions import ResponseConvergenceWarning
 
 OBJECTIVES = ("prf", "pbrf")
 OPTIMIZERS = ("auto", "lbfgs", "sgd", "adam")
@@ -489,7 +489,7 @@ def warn_not_converged(name, converged, relative, n_iter, optimizer=None):
             f"tolerance in {'the allowed' if n_iter is None else f'n_iter={n_iter}'} steps "
             f"(worst relative gradient norm {float(relative.max()):.3g}). {advice}; the "
             "attribute converged_ says which.",
-            ConvergenceWarning,
+            ResponseConvergenceWarning,
             stacklevel=3,
         )
 

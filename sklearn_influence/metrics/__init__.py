@@ -8,6 +8,8 @@
   :func:`mislabel_detection_auc` and :class:`MislabelRecallDisplay` — the fraction of
   mislabeled training points found as a function of the fraction of the training set
   inspected, most suspicious first.
+* :class:`MostInfluentialDisplay` — pictures (or bar charts) of the most helpful and most
+  harmful training examples of each query.
 """
 
 import warnings
@@ -22,10 +24,12 @@ from .._base import row_correlations
 from .._engine._gradients import resolve_query_targets
 from .._responses._removal import subset_removal_measurements
 from .._validation import query_tensors
-from ._display import MislabelRecallDisplay
+from ..exceptions import UndefinedCorrelationWarning
+from ._display import MislabelRecallDisplay, MostInfluentialDisplay
 
 __all__ = [
     "MislabelRecallDisplay",
+    "MostInfluentialDisplay",
     "influence_correlation",
     "linear_datamodeling_score",
     "mislabel_detection_auc",
@@ -47,7 +51,7 @@ def _warn_constant(n_constant, n_total, what):
         f"{n_constant} of {n_total} {what} are constant in the predicted or the actual "
         "values, so their correlation is undefined and reported as nan. Use more varied "
         "inputs (more removed points, other queries) to make it defined.",
-        UserWarning,
+        UndefinedCorrelationWarning,
         stacklevel=3,
     )
 
