@@ -39,6 +39,7 @@ from ._responses._functions import (
     proximal_response,
     warm_leave_one_out,
 )
+from ._responses._linear_loo import exact_leave_one_out
 from ._torch_utils import resolve_device, seeded_torch, to_numpy
 from ._validation import validate_sample_weight, validate_training_data
 
@@ -282,6 +283,9 @@ class LeaveOneOut(_BaseResponse):
         self.verbose = verbose
 
     def _responses(self, problem, indices, seed):
+        exact = exact_leave_one_out(problem, indices, warm_start=self.warm_start)
+        if exact is not None:  # convex linear models and GLMs: all rows at a fit's cost
+            return exact
         common = {"n_jobs": self.n_jobs, "verbose": self.verbose}
         common.update(memory=self.memory, key=self._memory_key())
         if self.warm_start:
