@@ -9,6 +9,7 @@ from ._cv import InfluenceFunctionCV
 from ._decomposition import InfluenceDecomposition, InfluenceDecompositionDisplay
 from ._influence import InfluenceFunction
 from ._mislabel import MislabelDetector
+from ._regression_diagnostics import RegressionDiagnostics
 from ._response_estimators import PBRF, LeaveOneOut, LinearizedPBRF, ProximalResponse
 from ._scorers import make_influence_scorer
 from .metrics._display import MislabelRecallDisplay
@@ -26,6 +27,7 @@ __all__ = [
     "MislabelDetector",
     "MislabelRecallDisplay",
     "ProximalResponse",
+    "RegressionDiagnostics",
     "__version__",
     "datasets",
     "make_influence_scorer",
