@@ -12,6 +12,7 @@ from ._mislabel import MislabelDetector
 from ._regression_diagnostics import RegressionDiagnostics
 from ._response_estimators import PBRF, LeaveOneOut, LinearizedPBRF, ProximalResponse
 from ._scorers import make_influence_scorer
+from .metrics._diagnostics_display import RegressionDiagnosticsDisplay
 from .metrics._display import MislabelRecallDisplay
 
 __version__ = "0.1.0.dev0"
@@ -28,6 +29,7 @@ __all__ = [
     "MislabelRecallDisplay",
     "ProximalResponse",
     "RegressionDiagnostics",
+    "RegressionDiagnosticsDisplay",
     "__version__",
     "datasets",
     "make_influence_scorer",

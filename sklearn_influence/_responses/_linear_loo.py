@@ -53,7 +53,7 @@ from ..exceptions import ResponseConvergenceWarning
 from ._newton import minimize_convex
 
 #: chord-Newton iterations before a row is handed to the per-row damped Newton
-MAX_CHORD_ITER = 12
+MAX_CHORD_ITER = 8
 #: a step is at the rounding level when below this many ulps of the parameters' scale
 ROUNDING_ULPS = 64
 PENALTIES = ("fixed", "refit")
@@ -153,11 +153,16 @@ def dense_curvature(inputs, row_weights, curvatures, penalty, block=4096):
 
 
 def symmetric_inverse(matrix):
-    """Inverse of a symmetric PSD matrix (Cholesky), its pseudo-inverse when singular."""
-    factor, info = torch.linalg.cholesky_ex(matrix)
-    if int(info) == 0:
-        return torch.cholesky_inverse(factor)
-    return torch.linalg.pinv(matrix, hermitian=True)
+    """(Pseudo-)inverse of a symmetric PSD matrix by its eigendecomposition.
+
+    Eigenvalues below p · eps times the largest are treated as zero, so that an unidentified
+    direction (the softmax's common intercept shift) stays out of every step.
+    """
+    values, vectors = torch.linalg.eigh(matrix)
+    cutoff = matrix.shape[0] * torch.finfo(matrix.dtype).eps * values.abs().max()
+    kept = values > cutoff
+    inverse_values = torch.where(kept, 1.0 / torch.where(kept, values, 1.0), 0.0)
+    return (vectors * inverse_values) @ vectors.T
 
 
 def penalty_scales(adapter, epsilons, penalty):
@@ -271,18 +276,37 @@ def _rounding_scale(context):
     return float((context.inverse.abs() @ scale).max())
 
 
-def _refit_row(context, m, scale):
-    """Damped Newton on one row's leave-one-out objective (a row whose chord step stalls)."""
-    adapter = context.adapter
+def _newton_row(context, m, scale, theta, max_iter=30):
+    """Full Newton on one row's leave-one-out objective, from ``theta``; (θ, converged).
+
+    For the rare row whose chord iteration contracts slowly (a high-leverage outlier whose
+    removal moves the curvature of the other rows): each step forms the exact Hessian of
+    J_{-m} at the iterate, O(N p²).
+    """
+    adapter, loss = context.adapter, context.adapter.loss
     weights = context.row_weights.clone()
     weights[m] = 0.0
-    if scale != 1.0:
-        raise _ScaledPenalty
-    return minimize_convex(adapter, context.theta, context.inputs, context.targets, weights)
-
-
-class _ScaledPenalty(Exception):
-    """The per-row fallback minimises the fixed-penalty objective only."""
+    row = torch.as_tensor([m], device=theta.device)
+    floor = (
+        ROUNDING_ULPS
+        * torch.finfo(theta.dtype).eps
+        * (float(theta.abs().max()) + context.rounding_scale)
+    )
+    previous = float("inf")
+    for _ in range(max_iter):
+        gradient = _loo_gradients(context, theta[None], row, theta.new_full((1,), scale))[0]
+        outputs = adapter.outputs(theta, context.inputs)
+        curvatures = output_curvatures(loss, outputs, context.targets, context.kind)
+        matrix = dense_curvature(context.inputs, weights, curvatures, scale * context.penalty)
+        step = symmetric_inverse(matrix) @ gradient
+        size = float(step.abs().max())
+        if size > previous and size > 1000 * floor:
+            return theta, False
+        theta = theta - step
+        if size <= floor or (size > 0.5 * previous and size <= 1000 * floor):
+            return theta, True
+        previous = size
+    return theta, False
 
 
 def exact_refits(context, removed, *, penalty="fixed", start=None):
@@ -324,18 +348,11 @@ def exact_refits(context, removed, *, penalty="fixed", start=None):
 
 
 def _fallback(context, removed, scales, parameters, converged):
-    """Refit the rows whose chord iteration did not converge one by one; warn if any fail."""
-    failed = np.flatnonzero(~converged)
-    for position in failed:
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                parameters[position] = _refit_row(
-                    context, int(removed[position]), float(scales[position])
-                )
-            converged[position] = not caught
-        except _ScaledPenalty:
-            continue
+    """Full Newton for the rows whose chord iteration did not converge; warn if any fail."""
+    for position in np.flatnonzero(~converged):
+        parameters[position], converged[position] = _newton_row(
+            context, int(removed[position]), float(scales[position]), parameters[position]
+        )
     missed = np.flatnonzero(~converged)
     if len(missed):
         warnings.warn(

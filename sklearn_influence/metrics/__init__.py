@@ -22,10 +22,12 @@ from .._base import row_correlations
 from .._engine._gradients import resolve_query_targets
 from .._responses._removal import subset_removal_measurements
 from .._validation import query_tensors
+from ._diagnostics_display import RegressionDiagnosticsDisplay
 from ._display import MislabelRecallDisplay
 
 __all__ = [
     "MislabelRecallDisplay",
+    "RegressionDiagnosticsDisplay",
     "influence_correlation",
     "linear_datamodeling_score",
     "mislabel_detection_auc",
