@@ -139,7 +139,7 @@ def test_refinement_stops_at_the_rounding_level():
     inputs, targets = adapter.inputs(X), adapter.targets(y)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        reference, thetas, converged = leave_one_out_all_rows(
+        _reference, thetas, converged = leave_one_out_all_rows(
             adapter, adapter.parameters(), inputs, targets, np.arange(len(y))
         )
     assert converged.all()
