@@ -116,7 +116,8 @@ def regression_diagnostics(adapter, reference, inputs, targets, sample_weight, *
     dof = n - effective
     if dof <= 1:
         raise ValueError(
-            f"The model has {effective:.3g} effective parameters for {n} training rows, which "
+            f"The model has {effective:.3g} effective parameters for n_samples = {n} training "
+            "rows, which "
             "leaves no degrees of freedom for the residual variance. Pass more rows than "
             "parameters + 1, or regularize more."
         )
