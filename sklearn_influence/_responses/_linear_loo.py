@@ -113,8 +113,9 @@ class LinearLOOContext:
         k, q = self.n_outputs, self.width
         z = self.inputs[rows]
         # (H⁻¹ J_mᵀ)[b, a, :] = H⁻¹ (e_a ⊗ z_b): columns of H⁻¹ indexed (a, j), contracted on j
-        projected = torch.einsum("bj,ajc->bac", z, self.inverse.reshape(k, q, k * q))
-        gram = torch.einsum("bacj,bj->bac", projected.reshape(len(z), k, k, q), z)
+        columns = self.inverse.reshape(k, q, k * q).permute(1, 0, 2).reshape(q, k * k * q)
+        projected = (z @ columns).reshape(len(z), k, k * q)
+        gram = (projected.reshape(len(z), k * k, q) @ z.unsqueeze(-1)).reshape(len(z), k, k)
         scaled = self.epsilons[rows, None, None] * self.curvatures[rows]
         eye = torch.eye(k, dtype=z.dtype, device=z.device)
         return projected, torch.linalg.inv(eye - scaled @ gram), scaled, gram
