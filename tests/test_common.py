@@ -119,6 +119,11 @@ _TRAINING_ROWS_ONLY = (
     "of row i), so transform accepts only the data passed to fit and refuses other rows with "
     "a ValueError; tested in test_regression_diagnostics.py"
 )
+_TRAINING_ROWS_CHECKS = (
+    "check_methods_subset_invariance",
+    "check_methods_sample_order_invariance",
+    "check_fit_idempotent",
+)
 
 #: The one table of expected failures: estimator class -> {check name: reason}. Every
 #: estimator's fit takes sample_weight, so the weight-equivalence check applies to all.
@@ -127,10 +132,7 @@ EXPECTED_FAILURES = {
         "check_outliers_train": _NEEDS_LABELS,
         "check_outliers_fit_predict": _NEEDS_LABELS,
     },
-    RegressionDiagnostics: dict.fromkeys(
-        ("check_methods_subset_invariance", "check_methods_sample_order_invariance",
-         "check_fit_idempotent"), _TRAINING_ROWS_ONLY,
-    ),  # fmt: skip
+    RegressionDiagnostics: dict.fromkeys(_TRAINING_ROWS_CHECKS, _TRAINING_ROWS_ONLY),
 }
 
 
