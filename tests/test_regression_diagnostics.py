@@ -215,3 +215,14 @@ def test_display(data):
     with pytest.raises(ValueError, match="draws 2 panel"):
         display.plot(ax=ax)
     plt.close("all")
+
+
+def test_rows_of_leverage_one_are_named(data):
+    """A feature only row 4 has: the fit interpolates it, and the warning says so."""
+    from sklearn_influence.exceptions import NumericalWarning
+
+    X = np.column_stack([data["X"], np.eye(N)[4]])
+    with pytest.warns(NumericalWarning, match=r"leverage 1 \(rows \[4\]\)"):
+        diagnostics = RegressionDiagnostics(LinearRegression()).fit(X, data["y"])
+    assert diagnostics.leverage_[4] == pytest.approx(1.0)
+    assert np.isfinite(np.delete(diagnostics.cooks_distance_, 4)).all()

@@ -14,6 +14,8 @@ W = Σ wᵢ; the Pearson residual is rᵢ = −√wᵢ ∂L/∂η / √(κ aᵢ)
 the deviance residual's square is dᵢ = 2 wᵢ Lᵢ / κ.
 """
 
+import warnings
+
 import numpy as np
 import torch
 from sklearn.utils import Bunch
@@ -21,6 +23,7 @@ from sklearn.utils import Bunch
 from .._adapters._glm import TweedieHalfDeviance
 from .._adapters._losses import BinaryLogLoss, SignedSquaredError, SquaredError
 from .._torch_utils import to_numpy
+from ..exceptions import NumericalWarning
 from ._linear_loo import LinearLOOContext, exact_refits, needs_exact_hessian, one_step
 
 METHODS = ("exact", "one_step")
@@ -123,6 +126,7 @@ def regression_diagnostics(adapter, reference, inputs, targets, sample_weight, *
         )
     dispersion = 1.0 if has_fixed_dispersion(loss) else float((pearson**2).sum() / dof)
     remaining = 1.0 - leverage
+    _warn_full_leverage(leverage)
     with np.errstate(divide="ignore", invalid="ignore"):
         deleted = _deleted_dispersion(loss, dispersion, dof, pearson, remaining, n)
         internal = pearson / np.sqrt(dispersion * remaining)
@@ -133,9 +137,9 @@ def regression_diagnostics(adapter, reference, inputs, targets, sample_weight, *
         total_weight = weights.sum()
         covariance = dispersion * (kappa / total_weight) * inverse
         information = np.linalg.pinv(covariance, hermitian=True)
-        cooks = np.einsum("ij,jk,ik->i", shifts, information, shifts) / effective
+        cooks = ((shifts @ information) * shifts).sum(1) / effective
         fisher_weight = weights * curvature / kappa
-        fitted_change = -np.sqrt(fisher_weight) * np.einsum("ij,ij->i", z, shifts)
+        fitted_change = -np.sqrt(fisher_weight) * (z * shifts).sum(1)
         dffits = fitted_change / np.sqrt(deleted * leverage)
         scale = deleted if is_gaussian(loss) else np.full(n, dispersion)
         dfbetas = -shifts / np.sqrt(scale[:, None] * np.diag(covariance)[None] / dispersion)
@@ -152,6 +156,20 @@ def regression_diagnostics(adapter, reference, inputs, targets, sample_weight, *
         converged=converged,
         covariance=covariance,
     )
+
+
+def _warn_full_leverage(leverage):
+    """Rows with leverage 1 are interpolated: their deletion diagnostics are undefined."""
+    full = np.flatnonzero(leverage >= 1.0 - 1e-10)
+    if len(full):
+        warnings.warn(
+            f"{len(full)} rows have leverage 1 (rows {full[:5].tolist()}): the fit "
+            "interpolates them, so their studentized residuals, Cook's distance, DFFITS and "
+            "DFBETAS are undefined and reported as nan or inf. Remove the features that only "
+            "those rows span, or regularize (Ridge).",
+            NumericalWarning,
+            stacklevel=5,
+        )
 
 
 def _deleted_dispersion(loss, dispersion, dof, pearson, remaining, n):

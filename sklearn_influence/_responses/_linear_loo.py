@@ -49,7 +49,7 @@ from torch.func import jacrev, vmap
 
 from .._adapters._glm import GeneralizedLinearModelAdapter, TweedieHalfDeviance
 from .._adapters._losses import SignedSquaredError, SquaredError
-from ..exceptions import ResponseConvergenceWarning
+from ..exceptions import NumericalWarning, ResponseConvergenceWarning
 from ._newton import minimize_convex
 
 #: chord-Newton iterations before a row is handed to the per-row damped Newton
@@ -324,11 +324,9 @@ def exact_refits(context, removed, *, penalty="fixed", start=None):
     scales = penalty_scales(context.adapter, context.epsilons[index], penalty)
     n = len(removed)
     if context.is_quadratic and bool((scales == 1).all()):
-        return Bunch(
-            parameters=context.theta + start.shifts,
-            converged=np.ones(n, dtype=bool),
-            n_iter=np.zeros(n, dtype=int),
-        )
+        parameters, converged = context.theta + start.shifts, np.ones(n, dtype=bool)
+        _fallback(context, removed, scales, parameters, converged)
+        return Bunch(parameters=parameters, converged=converged, n_iter=np.zeros(n, dtype=int))
     context.rounding_scale = _rounding_scale(context)
     parameters = context.theta.new_empty((n, context.theta.numel()))
     converged = np.zeros(n, dtype=bool)
@@ -354,8 +352,19 @@ def _fallback(context, removed, scales, parameters, converged):
         parameters[position], converged[position] = _newton_row(
             context, int(removed[position]), float(scales[position]), parameters[position]
         )
+    finite = torch.isfinite(parameters).all(1).cpu().numpy()
+    converged &= finite
     missed = np.flatnonzero(~converged)
-    if len(missed):
+    if not finite.all():
+        warnings.warn(
+            f"{int((~finite).sum())} leave-one-out refits are not defined (rows "
+            f"{removed[~finite][:5].tolist()}): those rows have leverage 1, so the model "
+            "without them is not identified and their refits are reported as nan or inf. "
+            "Remove the features only they span, or regularize (Ridge, a smaller C).",
+            NumericalWarning,
+            stacklevel=3,
+        )
+    elif len(missed):
         warnings.warn(
             f"{len(missed)} of {len(removed)} leave-one-out refits did not reach the rounding "
             f"level of their parameters (rows {removed[missed[:5]].tolist()}"
