@@ -176,7 +176,10 @@ class LeaveOneOut(_BaseResponse):
     ``warm_start=False`` (cold start) refits from the original initialisation with the
     original data order (a linear model is simply refit by scikit-learn to a tight
     tolerance); ``warm_start=True`` starts at the fitted parameters θˢ (for linear models
-    the leave-one-out objective is then minimised exactly by Newton's method).
+    the leave-one-out objective is then minimised exactly by Newton's method). For convex
+    linear models and GLMs every removed point is refit exactly at once, at about the cost
+    of one fit (``n_jobs`` and ``memory`` are then unused; see the user guide's "Regression
+    diagnostics").
 
     Parameters
     ----------
