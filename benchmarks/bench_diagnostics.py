@@ -213,7 +213,10 @@ def main():
         run_one(name, kind, int(n), int(repeats))
         return
     sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import torch
     from _shared import environment
+
+    torch.set_num_threads(1)  # as in every measured (child) process, so the header says 1
 
     rows = []
     for kind, n, name in _configurations(args.quick):
