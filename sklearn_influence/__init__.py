@@ -9,8 +9,10 @@ from ._cv import InfluenceFunctionCV
 from ._decomposition import InfluenceDecomposition, InfluenceDecompositionDisplay
 from ._influence import InfluenceFunction
 from ._mislabel import MislabelDetector
+from ._regression_diagnostics import RegressionDiagnostics
 from ._response_estimators import PBRF, LeaveOneOut, LinearizedPBRF, ProximalResponse
 from ._scorers import make_influence_scorer
+from .metrics._diagnostics_display import RegressionDiagnosticsDisplay
 from .metrics._display import MislabelRecallDisplay, MostInfluentialDisplay
 
 __version__ = "0.1.0.dev0"
@@ -27,6 +29,8 @@ __all__ = [
     "MislabelRecallDisplay",
     "MostInfluentialDisplay",
     "ProximalResponse",
+    "RegressionDiagnostics",
+    "RegressionDiagnosticsDisplay",
     "__version__",
     "datasets",
     "exceptions",

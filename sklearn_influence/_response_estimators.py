@@ -39,6 +39,7 @@ from ._responses._functions import (
     proximal_response,
     warm_leave_one_out,
 )
+from ._responses._linear_loo import exact_leave_one_out
 from ._torch_utils import resolve_device, seeded_torch, to_numpy
 from ._validation import validate_sample_weight, validate_training_data
 
@@ -175,7 +176,10 @@ class LeaveOneOut(_BaseResponse):
     ``warm_start=False`` (cold start) refits from the original initialisation with the
     original data order (a linear model is simply refit by scikit-learn to a tight
     tolerance); ``warm_start=True`` starts at the fitted parameters θˢ (for linear models
-    the leave-one-out objective is then minimised exactly by Newton's method).
+    the leave-one-out objective is then minimised exactly by Newton's method). For convex
+    linear models and GLMs every removed point is refit exactly at once, at about the cost
+    of one fit (``n_jobs`` and ``memory`` are then unused; see the user guide's "Regression
+    diagnostics").
 
     Parameters
     ----------
@@ -282,6 +286,9 @@ class LeaveOneOut(_BaseResponse):
         self.verbose = verbose
 
     def _responses(self, problem, indices, seed):
+        exact = exact_leave_one_out(problem, indices, warm_start=self.warm_start)
+        if exact is not None:  # convex linear models and GLMs: all rows at a fit's cost
+            return exact
         common = {"n_jobs": self.n_jobs, "verbose": self.verbose}
         common.update(memory=self.memory, key=self._memory_key())
         if self.warm_start:

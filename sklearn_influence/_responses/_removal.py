@@ -41,6 +41,7 @@ from ._functions import (
     measurement_changes,
     proximal_response,
 )
+from ._linear_loo import leave_one_out_all_rows
 from ._newton import leave_one_out_optima, minimize_convex
 
 SCORE_TARGETS = ("loo", "warm_loo", "pbrf")
@@ -83,6 +84,9 @@ def removal_parameters(
     if adapter.linear_layout:
         inputs, targets = adapter.inputs(X), adapter.targets(y)
         weights = adapter.row_weights  # a weighted model keeps its weights; m loses all of its
+        if adapter.is_convex:  # all rows exactly, at about the cost of a fit
+            reference, thetas, _ = leave_one_out_all_rows(adapter, theta, inputs, targets, removed)
+            return reference, thetas
         reference = minimize_convex(adapter, theta, inputs, targets, weights)
         return reference, leave_one_out_optima(
             adapter, reference, inputs, targets, removed, row_weights=weights

@@ -25,11 +25,13 @@ from .._engine._gradients import resolve_query_targets
 from .._responses._removal import subset_removal_measurements
 from .._validation import query_tensors
 from ..exceptions import UndefinedCorrelationWarning
+from ._diagnostics_display import RegressionDiagnosticsDisplay
 from ._display import MislabelRecallDisplay, MostInfluentialDisplay
 
 __all__ = [
     "MislabelRecallDisplay",
     "MostInfluentialDisplay",
+    "RegressionDiagnosticsDisplay",
     "influence_correlation",
     "linear_datamodeling_score",
     "mislabel_detection_auc",
