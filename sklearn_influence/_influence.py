@@ -676,7 +676,7 @@ class InfluenceFunction(
         """
         X_query, y_query, inputs, targets = queries
         predicted = [
-            to_numpy(engine.influence(inputs, targets, damping, self.n_jobs))[:, removed].mean(0)
+            engine.influence_columns(inputs, targets, damping, removed, self.n_jobs).mean(0)
             for damping in dampings
         ]
         cached = check_memory(self.memory).cache(
