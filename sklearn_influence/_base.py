@@ -16,6 +16,7 @@
   response estimators and the decomposition.
 """
 
+import re
 import warnings
 from numbers import Integral, Real
 
@@ -26,7 +27,7 @@ from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.frozen import FrozenEstimator
 from sklearn.utils import check_random_state, metadata_routing
-from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
+from sklearn.utils._param_validation import HasMethods, Interval, StrOptions, _Constraint
 from sklearn.utils.metadata_routing import (
     MetadataRouter,
     MethodMapping,
@@ -50,11 +51,42 @@ from ._validation import query_tensors
 
 # -- parameter constraints -------------------------------------------------------------------
 
+
+class DeviceName(_Constraint):
+    """The ``device`` constraint: ``"cpu"``, ``"cuda"``, ``"cuda:<index>"``, ``"auto"`` or a
+    :class:`torch.device` of those types (whether a GPU is there is checked at fit).
+
+    Examples
+    --------
+    >>> from sklearn_influence._base import DeviceName
+    >>> [DeviceName().is_satisfied_by(name) for name in ("cpu", "cuda:1", "auto", "tpu", 0)]
+    [True, True, True, False, False]
+    """
+
+    _PATTERN = re.compile(r"(cpu|cuda|auto|cuda:\d+)")
+
+    def is_satisfied_by(self, val):
+        if isinstance(val, torch.device):
+            return val.type in ("cpu", "cuda")
+        return isinstance(val, str) and self._PATTERN.fullmatch(val) is not None
+
+    def __str__(self):
+        return "a str among {'cpu', 'cuda', 'cuda:<index>', 'auto'} or a torch.device"
+
+
+#: the number of workers: joblib's convention (None, a positive count or -1, -2, ...; 0 has
+#: no meaning and joblib would refuse it only when the first parallel call runs)
+N_JOBS = [
+    Interval(Integral, 1, None, closed="left"),
+    Interval(Integral, None, -1, closed="right"),
+    None,
+]
+
 #: the model, the damping λ, where the math runs and the seed: every estimator has them
 MODEL_CONSTRAINTS = {
     "estimator": [HasMethods(["fit"])],
     "damping": [Interval(Real, 0, None, closed="left")],
-    "device": [str],
+    "device": [DeviceName()],
     "random_state": ["random_state"],
 }
 
@@ -83,7 +115,7 @@ OPTIMIZER_CONSTRAINTS = {
 }
 
 #: parallel workers and progress messages
-PARALLEL_CONSTRAINTS = {"n_jobs": [Integral, None], "verbose": ["verbose"]}
+PARALLEL_CONSTRAINTS = {"n_jobs": N_JOBS, "verbose": ["verbose"]}
 
 #: where long runs save their finished chunks (a folder or a joblib.Memory)
 MEMORY_CONSTRAINTS = {"memory": [None, str, HasMethods(["cache"])]}

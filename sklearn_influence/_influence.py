@@ -18,6 +18,7 @@ from ._adapters import unwrap
 from ._base import (
     INFLUENCE_CONSTRAINTS,
     MODEL_CONSTRAINTS,
+    N_JOBS,
     WeightedFitRouterMixin,
     check_train_indices,
     correlation,
@@ -259,7 +260,7 @@ class InfluenceFunction(
         "score_target": [StrOptions(set(SCORE_TARGETS))],
         "score_damping": [Interval(Real, 0, None, closed="left")],
         "memory": [None, str, HasMethods(["cache"])],
-        "n_jobs": [Integral, None],
+        "n_jobs": N_JOBS,
     }
 
     def __init__(

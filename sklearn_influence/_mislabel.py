@@ -1,6 +1,6 @@
 """Mislabeled-example detection by self-influence, as an outlier detector."""
 
-from numbers import Integral, Real
+from numbers import Real
 
 import numpy as np
 import torch
@@ -13,6 +13,7 @@ from ._base import (
     INFLUENCE_CONSTRAINTS,
     MEMORY_CONSTRAINTS,
     MODEL_CONSTRAINTS,
+    N_JOBS,
     WeightedFitRouterMixin,
     fit_model_and_adapter,
     routed_fit_params,
@@ -294,7 +295,7 @@ class MislabelDetector(WeightedFitRouterMixin, OutlierMixin, BaseEstimator):
         "method": [StrOptions(set(METHODS))],
         "contamination": [Interval(Real, 0, 0.5, closed="right")],
         "response_options": [dict, None],
-        "n_jobs": [Integral, None],
+        "n_jobs": N_JOBS,
         **MEMORY_CONSTRAINTS,
     }
 

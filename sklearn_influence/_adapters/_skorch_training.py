@@ -11,7 +11,7 @@ from skorch import NeuralNetBinaryClassifier, NeuralNetRegressor
 from torch.utils.data import Sampler
 
 from .._torch_utils import array_to_tensor, draw_seed, forked_torch_rng
-from ._skorch_checks import check_skorch_configuration
+from ._skorch_checks import check_embedding_inputs, check_module, check_skorch_configuration
 
 
 class _EpochOrderSampler(Sampler):
@@ -160,9 +160,16 @@ def _train(net, X, y, *, seed, kept, n_original, initial=None):
     threads would otherwise draw from each other's seeds.
     """
     with forked_torch_rng(seed):
-        net.initialize()
+        try:
+            net.initialize()
+        except ValueError:  # e.g. torch's "empty parameter list": say what the module lacks
+            if getattr(net, "module_", None) is not None:
+                check_module(net)
+            raise
+        check_module(net)
         dtype = _module_dtype(net.module_)
         X = _as_module_array(X, dtype, _takes_indices(net.module_))
+        check_embedding_inputs(net, net.module_, X)
         n_outputs = _probe_outputs(net, X)  # also materialises lazy modules
         y = _prepare_targets(net, y, n_outputs, _module_dtype(net.module_))
         module = getattr(net.module_, "_orig_mod", net.module_)  # torch.compile wrapper
