@@ -27,7 +27,7 @@ from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.frozen import FrozenEstimator
 from sklearn.utils import check_random_state, metadata_routing
-from sklearn.utils._param_validation import HasMethods, Interval, StrOptions, _Constraint
+from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.metadata_routing import (
     MetadataRouter,
     MethodMapping,
@@ -52,9 +52,12 @@ from ._validation import query_tensors
 # -- parameter constraints -------------------------------------------------------------------
 
 
-class DeviceName(_Constraint):
+class DeviceName(StrOptions):
     """The ``device`` constraint: ``"cpu"``, ``"cuda"``, ``"cuda:<index>"``, ``"auto"`` or a
     :class:`torch.device` of those types (whether a GPU is there is checked at fit).
+
+    A :class:`~sklearn.utils._param_validation.StrOptions` (the kinds scikit-learn's
+    validation knows) that also accepts the indexed CUDA devices.
 
     Examples
     --------
@@ -63,12 +66,17 @@ class DeviceName(_Constraint):
     [True, True, True, False, False]
     """
 
-    _PATTERN = re.compile(r"(cpu|cuda|auto|cuda:\d+)")
+    _PATTERN = re.compile(r"cuda:\d+")
+
+    def __init__(self):
+        super().__init__({"cpu", "cuda", "auto"})
 
     def is_satisfied_by(self, val):
         if isinstance(val, torch.device):
             return val.type in ("cpu", "cuda")
-        return isinstance(val, str) and self._PATTERN.fullmatch(val) is not None
+        if not isinstance(val, str):
+            return False
+        return val in self.options or self._PATTERN.fullmatch(val) is not None
 
     def __str__(self):
         return "a str among {'cpu', 'cuda', 'cuda:<index>', 'auto'} or a torch.device"

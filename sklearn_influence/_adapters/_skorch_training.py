@@ -135,6 +135,13 @@ def _probe_outputs(net, X):
     finally:
         module.train(was_training)
     out = out[0] if isinstance(out, tuple) else out
+    if not isinstance(out, torch.Tensor):
+        raise ValueError(
+            f"{type(net).__name__}: the module {type(module).__name__} returns a "
+            f"{type(out).__name__}, but the influence computations need its outputs as one "
+            "tensor of shape (n_samples, n_outputs) (the criterion's input). Return that "
+            "tensor from forward (for a dict, e.g. return out['logits'])."
+        )
     if isinstance(net, NeuralNetBinaryClassifier):
         return 1
     return int(np.prod(out.shape[1:])) if out.dim() > 1 else 1
