@@ -170,12 +170,37 @@ def fit_model_and_adapter(estimator, X, y, device, fit_params=None):
         sample_weight = fit_params.get("sample_weight")
     else:
         fitted = clone(estimator)
-        fit_state, sample_weight = fit_with_weights(fitted, X, y, **fit_params)
+        try:
+            fit_state, sample_weight = fit_with_weights(fitted, X, y, **fit_params)
+        except ValueError as error:
+            _explain_overflowing_fit(error, fitted, X)
+            raise
     adapter = make_adapter(fitted, len(y), device, fit_state, sample_weight=sample_weight, y=y)
     #: the weights the final model was fitted with (before any class weights), or None
     adapter.fit_sample_weight = sample_weight
     adapter.stationarity = stationarity(adapter, adapter.inputs(X), adapter.targets(y))
     return fitted, adapter
+
+
+def _explain_overflowing_fit(error, model, X):
+    """Re-raise a model's own "contains NaN/inf" error on finite data as what it is: its
+    computations overflowed on huge features (the fix: scale them). Else return."""
+    text = str(error).lower()
+    if "inf" not in text and "nan" not in text:
+        return
+    try:
+        values = np.asarray(X, dtype=np.float64)
+    except (TypeError, ValueError):  # a pipeline's raw input (strings, frames): not ours
+        return
+    if not (values.size and np.all(np.isfinite(values))):
+        return
+    largest = float(np.abs(values).max())
+    raise ValueError(
+        f"The fit of {type(model).__name__} failed ({error}) although the training data are "
+        f"finite: its computations overflowed. The likely cause is unscaled or huge features "
+        f"(largest |feature|: {largest:.3g}); scale them, e.g. with StandardScaler in a "
+        "Pipeline."
+    ) from error
 
 
 def routed_fit_params(owner, sample_weight):
