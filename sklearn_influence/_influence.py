@@ -421,6 +421,14 @@ class InfluenceFunction(
         influence : ndarray of shape (n_queries, n_train_)
             ``influence[q, m]``: predicted change of query q's measurement when training
             point m is removed. Positive means m helps q.
+
+        Warns
+        -----
+        NumericalWarning
+            When some entries are not finite (a query's loss gradient overflows, e.g.
+            unscaled features of 1e200): the warning names the query and training rows
+            concerned and the fix (scale the features); those entries are NaN or infinite,
+            the others are exact. When no entry is finite it is a ``ValueError``.
         """
         return self._influence_matrix(X, y_test)
 
@@ -539,6 +547,13 @@ class InfluenceFunction(
             ``harmful_indices``, ``harmful_values`` (most negative first), each of shape
             (n_queries, k). Equal values are listed by training index, lower first; when
             tied values straddle the k-th place, which of them are returned is unspecified.
+
+        Raises
+        ------
+        ValueError
+            When an influence to rank is not finite (NaN is never ranked): the message names
+            the query or training rows that overflow and the fix (scale the features). The
+            queries are checked before any training block is streamed.
 
         Examples
         --------

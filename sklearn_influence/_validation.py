@@ -38,6 +38,7 @@ from ._adapters import (
     has_layer_structure,
 )
 from ._adapters._pipeline import unwrap
+from ._engine._influence_engine import working_memory_bytes
 
 
 def is_pipeline(model):
@@ -156,6 +157,7 @@ def check_curvature_supported(estimator):
 def validate_training_data(estimator, X, y):
     """Refuse an unsupported model, then validate (X, y) and record the feature bookkeeping."""
     check_supported(estimator.estimator)
+    working_memory_bytes()  # scikit-learn's working_memory setting, before any fitting
     check_class_weight_values(unwrap(estimator.estimator)[1])
     check_curvature_supported(estimator)
     check_class_weight_targets(unwrap(estimator.estimator)[1], y)

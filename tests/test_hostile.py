@@ -167,6 +167,15 @@ def test_working_memory_of_the_config_is_validated(ridge, value, call):
             methods[call]()
 
 
+@pytest.mark.parametrize("value", [np.inf, "big"])
+@pytest.mark.parametrize("cls", list(MAKERS), ids=lambda cls: cls.__name__)
+def test_working_memory_of_the_config_is_validated_before_fitting(monkeypatch, cls, value):
+    _refusing_fit(monkeypatch, Ridge)
+    with sklearn.config_context(working_memory=value):
+        with pytest.raises(InvalidParameterError, match=r"working_memory.*config_context"):
+            MAKERS[cls]().fit(X, Y)
+
+
 # -- weights wherever they come from ---------------------------------------------------------
 
 

@@ -628,8 +628,8 @@ def _score_tensor(engine, preconditioned, rows):
     (:func:`~sklearn_influence._engine._layers.prepare_factored_queries`) when the engine
     has factored layers.
     """
-    with torch.no_grad():
-        if engine.factored_layers is not None:
+    if engine.factored_layers is not None:
+        with torch.no_grad():
             factors = layer_gradient_factors(
                 engine.adapter,
                 engine.theta,
@@ -638,7 +638,8 @@ def _score_tensor(engine, preconditioned, rows):
                 engine.factored_layers,
             )
             return factored_scores(preconditioned, factors).div_(engine.n_train)
-        gradients = engine.train_gradients(rows).to(preconditioned.dtype)
+    gradients = engine.train_gradients(rows).to(preconditioned.dtype)
+    with torch.no_grad():
         block = (preconditioned @ gradients.T).div_(engine.n_train)
         weights = engine.adapter.removal_weights(rows)
         return block if weights is None else block.mul_(weights.to(block.dtype))
