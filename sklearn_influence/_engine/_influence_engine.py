@@ -29,6 +29,14 @@ through :class:`sklearn.utils.parallel.Parallel`, so ``n_jobs`` or a joblib back
 the caller (for example Dask) can split a large N; each block is computed by the same
 operations wherever it runs, so results do not depend on ``n_jobs`` or the backend.
 
+**Finite or refused.** Every output passes through one :class:`NonFiniteScores` report:
+a query whose preconditioned gradient is not finite, or a training point with a non-finite
+score, is named with the fix (scale the features). Matrices and self-influence warn
+(:class:`~sklearn_influence.exceptions.NumericalWarning`; the other entries are exact) and
+raise when nothing is finite; rankings (:meth:`InfluenceEngine.top_k`) and the reductions
+that scores are computed from (:meth:`InfluenceEngine.influence_columns`) raise: NaN is
+never ranked.
+
 **Gradient cache.** When the N × p training gradients are small — at most
 :data:`CACHE_FRACTION` of the working memory at construction (256 MiB of the default
 1024 MiB) — the engine computes them once at construction and streams slices of that cache
