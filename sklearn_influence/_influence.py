@@ -27,7 +27,7 @@ from ._base import (
     sample_training_points,
     warn_if_not_stationary,
 )
-from ._engine._influence_engine import InfluenceEngine, working_memory_bytes
+from ._engine._influence_engine import InfluenceEngine, NonFiniteScores, working_memory_bytes
 from ._responses._removal import SCORE_TARGETS, removal_changes
 from ._torch_utils import resolve_device, seeded_torch, to_numpy
 from ._validation import (
@@ -90,6 +90,16 @@ def _removal_changes(
         adapter, theta, X, y, removed, X_query, y_query, kind=kind, pbrf_damping=pbrf_damping,
         n_jobs=n_jobs, memory=memory, key=fit_key,
     )  # fmt: skip
+
+
+def _finite_removal_influence(matrix, removed):
+    """The mean influence of each removed point over the queries; a ValueError naming the
+    rows when it is not finite (a correlation of non-finite predictions is meaningless)."""
+    columns = matrix[:, removed]
+    report = NonFiniteScores(len(matrix), matrix.shape[1])
+    report.queries |= ~np.isfinite(columns).all(1)
+    report.check("The influence of the removed points", refuse=True)
+    return columns.mean(0)
 
 
 class InfluenceFunction(
@@ -692,7 +702,9 @@ class InfluenceFunction(
         """
         X_query, y_query, inputs, targets = queries
         predicted = [
-            engine.influence_columns(inputs, targets, damping, removed, self.n_jobs).mean(0)
+            _finite_removal_influence(
+                to_numpy(engine.influence(inputs, targets, damping, self.n_jobs)), removed
+            )
             for damping in dampings
         ]
         cached = check_memory(self.memory).cache(

@@ -33,9 +33,8 @@ operations wherever it runs, so results do not depend on ``n_jobs`` or the backe
 a query whose preconditioned gradient is not finite, or a training point with a non-finite
 score, is named with the fix (scale the features). Matrices and self-influence warn
 (:class:`~sklearn_influence.exceptions.NumericalWarning`; the other entries are exact) and
-raise when nothing is finite; rankings (:meth:`InfluenceEngine.top_k`) and the reductions
-that scores are computed from (:meth:`InfluenceEngine.influence_columns`) raise: NaN is
-never ranked.
+raise when nothing is finite; rankings (:meth:`InfluenceEngine.top_k`) raise: NaN is never
+ranked (the scores that correlate columns of the matrix refuse them too).
 
 **Gradient cache.** When the N × p training gradients are small — at most
 :data:`CACHE_FRACTION` of the working memory at construction (256 MiB of the default
@@ -498,36 +497,6 @@ class InfluenceEngine:
                     report.queries = np.zeros_like(queries.queries)
                     report.check(f"The chunk of columns {rows.start}:{rows.stop}", refuse=False)
                 yield rows, block
-
-    def influence_columns(self, inputs, targets, damping, columns, n_jobs=None, *,
-                          working_memory=None):  # fmt: skip
-        """The columns ``columns`` of the influence matrix, shape (n_queries, len(columns)).
-
-        Only the training rows asked for are formed (their gradients and their columns),
-        never the (n_queries, N) matrix: what :meth:`InfluenceFunction.score` and the
-        cross-validation reduce. Non-finite entries are a ``ValueError`` naming the rows
-        (a correlation of non-finite predictions is meaningless).
-        """
-        columns = np.asarray(columns, dtype=np.intp)
-        n = len(inputs)
-        out = np.empty((n, len(columns)))
-        report = NonFiniteScores(n, self.n_train, inputs, self.inputs)
-        index = torch.from_numpy(columns).to(self.theta.device)
-        for query_rows, preconditioned in self._query_blocks(
-            inputs, targets, damping, n_jobs, working_memory
-        ):
-            report.add_queries(query_rows, preconditioned)
-            if self.factored_layers is not None:
-                preconditioned = prepare_factored_queries(self.factored_layers, preconditioned)
-            block = _score_tensor(self, preconditioned, index)
-            out[query_rows] = block.detach().to("cpu", torch.float64).numpy()
-        bad = np.zeros(self.n_train, dtype=bool)
-        good = ~report.queries
-        if good.any():
-            bad[columns] = ~np.isfinite(out[good]).all(0)
-        report.train |= bad
-        report.check("The influence of the removed points", refuse=True)
-        return out
 
     def top_k(self, inputs, targets, damping, k, n_jobs=None, *, working_memory=None):
         """The k largest (helpful) and k smallest (harmful) influences per query, streamed.
