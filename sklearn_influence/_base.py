@@ -16,6 +16,7 @@
   response estimators and the decomposition.
 """
 
+import re
 import warnings
 from numbers import Integral, Real
 
@@ -50,11 +51,50 @@ from .exceptions import NotStationaryWarning, UndefinedCorrelationWarning
 
 # -- parameter constraints -------------------------------------------------------------------
 
+
+class DeviceName(StrOptions):
+    """The ``device`` constraint: ``"cpu"``, ``"cuda"``, ``"cuda:<index>"``, ``"auto"`` or a
+    :class:`torch.device` of those types (whether a GPU is there is checked at fit).
+
+    A :class:`~sklearn.utils._param_validation.StrOptions` (the kinds scikit-learn's
+    validation knows) that also accepts the indexed CUDA devices.
+
+    Examples
+    --------
+    >>> from sklearn_influence._base import DeviceName
+    >>> [DeviceName().is_satisfied_by(name) for name in ("cpu", "cuda:1", "auto", "tpu", 0)]
+    [True, True, True, False, False]
+    """
+
+    _PATTERN = re.compile(r"cuda:\d+")
+
+    def __init__(self):
+        super().__init__({"cpu", "cuda", "auto"})
+
+    def is_satisfied_by(self, val):
+        if isinstance(val, torch.device):
+            return val.type in ("cpu", "cuda")
+        if not isinstance(val, str):
+            return False
+        return val in self.options or self._PATTERN.fullmatch(val) is not None
+
+    def __str__(self):
+        return "a str among {'cpu', 'cuda', 'cuda:<index>', 'auto'} or a torch.device"
+
+
+#: the number of workers: joblib's convention (None, a positive count or -1, -2, ...; 0 has
+#: no meaning and joblib would refuse it only when the first parallel call runs)
+N_JOBS = [
+    Interval(Integral, 1, None, closed="left"),
+    Interval(Integral, None, -1, closed="right"),
+    None,
+]
+
 #: the model, the damping λ, where the math runs and the seed: every estimator has them
 MODEL_CONSTRAINTS = {
     "estimator": [HasMethods(["fit"])],
     "damping": [Interval(Real, 0, None, closed="left")],
-    "device": [str],
+    "device": [DeviceName()],
     "random_state": ["random_state"],
 }
 
@@ -83,7 +123,7 @@ OPTIMIZER_CONSTRAINTS = {
 }
 
 #: parallel workers and progress messages
-PARALLEL_CONSTRAINTS = {"n_jobs": [Integral, None], "verbose": ["verbose"]}
+PARALLEL_CONSTRAINTS = {"n_jobs": N_JOBS, "verbose": ["verbose"]}
 
 #: where long runs save their finished chunks (a folder or a joblib.Memory)
 MEMORY_CONSTRAINTS = {"memory": [None, str, HasMethods(["cache"])]}
@@ -130,12 +170,37 @@ def fit_model_and_adapter(estimator, X, y, device, fit_params=None):
         sample_weight = fit_params.get("sample_weight")
     else:
         fitted = clone(estimator)
-        fit_state, sample_weight = fit_with_weights(fitted, X, y, **fit_params)
+        try:
+            fit_state, sample_weight = fit_with_weights(fitted, X, y, **fit_params)
+        except ValueError as error:
+            _explain_overflowing_fit(error, fitted, X)
+            raise
     adapter = make_adapter(fitted, len(y), device, fit_state, sample_weight=sample_weight, y=y)
     #: the weights the final model was fitted with (before any class weights), or None
     adapter.fit_sample_weight = sample_weight
     adapter.stationarity = stationarity(adapter, adapter.inputs(X), adapter.targets(y))
     return fitted, adapter
+
+
+def _explain_overflowing_fit(error, model, X):
+    """Re-raise a model's own "contains NaN/inf" error on finite data as what it is: its
+    computations overflowed on huge features (the fix: scale them). Else return."""
+    text = str(error).lower()
+    if "inf" not in text and "nan" not in text:
+        return
+    try:
+        values = np.asarray(X, dtype=np.float64)
+    except (TypeError, ValueError):  # a pipeline's raw input (strings, frames): not ours
+        return
+    if not (values.size and np.all(np.isfinite(values))):
+        return
+    largest = float(np.abs(values).max())
+    raise ValueError(
+        f"The fit of {type(model).__name__} failed ({error}) although the training data are "
+        f"finite: its computations overflowed. The likely cause is unscaled or huge features "
+        f"(largest |feature|: {largest:.3g}); scale them, e.g. with StandardScaler in a "
+        "Pipeline."
+    ) from error
 
 
 def routed_fit_params(owner, sample_weight):

@@ -2,7 +2,7 @@
 
 import numpy as np
 from sklearn.model_selection import check_cv
-from sklearn.utils._param_validation import StrOptions
+from sklearn.utils._param_validation import InvalidParameterError, StrOptions
 
 from ._base import correlation, sample_training_points
 from ._influence import UNDEFINED_AGREEMENT, InfluenceFunction
@@ -110,10 +110,21 @@ class InfluenceFunctionCV(InfluenceFunction):
         return self.damping_
 
     def _candidate_dampings(self):
-        dampings = np.logspace(-8, 0, 9) if self.dampings is None else np.asarray(self.dampings)
-        if dampings.ndim != 1 or len(dampings) == 0 or not np.all(dampings >= 0):
-            raise ValueError(
-                f"dampings must be a non-empty 1-d list of values >= 0, got {self.dampings!r}."
+        if self.dampings is None:
+            return np.logspace(-8, 0, 9)
+        try:
+            dampings = np.asarray(self.dampings, dtype=np.float64)
+        except (TypeError, ValueError):
+            dampings = None
+        if (
+            dampings is None
+            or dampings.ndim != 1
+            or len(dampings) == 0
+            or not np.all(np.isfinite(dampings) & (dampings >= 0))
+        ):
+            raise InvalidParameterError(
+                "dampings must be a non-empty 1-d list of values >= 0 (finite numbers), got "
+                f"{self.dampings!r}; e.g. np.logspace(-8, 0, 9) (the default)."
             )
         return dampings
 

@@ -18,6 +18,7 @@ from ._adapters import unwrap
 from ._base import (
     INFLUENCE_CONSTRAINTS,
     MODEL_CONSTRAINTS,
+    N_JOBS,
     WeightedFitRouterMixin,
     check_train_indices,
     correlation,
@@ -26,7 +27,7 @@ from ._base import (
     sample_training_points,
     warn_if_not_stationary,
 )
-from ._engine._influence_engine import InfluenceEngine, working_memory_bytes
+from ._engine._influence_engine import InfluenceEngine, NonFiniteScores, working_memory_bytes
 from ._responses._removal import SCORE_TARGETS, removal_changes
 from ._torch_utils import resolve_device, seeded_torch, to_numpy
 from ._validation import (
@@ -89,6 +90,16 @@ def _removal_changes(
         adapter, theta, X, y, removed, X_query, y_query, kind=kind, pbrf_damping=pbrf_damping,
         n_jobs=n_jobs, memory=memory, key=fit_key,
     )  # fmt: skip
+
+
+def _finite_removal_influence(matrix, removed):
+    """The mean influence of each removed point over the queries; a ValueError naming the
+    rows when it is not finite (a correlation of non-finite predictions is meaningless)."""
+    columns = matrix[:, removed]
+    report = NonFiniteScores(len(matrix), matrix.shape[1])
+    report.queries |= ~np.isfinite(columns).all(1)
+    report.check("The influence of the removed points", refuse=True)
+    return columns.mean(0)
 
 
 class InfluenceFunction(
@@ -259,7 +270,7 @@ class InfluenceFunction(
         "score_target": [StrOptions(set(SCORE_TARGETS))],
         "score_damping": [Interval(Real, 0, None, closed="left")],
         "memory": [None, str, HasMethods(["cache"])],
-        "n_jobs": [Integral, None],
+        "n_jobs": N_JOBS,
     }
 
     def __init__(
@@ -466,6 +477,14 @@ class InfluenceFunction(
             ``influence[q, m]``: predicted change of query q's measurement when training
             point m is removed. Positive means m helps q.
 
+        Warns
+        -----
+        NumericalWarning
+            When some entries are not finite (a query's loss gradient overflows, e.g.
+            unscaled features of 1e200): the warning names the query and training rows
+            concerned and the fix (scale the features); those entries are NaN or infinite,
+            the others are exact. When no entry is finite it is a ``ValueError``.
+
         See Also
         --------
         fit_transform : The training set's influence on itself, with its labels.
@@ -609,6 +628,13 @@ class InfluenceFunction(
             (n_queries, k). Equal values are listed by training index, lower first; when
             tied values straddle the k-th place, which of them are returned is unspecified.
 
+        Raises
+        ------
+        ValueError
+            When an influence to rank is not finite (NaN is never ranked): the message names
+            the query or training rows that overflow and the fix (scale the features). The
+            queries are checked before any training block is streamed.
+
         Examples
         --------
         >>> from sklearn.datasets import load_diabetes
@@ -746,7 +772,9 @@ class InfluenceFunction(
         """
         X_query, y_query, inputs, targets = queries
         predicted = [
-            to_numpy(engine.influence(inputs, targets, damping, self.n_jobs))[:, removed].mean(0)
+            _finite_removal_influence(
+                to_numpy(engine.influence(inputs, targets, damping, self.n_jobs)), removed
+            )
             for damping in dampings
         ]
         cached = check_memory(self.memory).cache(

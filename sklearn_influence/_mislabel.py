@@ -1,6 +1,6 @@
 """Mislabeled-example detection by self-influence, as an outlier detector."""
 
-from numbers import Integral, Real
+from numbers import Real
 
 import numpy as np
 import torch
@@ -13,12 +13,14 @@ from ._base import (
     INFLUENCE_CONSTRAINTS,
     MEMORY_CONSTRAINTS,
     MODEL_CONSTRAINTS,
+    N_JOBS,
     WeightedFitRouterMixin,
     fit_model_and_adapter,
     routed_fit_params,
     warn_if_not_stationary,
 )
 from ._engine._gradients import batch_slices, measure
+from ._engine._influence_engine import NonFiniteScores
 from ._influence import InfluenceFunction
 from ._response_estimators import PBRF
 from ._torch_utils import resolve_device, seeded_torch, to_numpy
@@ -159,6 +161,13 @@ class _PBRFScore:
         return positions
 
 
+def _refuse_non_finite(scores):
+    """Non-finite suspicion scores are never ranked: a ValueError names the rows and the fix."""
+    report = NonFiniteScores(0, len(scores))
+    report.add_training_values(slice(None), np.asarray(scores, dtype=np.float64))
+    report.check("The mislabel scores that MislabelDetector ranks", refuse=True)
+
+
 _SCORES = {"self_influence": _InfluenceScore, "loss": _LossScore, "pbrf_self_influence": _PBRFScore}
 
 
@@ -286,7 +295,7 @@ class MislabelDetector(WeightedFitRouterMixin, OutlierMixin, BaseEstimator):
         "method": [StrOptions(set(METHODS))],
         "contamination": [Interval(Real, 0, 0.5, closed="right")],
         "response_options": [dict, None],
-        "n_jobs": [Integral, None],
+        "n_jobs": N_JOBS,
         **MEMORY_CONSTRAINTS,
     }
 
@@ -348,6 +357,7 @@ class MislabelDetector(WeightedFitRouterMixin, OutlierMixin, BaseEstimator):
         self.influence_ = getattr(self._score, "influence", None)
         self.response_ = getattr(self._score, "response", None)
         self.mislabel_scores_ = self._score.training_scores()
+        _refuse_non_finite(self.mislabel_scores_)
         self.ranking_ = np.argsort(-self.mislabel_scores_, kind="stable")
         self.offset_ = float(np.percentile(-self.mislabel_scores_, 100.0 * self.contamination))
         return self

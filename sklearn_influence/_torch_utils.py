@@ -35,14 +35,67 @@ def resolve_device(device):
     return resolved
 
 
+#: torch's global generator is one per process, and torch offers no generator argument for
+#: a module's initialisation or for dropout: every use of it by the package (a skorch net's
+#: initialisation and training) runs inside :func:`forked_torch_rng`, which holds this lock,
+#: so that fits in concurrent threads do not draw from each other's seeds
+TORCH_RNG_LOCK = threading.RLock()
+
+#: per thread, the generators of the :func:`seeded_torch` blocks being run (innermost last)
+_SEEDED = threading.local()
+
+
+def _torch_devices():
+    return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+
+
 @contextlib.contextmanager
 def seeded_torch(random_state):
-    """Seed torch from ``random_state`` inside a forked RNG, leaving the user's RNG untouched."""
+    """A seed from ``random_state`` for the block, without touching torch's global RNG.
+
+    Yields the integer seed. Inside the block (in this thread), :func:`draw_seed` draws the
+    seeds of the trainings from a local generator made from it — the values torch's global
+    generator seeded with it would give, so fits are those of earlier versions — and the
+    trainings that need torch's global generator fork it under :data:`TORCH_RNG_LOCK`
+    (:func:`forked_torch_rng`). Concurrent fits in threads therefore equal serial fits, and
+    the user's global RNG is never changed.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_influence._torch_utils import draw_seed, seeded_torch
+    >>> state = torch.random.get_rng_state()
+    >>> with seeded_torch(0) as seed:
+    ...     first = draw_seed()
+    >>> with seeded_torch(0):
+    ...     again = draw_seed()
+    >>> first == again, bool(torch.equal(state, torch.random.get_rng_state()))
+    (True, True)
+    """
     seed = int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
+    stack = _SEEDED.__dict__.setdefault("stack", [])
+    stack.append(torch.Generator().manual_seed(seed))
+    try:
         yield seed
+    finally:
+        stack.pop()
+
+
+def draw_seed():
+    """A seed for one training run: from this thread's innermost :func:`seeded_torch` block,
+    else (outside any) from torch's global generator."""
+    stack = getattr(_SEEDED, "stack", None)
+    generator = stack[-1] if stack else None
+    return int(torch.randint(0, 2**31 - 1, (), generator=generator).item())
+
+
+@contextlib.contextmanager
+def forked_torch_rng(seed):
+    """torch's global RNG seeded with ``seed`` for the block, restored after; one thread at
+    a time (:data:`TORCH_RNG_LOCK`), for what only draws from the global generator."""
+    with TORCH_RNG_LOCK, torch.random.fork_rng(devices=_torch_devices()):
+        torch.manual_seed(seed)
+        yield
 
 
 def array_to_tensor(array, dtype=None, device=None):

@@ -15,6 +15,7 @@ the influence computations slice and vmap one input tensor.
 """
 
 from collections.abc import Mapping
+from numbers import Real
 
 import numpy as np
 from scipy.sparse import issparse
@@ -29,12 +30,15 @@ from sklearn.utils.validation import (
 )
 
 from ._adapters import (
+    FACTORED_CURVATURES,
     SKORCH_NETS,
     check_class_weight_targets,
     check_sample_weight_supported,
     check_supported,
+    has_layer_structure,
 )
 from ._adapters._pipeline import unwrap
+from ._engine._influence_engine import working_memory_bytes
 
 
 def is_pipeline(model):
@@ -88,9 +92,74 @@ def _check_sample_shape(estimator, X):
         )
 
 
+def check_class_weight_values(model):
+    """Refuse a ``class_weight`` dict with a weight that is not finite and positive.
+
+    The same rule as ``sample_weight`` (:func:`validate_sample_weight`), since class weights
+    are per-sample weights of the objective: a zero weight takes a class out of it (its
+    columns of the influence matrix would be exactly 0), a negative one makes
+    self-influence negative.
+
+    Examples
+    --------
+    >>> from sklearn.linear_model import LogisticRegression
+    >>> from sklearn_influence._validation import check_class_weight_values
+    >>> check_class_weight_values(LogisticRegression(class_weight={0: 2.0, 1: 1.0}))
+    >>> check_class_weight_values(LogisticRegression(class_weight={0: 0}))
+    Traceback (most recent call last):
+    ...
+    ValueError: LogisticRegression(class_weight={0: 0}) gives class 0 the weight 0; ...
+    """
+    class_weight = getattr(model, "class_weight", None)
+    if not isinstance(class_weight, Mapping):
+        return
+    for label, weight in class_weight.items():
+        valid = isinstance(weight, Real) and not isinstance(weight, bool)
+        if valid and np.isfinite(weight) and weight > 0:
+            continue
+        raise ValueError(
+            f"{type(model).__name__}(class_weight={dict(class_weight)!r}) gives class "
+            f"{label!r} the weight {weight!r}; class weights are per-sample weights of the "
+            "objective and must be finite and positive, as sample_weight must. A weight of 0 "
+            "takes the class out of the training objective (drop its rows instead); a "
+            "negative weight makes the objective non-convex and self-influence negative. "
+            "Pass positive weights."
+        )
+
+
+def check_curvature_supported(estimator):
+    """Refuse a factored curvature or preconditioner (K-FAC, EK-FAC) for a model family
+    without the layer structure they are built from, before any fitting.
+
+    The adapter declares its layers by implementing ``layer_structure``; scikit-learn's
+    MLPs do not (their weights are arrays, not torch layers).
+    """
+    curvature = getattr(estimator, "curvature", None)
+    options = getattr(estimator, "solver_options", None)
+    preconditioner = options.get("preconditioner") if isinstance(options, Mapping) else None
+    asked = [f"curvature={curvature!r}"] if curvature in FACTORED_CURVATURES else []
+    if preconditioner in FACTORED_CURVATURES:
+        asked.append(f"solver_options={{'preconditioner': {preconditioner!r}}}")
+    if not asked:
+        return
+    _, model = unwrap(estimator.estimator)
+    if has_layer_structure(model):
+        return
+    raise ValueError(
+        f"{' and '.join(asked)} is not available for {type(model).__name__}: K-FAC and EK-FAC "
+        "are built from the torch layers of a network, which this model family does not "
+        "expose. Use curvature='gauss_newton' (exact; with solver='cg' and the default "
+        "Nyström preconditioner for large networks), or train the same network as a skorch "
+        "net, which supports curvature='kfac'/'ekfac'."
+    )
+
+
 def validate_training_data(estimator, X, y):
     """Refuse an unsupported model, then validate (X, y) and record the feature bookkeeping."""
     check_supported(estimator.estimator)
+    working_memory_bytes()  # scikit-learn's working_memory setting, before any fitting
+    check_class_weight_values(unwrap(estimator.estimator)[1])
+    check_curvature_supported(estimator)
     check_class_weight_targets(unwrap(estimator.estimator)[1], y)
     if is_pipeline(estimator.estimator):
         validate_data(estimator, X, y, dtype=None, ensure_all_finite=False, multi_output=True)

@@ -242,7 +242,7 @@ def test_most_influential_memory_does_not_grow_with_queries_times_train(monkeypa
     """Peak memory of most_influential is one block plus O(n_queries · k), not the matrix.
 
     Two measurements. (1) Every block of scores the engine materializes is recorded
-    (monkeypatched ``_score_block``): the largest must fit the working memory, far below the
+    (monkeypatched ``_score_tensor``): the largest must fit the working memory, far below the
     n_queries × N matrix. (2) tracemalloc sees numpy's allocations (the blocks are handed
     over as numpy arrays, and the top-k merging is numpy); torch's own CPU buffers are
     invisible to it, which is why (1) checks the torch side. The peak must stay far below
@@ -252,14 +252,14 @@ def test_most_influential_memory_does_not_grow_with_queries_times_train(monkeypa
     rng = np.random.default_rng(1)
     working_memory = 0.05  # MiB
     peaks, largest = {}, []
-    original = _influence_engine._score_block
+    original = _influence_engine._score_tensor
 
     def recording(engine, preconditioned, rows):
         block = original(engine, preconditioned, rows)
-        largest.append(block.nbytes)
+        largest.append(block.element_size() * block.numel())
         return block
 
-    monkeypatch.setattr(_influence_engine, "_score_block", recording)
+    monkeypatch.setattr(_influence_engine, "_score_tensor", recording)
     n_queries = 200
     X_query = rng.normal(size=(n_queries, 4))
     for n in (2000, 8000):

@@ -85,6 +85,17 @@ def _family(model):
     )
 
 
+#: the curvatures (and CG preconditioners) built from a model's layer structure
+FACTORED_CURVATURES = ("kfac", "ekfac")
+
+
+def has_layer_structure(model):
+    """Whether ``model``'s adapter declares its layers (``layer_structure``), which the
+    factored curvatures need: the declaration is implementing the method."""
+    _, _, adapter_class = _family(model)
+    return adapter_class.layer_structure is not ModelAdapter.layer_structure
+
+
 def check_supported(estimator):
     """Raise a clear error for an unsupported estimator or setting, before any fitting."""
     _, model = unwrap(estimator)
@@ -204,6 +215,7 @@ def make_adapter(estimator, n_train, device, fit_state=None, *, sample_weight=No
 
 
 __all__ = [
+    "FACTORED_CURVATURES",
     "SUPPORTED_ESTIMATORS_TEXT",
     "LinearModelAdapter",
     "ModelAdapter",
@@ -214,6 +226,7 @@ __all__ = [
     "check_supported",
     "fit_estimator",
     "fit_with_weights",
+    "has_layer_structure",
     "make_adapter",
     "unwrap",
 ]

@@ -69,6 +69,7 @@ from sklearn.base import clone
 from sklearn.neural_network import MLPClassifier
 from sklearn.utils import _safe_indexing
 
+from .._torch_utils import draw_seed
 from ._base import ModelAdapter
 from ._losses import BinaryLogLoss, SoftmaxCrossEntropy, SquaredError
 from ._sklearn_mlp_checks import (
@@ -86,8 +87,9 @@ def fit_sklearn_mlp(estimator, X, y):
 
     A network whose ``random_state`` is not an integer (None: numpy's global RNG, or a
     RandomState instance) could not be refit from the same initial weights, so it is given a
-    seed drawn from torch's current RNG (``InfluenceFunction`` seeds it from its own
-    ``random_state``) with ``set_params`` before fitting; the fitted ``estimator_`` shows it.
+    seed drawn with :func:`~.._torch_utils.draw_seed` (``InfluenceFunction`` seeds it from
+    its own ``random_state``, thread-locally) with ``set_params`` before fitting; the fitted
+    ``estimator_`` shows it.
 
     Returns
     -------
@@ -98,7 +100,7 @@ def fit_sklearn_mlp(estimator, X, y):
     check_mlp_targets(estimator, y)
     seed = estimator.random_state
     if not isinstance(seed, Integral):
-        seed = int(torch.randint(0, 2**31 - 1, ()).item())
+        seed = draw_seed()
         estimator.set_params(random_state=seed)
     estimator.fit(X, y)
     return {"seed": int(seed), "n_train": len(X)}

@@ -49,6 +49,8 @@ from ._losses import BinaryLogLoss, SoftmaxCrossEntropy, SquaredError
 from ._skorch_checks import (
     SKORCH_NETS,
     _criterion_class_and_params,
+    check_embedding_inputs,
+    check_module,
     check_skorch_configuration,
     parameter_weight_decays,
 )
@@ -225,6 +227,7 @@ class SkorchAdapter(ModelAdapter):
         source = getattr(net.module_, "_orig_mod", net.module_)  # torch.compile wrapper
         self.dtype = _module_dtype(source)
         self._module = copy.deepcopy(source).to(self.device).eval()
+        check_module(net, self._module)  # no trainable parameters, batch-statistics BatchNorm
         self._names, self._shapes, self._sizes = self._layout()
         self._constants = {
             name: value
@@ -350,6 +353,7 @@ class SkorchAdapter(ModelAdapter):
         """The module's input as a numpy array in the module's dtype."""
         Z = X if self.preprocess is None else self.preprocess(X)
         Z = _as_module_array(Z, self.dtype, _takes_indices(self._module))
+        check_embedding_inputs(self.net, self._module, Z)
         if Z.dtype.kind == "f" and not np.all(np.isfinite(Z)):
             raise ValueError(
                 "The net's input features contain NaN or infinity; impute or drop them "

@@ -11,6 +11,8 @@ import torch
 from skorch import NeuralNetBinaryClassifier, NeuralNetClassifier, NeuralNetRegressor
 from torch.utils.data import DataLoader
 
+from .._torch_utils import array_to_tensor
+
 SKORCH_NETS = (NeuralNetClassifier, NeuralNetBinaryClassifier, NeuralNetRegressor)
 
 #: criteria accepted for each net type
@@ -268,3 +270,151 @@ def check_skorch_configuration(net):
             "Use torch.utils.data.DataLoader (the default).",
         )
     return type(net).__name__
+
+
+# -- the module itself (after initialisation), before any numerical work ---------------------
+
+#: layers that take integer token ids
+_EMBEDDINGS = (torch.nn.Embedding, torch.nn.EmbeddingBag)
+
+
+def _trainable_module(net):
+    return getattr(net.module_, "_orig_mod", net.module_)  # torch.compile wrapper
+
+
+def check_module(net, module=None):
+    """Refuse a module whose influence is undefined, naming the layer and the fix.
+
+    Parameters
+    ----------
+    net : initialized skorch net
+    module : torch.nn.Module, default=None
+        The module to check (default: the net's ``module_``).
+
+    Raises
+    ------
+    ValueError
+        For a module without trainable parameters (influence is a derivative with respect
+        to them), and a BatchNorm layer with ``track_running_stats=False``, which
+        normalises every batch by its own statistics even in eval mode, so a row's output
+        depends on the other rows of its batch and per-example gradients do not exist.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skorch import NeuralNetRegressor
+    >>> from sklearn_influence._adapters._skorch_checks import check_module
+    >>> module = torch.nn.Sequential(torch.nn.Linear(3, 1),
+    ...                              torch.nn.BatchNorm1d(1, track_running_stats=False))
+    >>> net = NeuralNetRegressor(module, train_split=None).initialize()
+    >>> check_module(net)
+    Traceback (most recent call last):
+    ...
+    ValueError: NeuralNetRegressor: the layer '1' (BatchNorm1d) has track_running_stats=False...
+    """
+    module = _trainable_module(net) if module is None else module
+    if not any(parameter.requires_grad for parameter in module.parameters()):
+        _refuse(
+            net,
+            f"the module {type(module).__name__} has no trainable parameters (none, or all "
+            "with requires_grad=False), and influence is a derivative with respect to them",
+            "Give the module at least one torch.nn.Parameter with requires_grad=True.",
+        )
+    for name, layer in module.named_modules():
+        if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm) and (
+            not layer.track_running_stats
+        ):
+            _refuse(
+                net,
+                f"the layer {name!r} ({type(layer).__name__}) has track_running_stats=False, "
+                "so it normalises each batch by the batch's own statistics even in eval mode: "
+                "a row's output depends on the other rows of its batch, and per-example "
+                "gradients (hence influence) are not defined",
+                f"Use {type(layer).__name__}(..., track_running_stats=True) (the default: "
+                "eval mode then uses the running statistics), or a per-example normalisation "
+                "such as torch.nn.LayerNorm or GroupNorm.",
+            )
+
+
+class _BadTokens(ValueError):
+    pass
+
+
+def _token_hook(net, name, layer, offset, what):
+    def hook(_, args):
+        ids = args[0]
+        size = layer.num_embeddings
+        if ids.is_floating_point() or ids.is_complex():
+            raise _BadTokens(
+                f"{type(net).__name__}: the embedding layer {name!r} (num_embeddings={size}) "
+                f"takes integer token ids, but {what} gives it {ids.dtype} values. Pass "
+                f"integer ids 0..{size - 1}, e.g. X.astype(np.int64)."
+            )
+        bad = (ids < 0) | (ids >= size)
+        if not bool(bad.any()):
+            return
+        where = ""
+        if ids.dim() > 0 and ids.shape[0] == offset[1]:
+            rows = torch.nonzero(bad.reshape(len(ids), -1).any(1)).flatten() + offset[0]
+            shown = rows[:10].tolist()
+            where = f" in the rows {shown}{' ...' if len(rows) > 10 else ''} of {what}"
+        low, high = int(ids.min()), int(ids.max())
+        enlarge = f", or give the layer num_embeddings >= {high + 1}" if high >= size else ""
+        raise _BadTokens(
+            f"{type(net).__name__}: the embedding layer {name!r} has num_embeddings={size}, so "
+            f"token ids must lie in 0..{size - 1}, but it got ids from {low} to {high}{where}. "
+            f"Map the tokens to 0..{size - 1} (e.g. a reserved id for unknown tokens"
+            f"{', not negative ids' if low < 0 else ''}){enlarge}."
+        )
+
+    return hook
+
+
+def check_embedding_inputs(net, module, X, *, what="X", batch_size=1024):
+    """Refuse token ids that the module's embedding layers cannot look up, before any
+    training or gradient: float ids, negative ids and ids ≥ ``num_embeddings``.
+
+    The ids are checked where they reach each ``nn.Embedding``/``nn.EmbeddingBag`` (forward
+    pre-hooks during one eval-mode, no-grad pass over ``X``), so modules that select or
+    offset their token columns are checked correctly. A module that fails for another
+    reason is left to the later probe, which reports its own error.
+
+    Parameters
+    ----------
+    net : skorch net
+        Named in the messages.
+    module : torch.nn.Module
+    X : ndarray
+        The module's input, as it is passed to ``forward``.
+    what : str, default="X"
+        How the messages name the data.
+    batch_size : int, default=1024
+        Rows per forward pass.
+    """
+    layers = [
+        (name, layer) for name, layer in module.named_modules() if isinstance(layer, _EMBEDDINGS)
+    ]
+    if not layers or len(X) == 0:
+        return
+    offset = [0, 0]
+    handles = [
+        layer.register_forward_pre_hook(_token_hook(net, name, layer, offset, what))
+        for name, layer in layers
+    ]
+    was_training = module.training
+    module.eval()
+    device = next(iter(module.parameters()), torch.empty(0)).device
+    try:
+        with torch.no_grad():
+            for start in range(0, len(X), batch_size):
+                batch = array_to_tensor(X[start : start + batch_size], device=device)
+                offset[:] = [start, len(batch)]
+                module(batch)
+    except _BadTokens as error:
+        raise ValueError(str(error)) from None
+    except Exception:  # the module's own failure: the probe re-raises it with context
+        return
+    finally:
+        for handle in handles:
+            handle.remove()
+        module.train(was_training)

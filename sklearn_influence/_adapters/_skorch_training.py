@@ -10,8 +10,8 @@ import torch
 from skorch import NeuralNetBinaryClassifier, NeuralNetRegressor
 from torch.utils.data import Sampler
 
-from .._torch_utils import array_to_tensor
-from ._skorch_checks import check_skorch_configuration
+from .._torch_utils import array_to_tensor, draw_seed, forked_torch_rng
+from ._skorch_checks import check_embedding_inputs, check_module, check_skorch_configuration
 
 
 class _EpochOrderSampler(Sampler):
@@ -45,10 +45,6 @@ class _EpochOrderSampler(Sampler):
         position[self.kept] = np.arange(len(self.kept))
         mapped = position[order]
         return iter(mapped[mapped >= 0].tolist())
-
-
-def _rng_devices():
-    return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
 
 
 def _trainable(module):
@@ -144,6 +140,13 @@ def _probe_outputs(net, X):
     finally:
         module.train(was_training)
     out = out[0] if isinstance(out, tuple) else out
+    if not isinstance(out, torch.Tensor):
+        raise ValueError(
+            f"{type(net).__name__}: the module {type(module).__name__} returns a "
+            f"{type(out).__name__}, but the influence computations need its outputs as one "
+            "tensor of shape (n_samples, n_outputs) (the criterion's input). Return that "
+            "tensor from forward (for a dict, e.g. return out['logits'])."
+        )
     if isinstance(net, NeuralNetBinaryClassifier):
         return 1
     return int(np.prod(out.shape[1:])) if out.dim() > 1 else 1
@@ -163,13 +166,22 @@ def _train(net, X, y, *, seed, kept, n_original, initial=None):
     (X[kept], y[kept]).
 
     Returns the initial state (parameters and buffers) and the prepared data. Everything
-    random — initialisation, data order, dropout — is seeded from ``seed`` in a forked RNG.
+    random — initialisation, data order, dropout — is seeded from ``seed`` in a forked RNG,
+    held by one thread at a time (:func:`~.._torch_utils.forked_torch_rng`): torch offers no
+    generator argument for a module's initialisation or its dropout, so concurrent fits in
+    threads would otherwise draw from each other's seeds.
     """
-    with torch.random.fork_rng(devices=_rng_devices()):
-        torch.manual_seed(seed)
-        net.initialize()
+    with forked_torch_rng(seed):
+        try:
+            net.initialize()
+        except ValueError:  # e.g. torch's "empty parameter list": say what the module lacks
+            if getattr(net, "module_", None) is not None:
+                check_module(net)
+            raise
+        check_module(net)
         dtype = _module_dtype(net.module_)
         X = _as_module_array(X, dtype, _takes_indices(net.module_))
+        check_embedding_inputs(net, net.module_, X)
         n_outputs = _probe_outputs(net, X)  # also materialises lazy modules
         y = _prepare_targets(net, y, n_outputs, _module_dtype(net.module_))
         module = getattr(net.module_, "_orig_mod", net.module_)  # torch.compile wrapper
@@ -199,11 +211,12 @@ def _train(net, X, y, *, seed, kept, n_original, initial=None):
 def fit_skorch(net, X, y):
     """Training hook for skorch nets: fit ``net`` reproducibly and record how.
 
-    The seed is drawn from torch's current RNG (``InfluenceFunction`` seeds it from
-    ``random_state``). Each epoch visits the training rows in an order drawn from a generator
-    seeded by (seed, epoch) over the original N rows (the natural order when
-    ``iterator_train__shuffle`` is False), so that a retraining without some rows keeps the
-    order of the others.
+    The seed is drawn with :func:`~.._torch_utils.draw_seed`: from the generator of the
+    enclosing ``seeded_torch(random_state)`` block of this thread (``InfluenceFunction`` and
+    the other estimators), else from torch's global RNG. Each epoch visits the training
+    rows in an order drawn from a generator seeded by (seed, epoch) over the original N rows
+    (the natural order when ``iterator_train__shuffle`` is False), so that a retraining
+    without some rows keeps the order of the others.
 
     Parameters
     ----------
@@ -232,7 +245,7 @@ def fit_skorch(net, X, y):
     torch.Size([4])
     """
     check_skorch_configuration(net)
-    seed = int(torch.randint(0, 2**31 - 1, ()).item())
+    seed = draw_seed()
     n = len(X)
     initial_state, X_ready, _ = _train(net, X, y, seed=seed, kept=np.arange(n), n_original=n)
     module = getattr(net.module_, "_orig_mod", net.module_)

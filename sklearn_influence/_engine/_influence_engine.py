@@ -29,6 +29,13 @@ through :class:`sklearn.utils.parallel.Parallel`, so ``n_jobs`` or a joblib back
 the caller (for example Dask) can split a large N; each block is computed by the same
 operations wherever it runs, so results do not depend on ``n_jobs`` or the backend.
 
+**Finite or refused.** Every output passes through one :class:`NonFiniteScores` report:
+a query whose preconditioned gradient is not finite, or a training point with a non-finite
+score, is named with the fix (scale the features). Matrices and self-influence warn
+(:class:`~sklearn_influence.exceptions.NumericalWarning`; the other entries are exact) and
+raise when nothing is finite; rankings (:meth:`InfluenceEngine.top_k`) raise: NaN is never
+ranked (the scores that correlate columns of the matrix refuse them too).
+
 **Gradient cache.** When the N × p training gradients are small — at most
 :data:`CACHE_FRACTION` of the working memory at construction (256 MiB of the default
 1024 MiB) — the engine computes them once at construction and streams slices of that cache
@@ -37,11 +44,19 @@ instead of recomputing them at every call (``cache_gradients="auto"``); this kee
 ``cache_gradients=False`` never caches, ``True`` always does.
 """
 
+import os
+import sys
+import warnings
+from numbers import Real
+
 import numpy as np
+import sklearn
 import torch
 from sklearn import get_config
+from sklearn.utils._param_validation import InvalidParameterError
 from sklearn.utils.parallel import Parallel, delayed
 
+from ..exceptions import NumericalWarning
 from ._curvature import make_curvature
 from ._gradients import batch_slices, per_example_gradients, resolve_query_targets
 from ._layers import (
@@ -56,14 +71,167 @@ from ._solvers import make_solver
 #: share of the working memory that training gradients may take to be cached (``"auto"``)
 CACHE_FRACTION = 0.25
 
+#: how many row positions a message about non-finite scores lists
+_SHOWN_ROWS = 10
+
+#: frames a warning skips: the package's and scikit-learn's (``set_output`` wraps transform)
+_LIBRARY_DIRS = tuple(
+    os.path.dirname(os.path.abspath(path)) + os.sep
+    for path in (os.path.dirname(os.path.abspath(__file__)), sklearn.__file__)
+)
+
+
+def _user_stacklevel():
+    """``stacklevel`` (for a ``warnings.warn`` in the caller) of the first frame outside the
+    package and scikit-learn, so that a warning points at the user's line whichever
+    estimator called."""
+    frame, level = sys._getframe(2), 2
+    while frame is not None and frame.f_code.co_filename.startswith(_LIBRARY_DIRS):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _positions(mask):
+    rows = np.flatnonzero(mask)
+    shown = ", ".join(str(int(row)) for row in rows[:_SHOWN_ROWS])
+    return f"[{shown}{', ...' if len(rows) > _SHOWN_ROWS else ''}] ({len(rows)} of {len(mask)})"
+
+
+def _largest_feature(inputs, mask):
+    if inputs is None or not inputs.is_floating_point() or not mask.any():
+        return ""
+    rows = torch.from_numpy(np.flatnonzero(mask)).to(inputs.device)
+    return f"; largest |feature| there: {float(inputs[rows].abs().max()):.3g}"
+
+
+class NonFiniteScores:
+    """Where the scores of one call are not finite: query rows and training rows.
+
+    Every output of the engine flows through one of these: a query row whose preconditioned
+    gradient (C + λI)⁻¹∇f_q is not finite is a bad query row; a training column with a
+    non-finite entry on an otherwise finite query row is a bad training row. :meth:`check`
+    then refuses (``ValueError``) or warns (:class:`~sklearn_influence.exceptions.
+    NumericalWarning`), naming the rows and the fix (scale the features).
+
+    Parameters
+    ----------
+    n_queries, n_train : int
+        The shape of the scores.
+    query_inputs, train_inputs : Tensor or None
+        The model inputs, for the largest feature magnitude the message quotes.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_influence._engine._influence_engine import NonFiniteScores
+    >>> report = NonFiniteScores(2, 3)
+    >>> report.add_block(slice(0, 2), slice(0, 3), np.array([[1.0, np.inf, 0], [0, 1, 2]]))
+    >>> report.check("The influence matrix", refuse=True)
+    Traceback (most recent call last):
+    ...
+    ValueError: The influence matrix is not finite for the training rows [1] (1 of 3) ...
+    """
+
+    def __init__(self, n_queries, n_train, query_inputs=None, train_inputs=None):
+        self.queries = np.zeros(int(n_queries), dtype=bool)
+        self.train = np.zeros(int(n_train), dtype=bool)
+        self.query_inputs, self.train_inputs = query_inputs, train_inputs
+
+    def add_queries(self, rows, preconditioned):
+        """Record the query rows ``rows`` whose preconditioned gradients are not finite."""
+        finite = torch.isfinite(preconditioned).all(1).cpu().numpy()
+        self.queries[rows] |= ~finite
+
+    def add_block(self, query_rows, train_rows, block):
+        """Record the training rows with a non-finite score on a finite query row.
+
+        ``block`` is the (queries, training rows) ndarray of scores; one sum screens it (a
+        sum is finite only when every entry is), so finite blocks cost one pass.
+        """
+        if np.isfinite(block.sum()):
+            return
+        good = ~self.queries[query_rows]
+        if good.any():
+            self.train[train_rows] |= ~np.isfinite(block[good]).all(0)
+
+    def add_training_values(self, rows, values):
+        """Record the training rows ``rows`` whose own value (self-influence) is not finite."""
+        self.train[rows] |= ~np.isfinite(values)
+
+    def add_query_values(self, rows, values):
+        """Record the query rows ``rows`` whose own value is not finite."""
+        self.queries[rows] |= ~np.isfinite(values)
+
+    def found(self):
+        """Whether any row was recorded."""
+        return bool(self.queries.any() or self.train.any())
+
+    def check(self, what, *, refuse):
+        """Raise (``refuse``, or when nothing is finite) or warn when rows were recorded."""
+        if not self.found():
+            return
+        parts = []
+        if self.queries.any():
+            parts.append(
+                f"the query rows {_positions(self.queries)} (their loss gradients or "
+                f"preconditioned gradients overflow"
+                f"{_largest_feature(self.query_inputs, self.queries)})"
+            )
+        if self.train.any():
+            parts.append(
+                f"the training rows {_positions(self.train)} (their gradients, or their "
+                f"products with the queries', overflow"
+                f"{_largest_feature(self.train_inputs, self.train)})"
+            )
+        nothing_finite = (len(self.queries) and self.queries.all()) or (
+            len(self.train) and self.train.all()
+        )
+        fix = (
+            "Scale the features (e.g. StandardScaler in a Pipeline) so that the gradients "
+            "stay within the floating-point range, or drop those rows."
+        )
+        message = f"{what} is not finite for " + " and for ".join(parts) + ". "
+        if refuse or nothing_finite:
+            raise ValueError(message + fix)
+        warnings.warn(
+            message + "Those entries are NaN or infinite; the others are finite. " + fix,
+            NumericalWarning,
+            stacklevel=_user_stacklevel(),
+        )
+
 
 def working_memory_bytes(working_memory=None):
-    """The working memory in bytes: ``working_memory`` MiB, or scikit-learn's setting."""
+    """The working memory in bytes: ``working_memory`` MiB, or scikit-learn's setting.
+
+    Anything but a finite positive number (``inf``, ``nan``, ``"big"``, ``True``, 0) is an
+    ``InvalidParameterError`` (a ``ValueError`` and a ``TypeError``) naming where the value
+    came from, before any numerical work.
+
+    Examples
+    --------
+    >>> from sklearn_influence._engine._influence_engine import working_memory_bytes
+    >>> working_memory_bytes(1.5)
+    1572864.0
+    >>> working_memory_bytes(float("inf"))
+    Traceback (most recent call last):
+    ...
+    sklearn.utils._param_validation.InvalidParameterError: working_memory must be a positive ...
+    """
+    where = "the working_memory argument"
     if working_memory is None:
         working_memory = get_config()["working_memory"]
-    if not working_memory > 0:
-        raise ValueError(
-            f"working_memory must be a positive number of MiB, got {working_memory!r}."
+        where = "sklearn.get_config()['working_memory'] (set_config / config_context)"
+    valid = (
+        isinstance(working_memory, Real)
+        and not isinstance(working_memory, bool)
+        and np.isfinite(working_memory)
+        and working_memory > 0
+    )
+    if not valid:
+        raise InvalidParameterError(
+            f"working_memory must be a positive number of MiB (finite), got "
+            f"{working_memory!r} from {where}. Pass a number such as 1024 (scikit-learn's "
+            "default), e.g. sklearn.set_config(working_memory=1024)."
         )
     return float(working_memory) * 2**20
 
@@ -297,11 +465,15 @@ class InfluenceEngine:
         n = len(inputs)
         if out is None:  # numpy-backed: the estimator returns this very buffer
             out = torch.from_numpy(np.empty((n, self.n_train)))
+        report = NonFiniteScores(n, self.n_train, inputs, self.inputs)
         for query_rows, preconditioned in self._query_blocks(
             inputs, targets, damping, n_jobs, working_memory
         ):
+            report.add_queries(query_rows, preconditioned)
             for rows, block in self._stream(_score_block, preconditioned, n_jobs, working_memory):
+                report.add_block(query_rows, rows, block)
                 out[query_rows, rows] = torch.from_numpy(block)
+        report.check("The influence matrix", refuse=False)
         return out
 
     def influence_chunks(self, inputs, targets, damping, n_jobs=None, *, working_memory=None):
@@ -314,14 +486,28 @@ class InfluenceEngine:
         for _, preconditioned in self._query_blocks(
             inputs, targets, damping, n_jobs, working_memory, single=True
         ):
-            yield from self._stream(_score_block, preconditioned, n_jobs, working_memory)
+            queries = NonFiniteScores(len(inputs), self.n_train, inputs, self.inputs)
+            queries.add_queries(slice(None), preconditioned)
+            queries.check("The influence matrix", refuse=False)
+            for rows, block in self._stream(_score_block, preconditioned, n_jobs, working_memory):
+                report = NonFiniteScores(len(inputs), self.n_train, None, self.inputs)
+                report.queries = queries.queries
+                report.add_block(slice(None), rows, block)
+                if report.train.any():
+                    report.queries = np.zeros_like(queries.queries)
+                    report.check(f"The chunk of columns {rows.start}:{rows.stop}", refuse=False)
+                yield rows, block
 
     def top_k(self, inputs, targets, damping, k, n_jobs=None, *, working_memory=None):
         """The k largest (helpful) and k smallest (harmful) influences per query, streamed.
 
-        Each training block keeps only its k best per query (partial selection), merged with
-        the running best, so the memory is O(n_queries · k + one block). Results equal a full
-        sort; see :func:`merge_top_k` for ties.
+        Each training block selects its k best per query where it is computed
+        (:func:`torch.topk` on the block's scores, in their own dtype: no copy, no full
+        index array), and the candidates are merged with the running best, so the memory is
+        one block plus O(n_queries · k). Results equal a full sort; see :func:`merge_top_k`
+        for ties. Non-finite scores are never ranked: a query row or a training row whose
+        influence is not finite is a ``ValueError`` naming it and the fix (the rows whose
+        queries overflow are found before any training block is streamed).
 
         Returns ``(helpful_indices, helpful_values, harmful_indices, harmful_values)``, each
         of shape (n_queries, k), sorted from the strongest effect down.
@@ -334,17 +520,25 @@ class InfluenceEngine:
         n = len(inputs)
         results = [np.zeros((n, k), dtype=np.intp), np.zeros((n, k))]
         results += [np.zeros((n, k), dtype=np.intp), np.zeros((n, k))]
+        report = NonFiniteScores(n, self.n_train, inputs, self.inputs)
+        what = "The influence that most_influential ranks"
         for query_rows, preconditioned in self._query_blocks(
             inputs, targets, damping, n_jobs, working_memory
         ):
+            report.add_queries(query_rows, preconditioned)
+            report.check(what, refuse=True)  # before any training block
             m = len(preconditioned)
             helpful = (np.zeros((m, 0), dtype=np.intp), np.zeros((m, 0)))
             harmful = (np.zeros((m, 0), dtype=np.intp), np.zeros((m, 0)))
-            for _, (block_helpful, block_harmful) in self._stream(
+            for rows, (block_helpful, block_harmful, bad) in self._stream(
                 _top_k_block, preconditioned, n_jobs, working_memory, k
             ):
+                if bad is not None:
+                    report.train[rows] |= bad
+                    continue
                 helpful = merge_top_k(helpful, block_helpful, k, largest=True)
                 harmful = merge_top_k(harmful, block_harmful, k, largest=False)
+            report.check(what, refuse=True)
             for position, array in enumerate((*helpful, *harmful)):
                 results[position][query_rows] = array
         return tuple(results)
@@ -362,8 +556,11 @@ class InfluenceEngine:
         results = Parallel(n_jobs=n_jobs, return_as="generator")(
             delayed(_self_block)(self, rows, damping) for rows in slices
         )
+        report = NonFiniteScores(0, self.n_train, None, self.inputs)
         for rows, block in zip(slices, results, strict=True):
+            report.add_training_values(rows, block)
             out[rows] = torch.from_numpy(block)
+        report.check("The self-influence", refuse=False)
         return out
 
     def query_self_influence(self, inputs, targets, damping):
@@ -383,9 +580,13 @@ class InfluenceEngine:
             blocks.append(self.solver.quadratic(gradients, damping))
         if not blocks:
             return self.theta.new_zeros((0,))
+        values = torch.cat(blocks)
+        report = NonFiniteScores(len(values), 0, inputs, None)
+        report.add_query_values(slice(None), values.detach().cpu().numpy())
+        report.check("The self-influence", refuse=False)
         if self.adapter.row_weights is not None:  # a point of weight 1: ε = 1/W
-            return torch.cat(blocks) / self.adapter.total_weight
-        return torch.cat(blocks) / self.n_train
+            return values / self.adapter.total_weight
+        return values / self.n_train
 
 
 def _precondition_block(engine, inputs, targets, damping):
@@ -395,8 +596,10 @@ def _precondition_block(engine, inputs, targets, damping):
     return engine.solver.solve(gradients, damping)
 
 
-def _score_block(engine, preconditioned, rows):
-    """Influence of the training points ``rows`` on the queries, a float64 ndarray.
+def _score_tensor(engine, preconditioned, rows):
+    """Influence of the training points ``rows`` on the queries: a (m, width) tensor in the
+    dtype of ``preconditioned``, on the engine's device, freshly allocated (every scaling
+    is done in place on it, so a block costs one (m, width) array).
 
     ``preconditioned`` is the (m, p) tensor P, or its per-layer layout
     (:func:`~sklearn_influence._engine._layers.prepare_factored_queries`) when the engine
@@ -411,12 +614,17 @@ def _score_block(engine, preconditioned, rows):
                 engine.targets[rows],
                 engine.factored_layers,
             )
-            block = factored_scores(preconditioned, factors)
-        block = block / engine.n_train
-        return block.detach().to("cpu", torch.float64).numpy()
+            return factored_scores(preconditioned, factors).div_(engine.n_train)
     gradients = engine.train_gradients(rows).to(preconditioned.dtype)
-    block = (preconditioned @ gradients.T) / engine.n_train
-    block = _weigh_removal(engine, block, rows)
+    with torch.no_grad():
+        block = (preconditioned @ gradients.T).div_(engine.n_train)
+        weights = engine.adapter.removal_weights(rows)
+        return block if weights is None else block.mul_(weights.to(block.dtype))
+
+
+def _score_block(engine, preconditioned, rows):
+    """:func:`_score_tensor` as a float64 ndarray on the CPU (the influence matrix's block)."""
+    block = _score_tensor(engine, preconditioned, rows)
     return block.detach().to("cpu", torch.float64).numpy()
 
 
@@ -428,9 +636,24 @@ def _weigh_removal(engine, block, rows):
 
 
 def _top_k_block(engine, preconditioned, rows, k):
-    scores = _score_block(engine, preconditioned, rows)
-    start = rows.start
-    return _select(scores, start, k, largest=True), _select(scores, start, k, largest=False)
+    """The block's k best per query, selected where the scores are (no float64 copy).
+
+    Returns ``(helpful, harmful, None)`` with ``(indices, values)`` pairs, or
+    ``(None, None, bad)`` with ``bad`` the block's training rows (a boolean ndarray over its
+    width) whose scores are not finite: non-finite scores are never ranked.
+    """
+    scores = _score_tensor(engine, preconditioned, rows)
+    if not bool(torch.isfinite(scores.sum())):  # a sum is finite only if every entry is
+        bad = ~torch.isfinite(scores).all(0)
+        if bool(bad.any()):
+            return None, None, bad.cpu().numpy()
+    width = min(k, scores.shape[1])
+    selected = []
+    for largest in (True, False):
+        values, positions = torch.topk(scores, width, dim=1, largest=largest, sorted=False)
+        indices = positions.cpu().numpy().astype(np.intp) + rows.start
+        selected.append((indices, values.detach().to("cpu", torch.float64).numpy()))
+    return selected[0], selected[1], None
 
 
 def _select(values, offset, k, *, largest, indices=None):
