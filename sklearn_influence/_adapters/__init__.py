@@ -19,7 +19,13 @@ from ._linear import (
     training_weights,
 )
 from ._pipeline import pipeline_steps, unwrap
-from ._sklearn_mlp import SKLEARN_MLPS, SklearnMLPAdapter, check_mlp_configuration, fit_sklearn_mlp
+from ._sklearn_mlp import (
+    SKLEARN_MLPS,
+    SklearnMLPAdapter,
+    check_mlp_configuration,
+    check_mlp_sample_weight,
+    fit_sklearn_mlp,
+)
 from ._skorch import SKORCH_NETS, SkorchAdapter, check_skorch_configuration, fit_skorch
 
 SUPPORTED_ESTIMATORS_TEXT = (
@@ -45,21 +51,24 @@ _FAMILIES = [
 
 
 #: the families whose objective takes per-row weights (sample_weight, class_weight)
-WEIGHTED_MODELS = (*SUPPORTED_LINEAR_MODELS, *GLM_MODELS)
+WEIGHTED_MODELS = (*SUPPORTED_LINEAR_MODELS, *GLM_MODELS, *SKLEARN_MLPS, *SKORCH_NETS)
 
 WEIGHTED_MODELS_TEXT = (
     "LinearRegression, Ridge(CV), RidgeClassifier(CV), LogisticRegression(CV), "
-    "SGDClassifier, SGDRegressor, PoissonRegressor, GammaRegressor and TweedieRegressor"
+    "SGDClassifier, SGDRegressor, PoissonRegressor, GammaRegressor, TweedieRegressor, "
+    "MLPClassifier, MLPRegressor and skorch's nets"
 )
 
 
 def check_sample_weight_supported(estimator):
     """Refuse ``sample_weight`` for a model family whose weighted objective is not mapped.
 
-    The linear models and GLMs take per-row weights; scikit-learn's MLPs and skorch nets do
-    not (their weighted mini-batch objective is not reproduced).
+    The linear models, GLMs, scikit-learn's MLPs (scikit-learn ≥ 1.7) and skorch nets take
+    per-row weights.
     """
     _, model = unwrap(estimator)
+    if isinstance(model, SKLEARN_MLPS):
+        check_mlp_sample_weight(model, True)
     if isinstance(model, WEIGHTED_MODELS):
         return
     raise ValueError(

@@ -61,6 +61,7 @@ from ._skorch_training import (
     _trainable,
     fit_skorch,
 )
+from ._skorch_weights import mean_one
 
 # -- attention ----------------------------------------------------------------------------
 _ATTENTION_LOCK = threading.Lock()
@@ -195,6 +196,9 @@ class SkorchAdapter(ModelAdapter):
     fit_state : dict or None
         What :func:`fit_skorch` recorded; None for a net fitted elsewhere (then only warm
         starts are possible).
+    sample_weight : ndarray of shape (N,) or None
+        The per-row weights of the objective, Σ w_i L_i / W + R; retraining weighs the rows
+        the same way (:mod:`._skorch_weights`).
 
     Examples
     --------
@@ -210,7 +214,9 @@ class SkorchAdapter(ModelAdapter):
     torch.Size([30, 3])
     """
 
-    def __init__(self, net, n_train, *, preprocess=None, device=None, fit_state=None):
+    def __init__(
+        self, net, n_train, *, preprocess=None, device=None, fit_state=None, sample_weight=None
+    ):
         check_skorch_configuration(net)
         if not getattr(net, "initialized_", False) or not hasattr(net, "module_"):
             raise ValueError(
@@ -236,6 +242,7 @@ class SkorchAdapter(ModelAdapter):
         self._constants = {name: value.detach() for name, value in self._constants.items()}
         self._theta = _flat_parameters(self._module)
         self._decay = self._weight_decays()
+        self._set_sample_weight(sample_weight)
         criterion, _ = _criterion_class_and_params(net)
         self._head, self.loss = _output_head(net, criterion)
         self.is_classifier = not isinstance(net, NeuralNetRegressor)
@@ -467,7 +474,11 @@ class SkorchAdapter(ModelAdapter):
         source = getattr(self.net.module_, "_orig_mod", self.net.module_)
         initial = _state(source) if warm_start else self.fit_state["initial_state"]
         net = clone(self.net)
-        _train(net, Z, y, seed=seed, kept=kept, n_original=n, initial=initial)
+        weights = None
+        if self.sample_weight is not None:  # Σ_{kept} w_i L_i / Σ_{kept} w_i, as sklearn refits
+            weights = np.zeros(n)
+            weights[kept] = mean_one(self.sample_weight[kept])
+        _train(net, Z, y, seed=seed, kept=kept, n_original=n, initial=initial, weights=weights)
         source = getattr(net.module_, "_orig_mod", net.module_)
         return _flat_parameters(source).to(self.device, self.dtype)
 

@@ -12,6 +12,7 @@ from torch.utils.data import Sampler
 
 from .._torch_utils import array_to_tensor
 from ._skorch_checks import check_skorch_configuration
+from ._skorch_weights import WeightedRows, mean_one, weighted_training
 
 
 class _EpochOrderSampler(Sampler):
@@ -153,9 +154,10 @@ def _state(module):
     return {name: value.detach().cpu().clone() for name, value in module.state_dict().items()}
 
 
-def _train(net, X, y, *, seed, kept, n_original, initial=None):
+def _train(net, X, y, *, seed, kept, n_original, initial=None, weights=None):
     """Initialise ``net`` (then load the state dict ``initial`` when given) and train it on
-    (X[kept], y[kept]).
+    (X[kept], y[kept]), each row weighted by ``weights[kept]`` (mean-1 weights of all N rows,
+    :mod:`._skorch_weights`) when given.
 
     Returns the initial state (parameters and buffers) and the prepared data. Everything
     random — initialisation, data order, dropout — is seeded from ``seed`` in a forked RNG.
@@ -183,7 +185,7 @@ def _train(net, X, y, *, seed, kept, n_original, initial=None):
         net.__dict__["iterator_train__sampler"] = sampler
         torch.manual_seed(seed + 1)
         try:
-            net.partial_fit(X[kept], y[kept])
+            _partial_fit(net, X, y, kept, weights)
         finally:
             for key in ("iterator_train__shuffle", "iterator_train__sampler"):
                 net.__dict__.pop(key, None)
@@ -191,7 +193,17 @@ def _train(net, X, y, *, seed, kept, n_original, initial=None):
     return initial_state, X, y
 
 
-def fit_skorch(net, X, y):
+def _partial_fit(net, X, y, kept, weights):
+    if weights is None:
+        net.partial_fit(X[kept], y[kept])
+        return
+    with weighted_training(net):
+        net.partial_fit(WeightedRows(X[kept], y[kept], weights[kept]), None)
+    if not isinstance(net, (NeuralNetBinaryClassifier, NeuralNetRegressor)):
+        net.classes_inferred_ = np.unique(y)  # skorch infers them from a y it got here
+
+
+def fit_skorch(net, X, y, sample_weight=None):
     """Training hook for skorch nets: fit ``net`` reproducibly and record how.
 
     The seed is drawn from torch's current RNG (``InfluenceFunction`` seeds it from
@@ -206,6 +218,8 @@ def fit_skorch(net, X, y):
         An unfitted net with ``train_split=None``.
     X, y : array-like
         The training data (after any earlier pipeline steps).
+    sample_weight : array-like of shape (n_samples,) or None
+        Per-row weights: the net is trained on Σ w_i L_i / W (:mod:`._skorch_weights`).
 
     Returns
     -------
@@ -229,7 +243,10 @@ def fit_skorch(net, X, y):
     check_skorch_configuration(net)
     seed = int(torch.randint(0, 2**31 - 1, ()).item())
     n = len(X)
-    initial_state, X_ready, _ = _train(net, X, y, seed=seed, kept=np.arange(n), n_original=n)
+    weights = None if sample_weight is None else mean_one(sample_weight)
+    initial_state, X_ready, _ = _train(
+        net, X, y, seed=seed, kept=np.arange(n), n_original=n, weights=weights
+    )
     module = getattr(net.module_, "_orig_mod", net.module_)
     names = [name for name, _ in _trainable(module)]
     theta0 = torch.cat([initial_state[name].reshape(-1) for name in names])
