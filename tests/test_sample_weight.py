@@ -488,7 +488,7 @@ def test_weights_reach_every_curvature_and_solver(settings):
 def _skorch_net(kind, n_in, **kwargs):
     from skorch import NeuralNetClassifier, NeuralNetRegressor
 
-    from tests._nets import TanhMLP
+    from _nets import TanhMLP
 
     net_class, n_out = (NeuralNetRegressor, 1) if kind == "regressor" else (NeuralNetClassifier, 3)
     settings = {

@@ -21,6 +21,9 @@ the 1/k. ``optimizer__weight_decay = wd`` of an optimizer with coupled L2 decay 
 optimizer's parameter groups. The module is evaluated in eval mode (no dropout, batch
 normalisation with its running statistics) through :func:`torch.func.functional_call`.
 
+Module outputs: ``forward`` may return a tensor, a tuple (its first element), a dict or a
+Hugging Face–style output object (its ``logits``), see :func:`._skorch_outputs.module_logits`.
+
 Attention: every functional evaluation runs inside :func:`differentiable_attention`, which
 turns off PyTorch's fused Transformer fast path and restricts scaled-dot-product attention
 to its math kernel. The fused kernels (``_transformer_encoder_layer_fwd``, flash attention
@@ -51,6 +54,7 @@ from ._skorch_checks import (
     check_skorch_configuration,
     parameter_weight_decays,
 )
+from ._skorch_outputs import module_logits
 from ._skorch_training import (
     _as_module_array,
     _flat_parameters,
@@ -388,7 +392,7 @@ class SkorchAdapter(ModelAdapter):
         # the call: two threads inside it at once would see each other's (vmapped) tensors
         with differentiable_attention(), _MODULE_CALL_LOCK:
             out = functional_call(self._module, {**constants, **self._unflatten(theta)}, (inputs,))
-        return out[0] if isinstance(out, tuple) else out
+        return module_logits(out)
 
     def outputs(self, theta, inputs):
         return self._head(self._raw_outputs(theta, inputs))

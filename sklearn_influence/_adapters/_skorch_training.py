@@ -12,6 +12,7 @@ from torch.utils.data import Sampler
 
 from .._torch_utils import array_to_tensor
 from ._skorch_checks import check_skorch_configuration
+from ._skorch_outputs import module_logits
 from ._skorch_weights import WeightedRows, mean_one, weighted_training
 
 
@@ -139,7 +140,7 @@ def _probe_outputs(net, X):
             out = module(array_to_tensor(X[:2], device=net.device))
     finally:
         module.train(was_training)
-    out = out[0] if isinstance(out, tuple) else out
+    out = module_logits(out)
     if isinstance(net, NeuralNetBinaryClassifier):
         return 1
     return int(np.prod(out.shape[1:])) if out.dim() > 1 else 1
