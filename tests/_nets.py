@@ -50,3 +50,10 @@ class Output:
 
     def __init__(self, logits, loss=None):
         self.logits, self.loss = logits, loss
+
+
+class SplitInputMLP(TanhMLP):
+    """TanhMLP taking its input as two named arrays (skorch's dict X: forward(**X))."""
+
+    def forward(self, left, right):
+        return super().forward(torch.cat([left, right], dim=1))

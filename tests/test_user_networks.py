@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from _nets import DictOutputMLP, ModelOutputMLP, TanhMLP
+from _nets import DictOutputMLP, ModelOutputMLP, SplitInputMLP, TanhMLP
 from _resnet import ResNet18
 from sklearn.datasets import load_digits
 from sklearn.frozen import FrozenEstimator
@@ -85,3 +85,30 @@ def test_resnet18_end_to_end_with_ekfac_and_cg(digits):
     approximate = ekfac.transform(X[:4], y[:4])
     assert np.isfinite(approximate).all() and (ekfac.self_influence() >= 0).all()
     assert np.corrcoef(approximate.ravel(), reference.ravel())[0, 1] > 0.5
+
+
+def test_dict_inputs_give_the_matrices_of_the_stacked_array(digits):
+    """skorch's dict X (named arrays for forward(**X)), trained and explained by the package,
+    gives the matrices of the same network on the concatenated array: influence, the cold
+    leave-one-out refits, and with sample weights."""
+    from sklearn_influence import LeaveOneOut
+
+    X, y = digits
+    named = {"left": X[:, :40], "right": X[:, 40:]}
+    weights = np.random.RandomState(0).uniform(0.5, 2.0, len(y))
+    for fit_params in ({}, {"sample_weight": weights}):
+        stacked = InfluenceFunction(_net(TanhMLP), damping=1e-2, random_state=0)
+        split = InfluenceFunction(_net(SplitInputMLP), damping=1e-2, random_state=0)
+        stacked.fit(X, y, **fit_params)
+        split.fit(named, y, **fit_params)
+        query = {"left": X[:5, :40], "right": X[:5, 40:]}
+        np.testing.assert_allclose(
+            split.transform(query, y[:5]), stacked.transform(X[:5], y[:5]), rtol=1e-10
+        )
+    loo = [LeaveOneOut(_net(module), train_indices=[3], warm_start=False, random_state=0)
+           for module in (TanhMLP, SplitInputMLP)]  # fmt: skip
+    np.testing.assert_allclose(
+        loo[1].fit(named, y).parameters_, loo[0].fit(X, y).parameters_, rtol=1e-10
+    )
+    with pytest.raises(ValueError, match="named inputs of shapes"):
+        split.transform({"left": X[:5, :40]}, y[:5])

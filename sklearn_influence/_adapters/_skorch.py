@@ -48,6 +48,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from .._torch_utils import array_to_tensor
 from ._base import Layer, LayerStructure, ModelAdapter, ParameterBlock
 from ._losses import BinaryLogLoss, SoftmaxCrossEntropy, SquaredError
+from ._rows import RowBatch
 from ._skorch_checks import (
     SKORCH_NETS,
     _criterion_class_and_params,
@@ -357,10 +358,12 @@ class SkorchAdapter(ModelAdapter):
 
     # -- data ---------------------------------------------------------------------------
     def features(self, X):
-        """The module's input as a numpy array in the module's dtype."""
+        """The module's input as a numpy array in the module's dtype (a dict of them for
+        skorch's named inputs)."""
         Z = X if self.preprocess is None else self.preprocess(X)
         Z = _as_module_array(Z, self.dtype, _takes_indices(self._module))
-        if Z.dtype.kind == "f" and not np.all(np.isfinite(Z)):
+        arrays = Z.values() if isinstance(Z, dict) else [Z]
+        if any(A.dtype.kind == "f" and not np.all(np.isfinite(A)) for A in arrays):
             raise ValueError(
                 "The net's input features contain NaN or infinity; impute or drop them "
                 "(for example with sklearn.impute.SimpleImputer in the pipeline)."
@@ -368,6 +371,8 @@ class SkorchAdapter(ModelAdapter):
         return Z
 
     def _as_tensor(self, Z):
+        if isinstance(Z, dict):  # named inputs: one tensor each, never stacked
+            return RowBatch({name: self._as_tensor(A) for name, A in Z.items()}, self.dtype)
         tensor = array_to_tensor(Z, device=self.device)
         return tensor.to(self.dtype) if tensor.is_floating_point() else tensor
 
@@ -390,8 +395,13 @@ class SkorchAdapter(ModelAdapter):
             }
         # functional_call swaps the given tensors into the shared module for the duration of
         # the call: two threads inside it at once would see each other's (vmapped) tensors
+        args, kwargs = (
+            ((), dict(inputs.items())) if isinstance(inputs, RowBatch) else ((inputs,), {})
+        )
         with differentiable_attention(), _MODULE_CALL_LOCK:
-            out = functional_call(self._module, {**constants, **self._unflatten(theta)}, (inputs,))
+            out = functional_call(
+                self._module, {**constants, **self._unflatten(theta)}, args, kwargs
+            )
         return module_logits(out)
 
     def outputs(self, theta, inputs):
@@ -471,7 +481,7 @@ class SkorchAdapter(ModelAdapter):
                 "(FrozenEstimator). Pass the unfitted net, or use warm_start=True."
             )
         Z = X if self.preprocess is None else self.preprocess(X)
-        n = len(y)
+        n = len(y)  # rows, also of a dict X
         kept = np.setdiff1d(np.arange(n), np.asarray(exclude, dtype=np.int64))
         seed = 0 if self.fit_state is None else self.fit_state["seed"]
         # warm: the fitted parameters and buffers; cold: the recorded initial ones

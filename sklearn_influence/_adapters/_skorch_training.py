@@ -11,6 +11,7 @@ from skorch import NeuralNetBinaryClassifier, NeuralNetRegressor
 from torch.utils.data import Sampler
 
 from .._torch_utils import array_to_tensor
+from ._rows import rows_of
 from ._skorch_checks import check_skorch_configuration
 from ._skorch_outputs import module_logits
 from ._skorch_weights import WeightedRows, mean_one, weighted_training
@@ -75,7 +76,10 @@ def _as_module_array(X, dtype, keep_integers=False):
     """X as a numpy array in the module's dtype (no crash on float64 or integer input).
 
     Integer input stays integer only for modules with an embedding layer, which need indices.
+    A dict X (skorch's named inputs, passed to ``forward`` as keywords) converts each array.
     """
+    if isinstance(X, dict):
+        return {name: _as_module_array(A, dtype, keep_integers) for name, A in X.items()}
     X = np.asarray(X)
     if X.dtype.kind not in "fiub":
         raise ValueError(
@@ -137,7 +141,11 @@ def _probe_outputs(net, X):
     module.eval()
     try:
         with torch.no_grad():
-            out = module(array_to_tensor(X[:2], device=net.device))
+            first = rows_of(X, slice(0, 2))
+            if isinstance(first, dict):
+                out = module(**{k: array_to_tensor(A, device=net.device) for k, A in first.items()})
+            else:
+                out = module(array_to_tensor(first, device=net.device))
     finally:
         module.train(was_training)
     out = module_logits(out)
@@ -196,10 +204,10 @@ def _train(net, X, y, *, seed, kept, n_original, initial=None, weights=None):
 
 def _partial_fit(net, X, y, kept, weights):
     if weights is None:
-        net.partial_fit(X[kept], y[kept])
+        net.partial_fit(rows_of(X, kept), y[kept])
         return
     with weighted_training(net):
-        net.partial_fit(WeightedRows(X[kept], y[kept], weights[kept]), None)
+        net.partial_fit(WeightedRows(rows_of(X, kept), y[kept], weights[kept]), None)
     if not isinstance(net, (NeuralNetBinaryClassifier, NeuralNetRegressor)):
         net.classes_inferred_ = np.unique(y)  # skorch infers them from a y it got here
 
@@ -243,7 +251,7 @@ def fit_skorch(net, X, y, sample_weight=None):
     """
     check_skorch_configuration(net)
     seed = int(torch.randint(0, 2**31 - 1, ()).item())
-    n = len(X)
+    n = len(y)
     weights = None if sample_weight is None else mean_one(sample_weight)
     initial_state, X_ready, _ = _train(
         net, X, y, seed=seed, kept=np.arange(n), n_original=n, weights=weights
@@ -256,5 +264,5 @@ def fit_skorch(net, X, y, sample_weight=None):
         "initial_state": initial_state,
         "initial_parameters": theta0,
         "n_train": n,
-        "probe": X_ready[:2],
+        "probe": rows_of(X_ready, slice(0, 2)),
     }

@@ -46,7 +46,8 @@ class WeightedRows(Dataset):
         return len(self.y)
 
     def __getitem__(self, i):
-        return self.X[i], (self.y[i], self.weights[i])
+        x = {k: A[i] for k, A in self.X.items()} if isinstance(self.X, dict) else self.X[i]
+        return x, (self.y[i], self.weights[i])
 
 
 def _weighted_get_loss(net):
