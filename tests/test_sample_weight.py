@@ -20,6 +20,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.frozen import FrozenEstimator
 from sklearn.linear_model import (
     GammaRegressor,
+    HuberRegressor,
     LinearRegression,
     LogisticRegression,
     LogisticRegressionCV,
@@ -108,6 +109,7 @@ FAMILIES = {
         lambda: _regression(10, positive=True),
     ),
     "gamma": (lambda: GammaRegressor(alpha=0.1, **TIGHT), lambda: _regression(11, positive=True)),
+    "huber": (lambda: HuberRegressor(alpha=0.5, **TIGHT), lambda: _regression(35)),
     "tweedie": (
         lambda: TweedieRegressor(power=1.5, alpha=0.1, **TIGHT),
         lambda: _regression(12, positive=True),
@@ -486,9 +488,8 @@ def test_weights_reach_every_curvature_and_solver(settings):
 
 
 def _skorch_net(kind, n_in, **kwargs):
-    from skorch import NeuralNetClassifier, NeuralNetRegressor
-
     from _nets import TanhMLP
+    from skorch import NeuralNetClassifier, NeuralNetRegressor
 
     net_class, n_out = (NeuralNetRegressor, 1) if kind == "regressor" else (NeuralNetClassifier, 3)
     settings = {

@@ -11,6 +11,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._base import ModelAdapter, fit_model
 from ._glm import GLM_MODELS, GeneralizedLinearModelAdapter, check_glm_configuration
+from ._huber import HUBER_MODELS, HuberAdapter, check_huber_configuration
 from ._linear import (
     SUPPORTED_LINEAR_MODELS,
     LinearModelAdapter,
@@ -31,7 +32,7 @@ from ._skorch import SKORCH_NETS, SkorchAdapter, check_skorch_configuration, fit
 SUPPORTED_ESTIMATORS_TEXT = (
     "LinearRegression, Ridge, LogisticRegression (L2 or no penalty), "
     "RidgeCV, RidgeClassifier, RidgeClassifierCV, LogisticRegressionCV (L2, refit=True), "
-    "PoissonRegressor, GammaRegressor, TweedieRegressor, "
+    "PoissonRegressor, GammaRegressor, TweedieRegressor, HuberRegressor, "
     "SGDClassifier(loss='log_loss'), SGDRegressor(loss='squared_error'), "
     "skorch's NeuralNetClassifier, NeuralNetBinaryClassifier or NeuralNetRegressor "
     "(with train_split=None), "
@@ -45,18 +46,25 @@ SUPPORTED_ESTIMATORS_TEXT = (
 _FAMILIES = [
     (SUPPORTED_LINEAR_MODELS, _check_linear_configuration, fit_model, LinearModelAdapter),
     (GLM_MODELS, check_glm_configuration, fit_model, GeneralizedLinearModelAdapter),
+    (HUBER_MODELS, check_huber_configuration, fit_model, HuberAdapter),
     (SKORCH_NETS, check_skorch_configuration, fit_skorch, SkorchAdapter),
     (SKLEARN_MLPS, check_mlp_configuration, fit_sklearn_mlp, SklearnMLPAdapter),
 ]
 
 
 #: the families whose objective takes per-row weights (sample_weight, class_weight)
-WEIGHTED_MODELS = (*SUPPORTED_LINEAR_MODELS, *GLM_MODELS, *SKLEARN_MLPS, *SKORCH_NETS)
+WEIGHTED_MODELS = (
+    *SUPPORTED_LINEAR_MODELS,
+    *GLM_MODELS,
+    *HUBER_MODELS,
+    *SKLEARN_MLPS,
+    *SKORCH_NETS,
+)
 
 WEIGHTED_MODELS_TEXT = (
     "LinearRegression, Ridge(CV), RidgeClassifier(CV), LogisticRegression(CV), "
     "SGDClassifier, SGDRegressor, PoissonRegressor, GammaRegressor, TweedieRegressor, "
-    "MLPClassifier, MLPRegressor and skorch's nets"
+    "HuberRegressor, MLPClassifier, MLPRegressor and skorch's nets"
 )
 
 
