@@ -42,6 +42,7 @@ import torch
 from sklearn import get_config
 from sklearn.utils.parallel import Parallel, delayed
 
+from .._progress import get_progress
 from ._curvature import make_curvature
 from ._gradients import batch_slices, per_example_gradients, resolve_query_targets
 from ._layers import (
@@ -272,7 +273,8 @@ class InfluenceEngine:
         targets = resolve_query_targets(self.adapter, self.theta, inputs, targets)
         n = len(inputs)
         size = n if single else self.query_block_rows(n, working_memory)
-        for rows in batch_slices(n, max(size, 1)):
+        slices = batch_slices(n, max(size, 1))
+        for rows in get_progress(self).blocks(slices, len(slices), "query block"):
             block_targets = None if targets is None else targets[rows]
             yield rows, self.precondition(inputs[rows], block_targets, damping, n_jobs)
 
@@ -284,7 +286,8 @@ class InfluenceEngine:
         results = Parallel(n_jobs=n_jobs, return_as="generator")(
             delayed(task)(self, preconditioned, rows, *arguments) for rows in slices
         )
-        yield from zip(slices, results, strict=True)
+        blocks = zip(slices, results, strict=True)
+        yield from get_progress(self).blocks(blocks, len(slices), "training block")
 
     # -- the scores ---------------------------------------------------------------------------
     def influence(self, inputs, targets, damping, n_jobs=None, *, working_memory=None, out=None):
@@ -362,7 +365,8 @@ class InfluenceEngine:
         results = Parallel(n_jobs=n_jobs, return_as="generator")(
             delayed(_self_block)(self, rows, damping) for rows in slices
         )
-        for rows, block in zip(slices, results, strict=True):
+        blocks = zip(slices, results, strict=True)
+        for rows, block in get_progress(self).blocks(blocks, len(slices), "training block"):
             out[rows] = torch.from_numpy(block)
         return out
 

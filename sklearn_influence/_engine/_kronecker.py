@@ -55,6 +55,7 @@ from dataclasses import dataclass
 import torch
 from torch.func import jacrev, vmap
 
+from .._progress import get_progress
 from ._curvature_base import Curvature
 from ._gradients import batch_slices
 from ._layers import layer_inputs_and_output_gradients, tape_positions
@@ -203,7 +204,8 @@ class KroneckerFactoredCurvature(Curvature):
         ``kept`` holds (position in ``layer_structure().layers``, layer) pairs; g carries the
         row weights' square roots, ā does not.
         """
-        for rows in batch_slices(self.n_train, self._rows_per_batch(self._n_factor_rows())):
+        slices = batch_slices(self.n_train, self._rows_per_batch(self._n_factor_rows()))
+        for rows in get_progress(self).blocks(slices, len(slices), f"{self.name} factor batch"):
             tapes, repeats = self._expanded_tapes(rows)
             yield (
                 rows,
