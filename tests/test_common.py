@@ -10,12 +10,19 @@ import torch
 from _nets import LazyTanhMLP
 from sklearn.linear_model import (
     GammaRegressor,
+    HuberRegressor,
     LinearRegression,
     LogisticRegression,
+    PoissonRegressor,
     Ridge,
+    RidgeClassifier,
+    RidgeClassifierCV,
+    RidgeCV,
     SGDClassifier,
     SGDRegressor,
+    TweedieRegressor,
 )
+from sklearn.neural_network import MLPClassifier, MLPRegressor
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
@@ -53,6 +60,11 @@ def _net(kind):
     )
 
 
+def _mlp(model_class):
+    """A tiny scikit-learn MLP (lbfgs: deterministic, no minibatches)."""
+    return model_class(hidden_layer_sizes=(3,), solver="lbfgs", max_iter=30, random_state=0)
+
+
 ESTIMATORS = [
     # influence, over every adapter family
     InfluenceFunction(LogisticRegression(max_iter=200), n_score_points=3, random_state=0),
@@ -64,6 +76,14 @@ ESTIMATORS = [
     InfluenceFunction(SGDRegressor(random_state=0), n_score_points=3, random_state=0),
     # positive targets only: the checks generate them from the forwarded positive_only tag
     InfluenceFunction(GammaRegressor(), n_score_points=3, random_state=0),
+    InfluenceFunction(PoissonRegressor(), n_score_points=3, random_state=0),
+    InfluenceFunction(TweedieRegressor(power=1.5), n_score_points=3, random_state=0),
+    InfluenceFunction(RidgeCV(), n_score_points=3, random_state=0),
+    InfluenceFunction(RidgeClassifier(), n_score_points=3, random_state=0),
+    InfluenceFunction(RidgeClassifierCV(), n_score_points=3, random_state=0),
+    InfluenceFunction(HuberRegressor(max_iter=1000), n_score_points=3, random_state=0),
+    InfluenceFunction(_mlp(MLPClassifier), n_score_points=3, random_state=0),
+    InfluenceFunction(_mlp(MLPRegressor), n_score_points=3, random_state=0),
     InfluenceFunction(make_pipeline(StandardScaler(), LogisticRegression()), random_state=0),
     InfluenceFunction(_net("classifier"), n_score_points=3, random_state=0),
     InfluenceFunction(_net("regressor"), n_score_points=3, random_state=0),
@@ -93,22 +113,10 @@ _WEIGHT_EQUIVALENCE = (
     "equivalence that does hold, a weight-w point's influence equal to the sum of its w "
     "copies', is tested in test_sample_weight.py"
 )
-_NO_NETWORK_WEIGHTS = (
-    "skorch nets take no sample weights: fit refuses sample_weight with the fix (repeat rows "
-    "of integer weight); the refusal is tested in test_sample_weight.py"
-)
 _UNTAGGED_TARGETS = (
     "scikit-learn's transformer checks fit on make_blobs labels (0, 1, 2) without applying "
     "the positive_only target tag, and GammaRegressor itself refuses y = 0; the other checks "
     "honour the tag (InfluenceFunction forwards it from the wrapped model) and pass"
-)
-_SAMPLE_WEIGHT_CHECKS = (
-    "check_sample_weights_pandas_series",
-    "check_sample_weights_not_an_array",
-    "check_sample_weights_list",
-    "check_sample_weights_shape",
-    "check_sample_weights_not_overwritten",
-    "check_all_zero_sample_weights_error",
 )
 
 #: The one table of expected failures: estimator class -> {check name: reason}. Every
@@ -126,8 +134,6 @@ def expected_failures(estimator):
         **EXPECTED_FAILURES.get(type(estimator), {}),
         "check_sample_weight_equivalence_on_dense_data": _WEIGHT_EQUIVALENCE,
     }
-    if isinstance(estimator.estimator, (NeuralNetClassifier, NeuralNetRegressor)):
-        failures.update(dict.fromkeys(_SAMPLE_WEIGHT_CHECKS, _NO_NETWORK_WEIGHTS))
     if isinstance(estimator.estimator, GammaRegressor):
         checks = ("check_transformer_general", "check_transformer_data_not_an_array",
                   "check_transformer_preserve_dtypes")  # fmt: skip

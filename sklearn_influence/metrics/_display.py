@@ -2,6 +2,8 @@
 
 from sklearn.utils.validation import check_is_fitted
 
+from ._detection import mislabel_detection_auc, mislabel_recall_curve
+
 
 def _check_matplotlib(caller):
     try:
@@ -149,8 +151,6 @@ class MislabelRecallDisplay:
         display : MislabelRecallDisplay
         """
         _check_matplotlib(f"{cls.__name__}.from_predictions")
-        from . import mislabel_detection_auc, mislabel_recall_curve
-
         fraction, recall = mislabel_recall_curve(is_mislabeled, scores)
         auc = mislabel_detection_auc(is_mislabeled, scores)
         display = cls(fraction, recall, auc=auc, name=name)
