@@ -12,7 +12,9 @@ shape at query time as at fit time). ``n_features_in_`` then follows scikit-lear
 n-d arrays (``X.shape[1]``, as :func:`sklearn.utils.validation.validate_data` would record).
 skorch's dict inputs (several named arrays passed to ``forward`` as keywords) are checked
 array by array (numeric, finite, one row per target, the same names and trailing shapes at
-query time) and kept as separate arrays (:mod:`._adapters._rows`).
+query time) and kept as separate arrays (:mod:`._adapters._rows`). A
+:class:`torch.utils.data.Dataset` X is passed on as it is (its items are loaded a block at a
+time by the adapter); its targets are ``y`` or, with ``y=None``, its items' second elements.
 """
 
 from collections.abc import Mapping
@@ -36,6 +38,7 @@ from ._adapters import (
     check_supported,
 )
 from ._adapters._pipeline import unwrap
+from ._adapters._rows import is_dataset, item_target
 
 
 def is_pipeline(model):
@@ -51,6 +54,23 @@ def _takes_nd_input(model):
         return False
     _, final = unwrap(model)
     return isinstance(final, SKORCH_NETS)
+
+
+def dataset_targets(estimator, X, y):
+    """The targets of a data set X: ``y`` (one per item), else the items' second elements
+    (read in one pass; the inputs are not kept)."""
+    if y is None:
+        targets = [item_target(X[i]) for i in range(len(X))]
+        if any(target is None for target in targets):
+            raise ValueError(
+                f"{type(estimator).__name__}: the data set's items are not (input, target) "
+                "pairs, so pass the targets as y (one per item)."
+            )
+        y = targets
+    y = np.asarray(y)
+    if len(y) != len(X):
+        raise ValueError(f"y has {len(y)} rows but the data set has {len(X)} items.")
+    return y
 
 
 def _is_dict(X):
@@ -116,6 +136,9 @@ def validate_training_data(estimator, X, y):
         validate_data(estimator, X, y, dtype=None, ensure_all_finite=False, multi_output=True)
         return X, np.asarray(y)
     if _takes_nd_input(estimator.estimator):
+        if is_dataset(X):
+            estimator.__dict__.pop("_sample_shape", None)
+            return X, dataset_targets(estimator, X, y)
         if _is_dict(X):
             return _check_dict(estimator, X, len(y), reset=True), np.asarray(y)
         if _is_nd(X):
@@ -178,6 +201,8 @@ def validate_query_data(estimator, X):
         validate_data(estimator, X, reset=False, dtype=None, ensure_all_finite=False)
         return X
     if _takes_nd_input(estimator.estimator):
+        if is_dataset(X):
+            return X
         if _is_dict(X) or isinstance(getattr(estimator, "_sample_shape", None), dict):
             return _check_dict(estimator, X if _is_dict(X) else {None: X})
         if _is_nd(X) or getattr(estimator, "_sample_shape", None) is not None:

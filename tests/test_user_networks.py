@@ -112,3 +112,53 @@ def test_dict_inputs_give_the_matrices_of_the_stacked_array(digits):
     )
     with pytest.raises(ValueError, match="named inputs of shapes"):
         split.transform({"left": X[:5, :40]}, y[:5])
+
+
+class _Rows(torch.utils.data.Dataset):
+    """A user's data set: items are inputs, or (input, target) pairs."""
+
+    def __init__(self, X, y=None):
+        self.X, self.y = X, y
+
+    def __len__(self):
+        return len(self.X)
+
+    def __getitem__(self, i):
+        return self.X[i] if self.y is None else (self.X[i], self.y[i])
+
+
+def test_datasets_stream_and_give_the_matrices_of_the_array(digits):
+    """A torch Dataset (inputs, or (input, target) pairs) or a skorch Dataset as X: the
+    engine loads it a block at a time (never one array) and every result equals the array's:
+    influence (Gauss-Newton and EK-FAC), self-influence, weights, cold LOO and the PBRF."""
+    from skorch.dataset import Dataset as SkorchDataset
+
+    from sklearn_influence import PBRF, LeaveOneOut
+    from sklearn_influence._adapters._rows import DatasetRows
+
+    X, y = digits
+    weights = np.random.RandomState(1).uniform(0.5, 2.0, len(y))
+    for settings, fit_params in (({}, {}), ({"curvature": "ekfac"}, {"sample_weight": weights})):
+        array = InfluenceFunction(_net(TanhMLP), damping=1e-2, random_state=0, **settings)
+        streamed = InfluenceFunction(_net(TanhMLP), damping=1e-2, random_state=0, **settings)
+        array.fit(X, y, **fit_params)
+        streamed.fit(_Rows(X, y), None, **fit_params)
+        assert isinstance(streamed.engine_.inputs, DatasetRows)
+        np.testing.assert_array_equal(
+            streamed.transform(_Rows(X[:5]), y[:5]), array.transform(X[:5], y[:5])
+        )
+        np.testing.assert_array_equal(streamed.self_influence(), array.self_influence())
+    loo = [LeaveOneOut(_net(TanhMLP), train_indices=[3], warm_start=False, random_state=0)
+           for _ in range(2)]  # fmt: skip
+    np.testing.assert_array_equal(
+        loo[1].fit(_Rows(X), y).parameters_, loo[0].fit(X, y).parameters_
+    )
+    pbrf = [PBRF(_net(TanhMLP), train_indices=[3, 7], n_iter=20, random_state=0)
+            for _ in range(2)]  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # 20 steps do not converge; the same 20 steps
+        np.testing.assert_array_equal(
+            pbrf[1].fit(SkorchDataset(X, y), None).parameters_, pbrf[0].fit(X, y).parameters_
+        )
+    with pytest.raises(ValueError, match="not .input, target. pairs, so pass the targets"):
+        InfluenceFunction(_net(TanhMLP)).fit(_Rows(X), None)

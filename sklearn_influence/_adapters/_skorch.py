@@ -48,7 +48,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from .._torch_utils import array_to_tensor
 from ._base import Layer, LayerStructure, ModelAdapter, ParameterBlock
 from ._losses import BinaryLogLoss, SoftmaxCrossEntropy, SquaredError
-from ._rows import RowBatch
+from ._rows import DatasetRows, RowBatch, is_dataset
 from ._skorch_checks import (
     SKORCH_NETS,
     _criterion_class_and_params,
@@ -376,7 +376,25 @@ class SkorchAdapter(ModelAdapter):
         tensor = array_to_tensor(Z, device=self.device)
         return tensor.to(self.dtype) if tensor.is_floating_point() else tensor
 
+    def _block_tensor(self, batch):
+        """A collated block of a data set's inputs as the module's input (dtype, device)."""
+        if isinstance(batch, dict):
+            return RowBatch({k: self._block_tensor(v) for k, v in batch.items()}, self.dtype)
+        batch = torch.as_tensor(batch, device=self.device)
+        if batch.is_floating_point() or not _takes_indices(self._module):
+            batch = batch.to(self.dtype)
+            if not bool(torch.isfinite(batch).all()):
+                raise ValueError(
+                    "A block of the data set's inputs contains NaN or infinity; fix those items."
+                )
+        return batch
+
     def inputs(self, X):
+        if is_dataset(X):  # rows loaded a block at a time, never stacked
+            rows = DatasetRows(X, self._block_tensor, self.device, self.dtype)
+            if self._n_outputs is None and len(rows):
+                self._probe(rows[:2])
+            return rows
         tensor = self._as_tensor(self.features(X))
         if self._n_outputs is None and len(tensor):
             self._probe(tensor[:2])
@@ -405,6 +423,13 @@ class SkorchAdapter(ModelAdapter):
         return module_logits(out)
 
     def outputs(self, theta, inputs):
+        if isinstance(inputs, DatasetRows):  # a whole data set: block by block
+            n, size = len(inputs), self.net.batch_size
+            size = size if size and size > 0 else n
+            return torch.cat([
+                self._head(self._raw_outputs(theta, inputs[start : start + size]))
+                for start in range(0, n, size)
+            ])  # fmt: skip
         return self._head(self._raw_outputs(theta, inputs))
 
     def regularizer_diagonal(self):

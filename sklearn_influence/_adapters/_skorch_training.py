@@ -11,7 +11,7 @@ from skorch import NeuralNetBinaryClassifier, NeuralNetRegressor
 from torch.utils.data import Sampler
 
 from .._torch_utils import array_to_tensor
-from ._rows import rows_of
+from ._rows import DatasetInputs, PairedRows, head_rows, is_dataset, rows_of
 from ._skorch_checks import check_skorch_configuration
 from ._skorch_outputs import module_logits
 from ._skorch_weights import WeightedRows, mean_one, weighted_training
@@ -80,6 +80,10 @@ def _as_module_array(X, dtype, keep_integers=False):
     """
     if isinstance(X, dict):
         return {name: _as_module_array(A, dtype, keep_integers) for name, A in X.items()}
+    if is_dataset(X):  # converted item by item as the training loop loads them
+        return DatasetInputs(X, lambda item: _as_module_array(item, dtype, keep_integers))
+    if isinstance(X, torch.Tensor):
+        X = X.detach().cpu().numpy()
     X = np.asarray(X)
     if X.dtype.kind not in "fiub":
         raise ValueError(
@@ -141,7 +145,7 @@ def _probe_outputs(net, X):
     module.eval()
     try:
         with torch.no_grad():
-            first = rows_of(X, slice(0, 2))
+            first = head_rows(X)
             if isinstance(first, dict):
                 out = module(**{k: array_to_tensor(A, device=net.device) for k, A in first.items()})
             else:
@@ -203,11 +207,14 @@ def _train(net, X, y, *, seed, kept, n_original, initial=None, weights=None):
 
 
 def _partial_fit(net, X, y, kept, weights):
-    if weights is None:
+    if weights is None and not is_dataset(X):
         net.partial_fit(rows_of(X, kept), y[kept])
         return
-    with weighted_training(net):
-        net.partial_fit(WeightedRows(rows_of(X, kept), y[kept], weights[kept]), None)
+    if weights is None:  # a data set of inputs: skorch takes (input, target) items
+        net.partial_fit(PairedRows(rows_of(X, kept), y[kept]), None)
+    else:
+        with weighted_training(net):
+            net.partial_fit(WeightedRows(rows_of(X, kept), y[kept], weights[kept]), None)
     if not isinstance(net, (NeuralNetBinaryClassifier, NeuralNetRegressor)):
         net.classes_inferred_ = np.unique(y)  # skorch infers them from a y it got here
 
@@ -264,5 +271,5 @@ def fit_skorch(net, X, y, sample_weight=None):
         "initial_state": initial_state,
         "initial_parameters": theta0,
         "n_train": n,
-        "probe": rows_of(X_ready, slice(0, 2)),
+        "probe": head_rows(X_ready),
     }
