@@ -100,3 +100,16 @@ def test_progress_lines_without_a_total():
     assert list(progress.blocks(iter("ab"))) == ["a", "b"]
     assert not Progress(0) and Progress(1)
     np.testing.assert_equal(list(Progress(3).blocks(range(2), total=2)), [0, 1])
+
+
+def test_decomposition_reports_each_response_with_its_time(capsys):
+    from sklearn_influence import InfluenceDecomposition
+
+    X, y = make_regression(n_samples=40, n_features=3, noise=1.0, random_state=2)
+    InfluenceDecomposition(Ridge(), n_points=2, verbose=1, random_state=0).fit(X, y)
+    lines = _lines(capsys.readouterr().out, "InfluenceDecomposition")
+    stages = ["cold-start leave-one-out", "warm-start leave-one-out", "PRF", "PBRF",
+              "linearized PBRF"]  # fmt: skip
+    for stage in stages:
+        assert any(line.startswith(f"[InfluenceDecomposition] {stage}") and "done in" in line
+                   for line in lines), stage  # fmt: skip
