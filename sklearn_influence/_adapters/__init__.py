@@ -222,6 +222,7 @@ def make_adapter(estimator, n_train, device, fit_state=None, *, sample_weight=No
 
 __all__ = [
     "SUPPORTED_ESTIMATORS_TEXT",
+    "HuberAdapter",
     "LinearModelAdapter",
     "ModelAdapter",
     "SklearnMLPAdapter",
