@@ -37,7 +37,7 @@ class InfluenceFunctionCV(InfluenceFunction):
         Agreement measure between predicted and actual loss changes.
     curvature, solver, device, batch_size, solver_options :
         As in :class:`InfluenceFunction`.
-    n_score_points, score_target, score_damping, memory, n_jobs, random_state :
+    n_score_points, score_target, score_damping, memory, n_jobs, verbose, random_state :
         As in :class:`InfluenceFunction`.
 
     Attributes
@@ -88,6 +88,7 @@ class InfluenceFunctionCV(InfluenceFunction):
         score_damping=1e-3,
         memory=None,
         n_jobs=None,
+        verbose=0,
         random_state=None,
     ):
         self.estimator = estimator
@@ -104,6 +105,7 @@ class InfluenceFunctionCV(InfluenceFunction):
         self.score_damping = score_damping
         self.memory = memory
         self.n_jobs = n_jobs
+        self.verbose = verbose
         self.random_state = random_state
 
     def _damping(self):
@@ -151,21 +153,25 @@ class InfluenceFunctionCV(InfluenceFunction):
         def fold_params(train):
             return {name: np.asarray(value)[train] for name, value in full_params.items()}
 
-        if self.cv is None:
-            folds = [(self.engine_, X, y, X, y)]
-        else:
-            splitter = check_cv(self.cv)
-            folds = [
-                (
-                    self._fit_engine(_take(X, train), _take(y, train), fold_params(train))[1],
-                    _take(X, train),
-                    _take(y, train),
-                    _take(X, test),
-                    _take(y, test),
-                )
-                for train, test in splitter.split(X, y)
-            ]
-        scores = np.array([self._fold_scores(*fold, dampings) for fold in folds])
+        splits = [(slice(None), slice(None))] if self.cv is None else check_cv(self.cv).split(X, y)
+        splits = list(splits)
+        progress, scores = self._progress(), []
+        for number, (train, test) in enumerate(splits, 1):
+            with progress.stage(f"fold {number}/{len(splits)} fitted and scored"):
+                fold = (self.engine_, X, y, X, y)
+                if self.cv is not None:
+                    engine = self._fit_engine(_take(X, train), _take(y, train), fold_params(train))[
+                        1
+                    ]
+                    fold = (
+                        engine,
+                        _take(X, train),
+                        _take(y, train),
+                        _take(X, test),
+                        _take(y, test),
+                    )
+                scores.append(self._fold_scores(*fold, dampings))
+        scores = np.array(scores)
         self.cv_scores_ = scores.mean(0)
         if np.all(np.isnan(self.cv_scores_)):
             raise ValueError(

@@ -33,6 +33,7 @@ from ._base import (
     routed_fit_params,
 )
 from ._influence import InfluenceFunction
+from ._progress import Progress
 from ._responses._functions import (
     cold_leave_one_out,
     linearized_pbrf,
@@ -131,7 +132,8 @@ class InfluenceDecomposition(FittedModelMixin, BaseEstimator):
     random_state : int, RandomState instance or None, default=None
         Draws the removed points; seeds torch in a forked RNG.
     verbose : int, default=0
-        Progress messages.
+        Progress, as in :class:`InfluenceFunction`: 1 a line per response (and influence
+        stage) with its time, 2 also the refits as they finish, with the time left.
 
     Attributes
     ----------
@@ -280,6 +282,7 @@ class InfluenceDecomposition(FittedModelMixin, BaseEstimator):
                 solver=self.solver,
                 solver_options=self.solver_options,
                 device=self.device,
+                verbose=self.verbose,
                 random_state=self.random_state,
             ).fit(X, y, sample_weight=problem.adapter.fit_sample_weight)
         engine = self.influence_.engine_
@@ -307,20 +310,21 @@ class InfluenceDecomposition(FittedModelMixin, BaseEstimator):
             "seed": seed,
             "optimizer_options": self.optimizer_options,
         }
-        self._say(f"cold-start leave-one-out: {len(indices)} refits")
-        cold = cold_leave_one_out(problem, indices, **common)
-        self._say(f"warm-start leave-one-out: {len(indices)} refits")
-        warm = warm_leave_one_out(problem, indices, **common)
+        progress = Progress(self.verbose, type(self).__name__)
+        with progress.stage(f"cold-start leave-one-out: {len(indices)} refits"):
+            cold = cold_leave_one_out(problem, indices, **common)
+        with progress.stage(f"warm-start leave-one-out: {len(indices)} refits"):
+            warm = warm_leave_one_out(problem, indices, **common)
         proximal = {}
         for kind in ("prf", "pbrf"):
-            self._say(f"{kind.upper()}: {len(indices)} batched optimisations")
             settings["n_iter"] = self._steps(kind, problem.n_train)
-            proximal[kind] = proximal_response(
-                problem, kind, indices, damping=self.damping, method=self.method, **common,
-                **settings,
-            )  # fmt: skip
-        self._say("linearized PBRF")
-        linear = linearized_pbrf(problem, indices, damping=self.damping)
+            with progress.stage(f"{kind.upper()}: {len(indices)} batched optimisations"):
+                proximal[kind] = proximal_response(
+                    problem, kind, indices, damping=self.damping, method=self.method, **common,
+                    **settings,
+                )  # fmt: skip
+        with progress.stage("linearized PBRF"):
+            linear = linearized_pbrf(problem, indices, damping=self.damping)
         self.converged_ = {kind: np.asarray(proximal[kind].converged) for kind in proximal}
         return {
             "cold_loo": cold.parameters,
@@ -336,10 +340,6 @@ class InfluenceDecomposition(FittedModelMixin, BaseEstimator):
             return self.n_iter
         optimizer = resolve_optimizer(kind, self.optimizer, self.batch_size, n_train)
         return AUTO_STEPS[optimizer]
-
-    def _say(self, message):
-        if self.verbose:
-            print(f"[InfluenceDecomposition] {message}", flush=True)
 
     @staticmethod
     def _output_distances(problem, results):

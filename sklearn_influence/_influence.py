@@ -28,6 +28,7 @@ from ._base import (
     warn_if_not_stationary,
 )
 from ._engine._influence_engine import InfluenceEngine, NonFiniteScores, working_memory_bytes
+from ._progress import Progress
 from ._responses._removal import SCORE_TARGETS, removal_changes
 from ._torch_utils import resolve_device, seeded_torch, to_numpy
 from ._validation import (
@@ -45,16 +46,21 @@ UNDEFINED_AGREEMENT = (
 )
 
 
-def _fit_engine(estimator, X, y, *, device, random_state, fit_params=None, **engine_settings):
+def _fit_engine(
+    estimator, X, y, *, device, random_state, fit_params=None, progress=None, **engine_settings
+):
     """Fit (a clone of) the model and build its influence engine, factorization included.
 
     Module-level and free of ``self`` so that ``joblib.Memory`` can cache it across the
     clones that ``GridSearchCV`` makes: damping is not an argument, so every damping value
     reuses the same fit, gradients and factorization. ``fit_params`` (the routed
-    ``sample_weight``) go to the model's ``fit``.
+    ``sample_weight``) go to the model's ``fit``. ``progress`` (a :class:`~._progress.Progress`,
+    not part of the cache key) reports the stages.
     """
+    progress = progress or Progress(0)
     with seeded_torch(random_state) as seed:
-        fitted, adapter = fit_model_and_adapter(estimator, X, y, device, fit_params)
+        with progress.stage("model fitted and its gradients checked"):
+            fitted, adapter = fit_model_and_adapter(estimator, X, y, device, fit_params)
         options = {"seed": seed, **(engine_settings.pop("solver_options") or {})}
         try:
             engine = InfluenceEngine(
@@ -64,7 +70,11 @@ def _fit_engine(estimator, X, y, *, device, random_state, fit_params=None, **eng
                 solver_options=options,
                 **engine_settings,
             )
-            engine.solver.prepare()
+            engine.progress = engine.curvature.progress = progress
+            with progress.stage(
+                f"curvature {engine.curvature.name!r} and solver {engine.solver_name!r} prepared"
+            ):
+                engine.solver.prepare()
         except torch.linalg.LinAlgError as error:
             raise ValueError(
                 f"The curvature matrix could not be factorized ({error}). It is likely "
@@ -203,6 +213,12 @@ class InfluenceFunction(
         Workers for the blocks of :meth:`transform` and the refits of :meth:`score`, through
         :mod:`sklearn.utils.parallel`; a joblib backend such as Dask is chosen by the caller
         with ``joblib.parallel_config``. Results do not depend on it.
+    verbose : int, default=0
+        Progress of long work, by scikit-learn's convention: 0 silent; 1 one line per stage
+        (model fit, curvature and solver, each influence computation) with its time; 2 also
+        one line per streamed block or curvature pass batch, with an estimate of the time
+        left; 3 a tqdm progress bar instead of those lines (``pip install
+        sklearn-influence[progress]``).
     random_state : int, RandomState instance or None, default=None
         Chooses the score points; seeds torch inside a forked RNG.
 
@@ -271,6 +287,7 @@ class InfluenceFunction(
         "score_damping": [Interval(Real, 0, None, closed="left")],
         "memory": [None, str, HasMethods(["cache"])],
         "n_jobs": N_JOBS,
+        "verbose": ["verbose"],
     }
 
     def __init__(
@@ -288,6 +305,7 @@ class InfluenceFunction(
         score_damping=1e-3,
         memory=None,
         n_jobs=None,
+        verbose=0,
         random_state=None,
     ):
         self.estimator = estimator
@@ -302,6 +320,7 @@ class InfluenceFunction(
         self.score_damping = score_damping
         self.memory = memory
         self.n_jobs = n_jobs
+        self.verbose = verbose
         self.random_state = random_state
 
     # -- fitting ------------------------------------------------------------------------
@@ -352,6 +371,7 @@ class InfluenceFunction(
         sample_weight = validate_sample_weight(self, sample_weight, len(y))
         self._fit_params = routed_fit_params(self, sample_weight)
         self.estimator_, self.engine_ = self._fit_engine(X, y, self._fit_params)
+        self.engine_.progress = self.engine_.curvature.progress = self._progress()
         # outside the cached fit, so that a cached fit warns too
         self.stationarity_ = self.engine_.adapter.stationarity
         warn_if_not_stationary(self.engine_.adapter, type(self).__name__, stacklevel=4)
@@ -402,18 +422,23 @@ class InfluenceFunction(
 
     def _fit_engine(self, X, y, fit_params=None):
         """``(fitted model, engine)`` on (X, y), cached by ``memory`` across clones."""
-        return check_memory(self.memory).cache(_fit_engine)(
+        return check_memory(self.memory).cache(_fit_engine, ignore=["progress"])(
             self.estimator,
             X,
             y,
             device=resolve_device(self.device),
             random_state=self.random_state,
             fit_params=fit_params or {},
+            progress=self._progress(),
             curvature=self.curvature,
             solver=self.solver,
             batch_size=self.batch_size,
             solver_options=self.solver_options,
         )
+
+    def _progress(self):
+        """This estimator's :class:`~._progress.Progress` (its ``verbose``)."""
+        return Progress(getattr(self, "verbose", 0), type(self).__name__)
 
     def _fit_key(self):
         """What, with the training data, determines the fit (a cache key for its results)."""
@@ -516,7 +541,9 @@ class InfluenceFunction(
         """The influence matrix as numpy, whatever ``set_output`` says about ``transform``."""
         self._check_ready()
         inputs, targets = self._query_tensors(X, y_test)
-        return to_numpy(self.engine_.influence(inputs, targets, self._damping(), self.n_jobs))
+        with self._progress().stage(f"influence matrix {len(inputs)} × {self.n_train_}"):
+            matrix = self.engine_.influence(inputs, targets, self._damping(), self.n_jobs)
+        return to_numpy(matrix)
 
     def transform_chunked(self, X, y_test=None, *, reduce_func=None, working_memory=None):
         """Generate the influence matrix block by block of training points (columns).
@@ -602,7 +629,9 @@ class InfluenceFunction(
         self_influence : ndarray of shape (n_train_,)
         """
         self._check_ready()
-        return to_numpy(self.engine_.self_influence(self._damping(), self.n_jobs))
+        with self._progress().stage(f"self-influence of {self.n_train_} training points"):
+            values = self.engine_.self_influence(self._damping(), self.n_jobs)
+        return to_numpy(values)
 
     def most_influential(self, X, y_test=None, k=10):
         """The k most helpful and k most harmful training points for each query.
@@ -655,9 +684,10 @@ class InfluenceFunction(
                 "use k <= n_train_ (or transform for the whole matrix)."
             )
         inputs, targets = self._query_tensors(X, y_test)
-        helpful, helpful_values, harmful, harmful_values = self.engine_.top_k(
-            inputs, targets, self._damping(), k, self.n_jobs
-        )
+        with self._progress().stage(f"top {k} of {self.n_train_} for {len(inputs)} queries"):
+            helpful, helpful_values, harmful, harmful_values = self.engine_.top_k(
+                inputs, targets, self._damping(), k, self.n_jobs
+            )
         return Bunch(
             helpful_indices=helpful,
             helpful_values=helpful_values,

@@ -43,6 +43,7 @@ class _InfluenceScore:
             solver_options=detector.solver_options,
             n_jobs=detector.n_jobs,
             memory=detector.memory,
+            verbose=detector.verbose,
             random_state=detector.random_state,
         ).fit(X, y, sample_weight=sample_weight)
         self.estimator = self.influence.estimator_
@@ -116,7 +117,7 @@ class _PBRFScore:
             n_jobs=detector.n_jobs,
             memory=detector.memory,
             random_state=detector.random_state,
-            **options,
+            **{"verbose": detector.verbose, **options},
         ).fit(X, y, sample_weight=sample_weight)
         self.estimator = self.response.estimator_
         problem = self.response.problem_
@@ -236,6 +237,9 @@ class MislabelDetector(WeightedFitRouterMixin, OutlierMixin, BaseEstimator):
         (``method="pbrf_self_influence"``) as they complete: an interrupted ``fit`` started
         again with the same ``memory`` computes only what was not finished, with a bitwise
         identical result. None: nothing is saved.
+    verbose : int, default=0
+        Progress of long work, as in :class:`InfluenceFunction`: 0 silent, 1 a line per stage
+        with its time, 2 one per block (with the time left), 3 a tqdm bar.
     random_state : int, RandomState instance or None, default=None
         Seeds model fitting and any stochastic solver inside a forked torch RNG.
 
@@ -296,6 +300,7 @@ class MislabelDetector(WeightedFitRouterMixin, OutlierMixin, BaseEstimator):
         "contamination": [Interval(Real, 0, 0.5, closed="right")],
         "response_options": [dict, None],
         "n_jobs": N_JOBS,
+        "verbose": ["verbose"],
         **MEMORY_CONSTRAINTS,
     }
 
@@ -314,6 +319,7 @@ class MislabelDetector(WeightedFitRouterMixin, OutlierMixin, BaseEstimator):
         response_options=None,
         n_jobs=None,
         memory=None,
+        verbose=0,
         random_state=None,
     ):
         self.estimator = estimator
@@ -328,6 +334,7 @@ class MislabelDetector(WeightedFitRouterMixin, OutlierMixin, BaseEstimator):
         self.response_options = response_options
         self.n_jobs = n_jobs
         self.memory = memory
+        self.verbose = verbose
         self.random_state = random_state
 
     @_fit_context(prefer_skip_nested_validation=False)

@@ -10,8 +10,11 @@ more than two dimensions, such as images of shape (n, 1, 8, 8) or token sequence
 (n, 8, 8), is checked as an n-d numeric array (finite, one row per target, the same trailing
 shape at query time as at fit time). ``n_features_in_`` then follows scikit-learn's rule for
 n-d arrays (``X.shape[1]``, as :func:`sklearn.utils.validation.validate_data` would record).
-skorch's dict inputs (several named arrays passed to ``forward`` as keywords) are refused:
-the influence computations slice and vmap one input tensor.
+skorch's dict inputs (several named arrays passed to ``forward`` as keywords) are checked
+array by array (numeric, finite, one row per target, the same names and trailing shapes at
+query time) and kept as separate arrays (:mod:`._adapters._rows`). A
+:class:`torch.utils.data.Dataset` X is passed on as it is (its items are loaded a block at a
+time by the adapter); its targets are ``y`` or, with ``y=None``, its items' second elements.
 """
 
 from collections.abc import Mapping
@@ -38,6 +41,7 @@ from ._adapters import (
     has_layer_structure,
 )
 from ._adapters._pipeline import unwrap
+from ._adapters._rows import is_dataset, item_target
 from ._engine._influence_engine import working_memory_bytes
 
 
@@ -56,14 +60,50 @@ def _takes_nd_input(model):
     return isinstance(final, SKORCH_NETS)
 
 
-def _refuse_dict(estimator, X):
-    if isinstance(X, Mapping) and not issparse(X):  # scipy's dok arrays are dicts
-        raise TypeError(
-            f"{type(estimator).__name__} does not support dict inputs (skorch's several "
-            "named arrays for forward(**X)): the influence computations slice and vectorise "
-            "one input array. Pass a single array, for example np.concatenate of the inputs "
-            "along axis 1, and split it inside the module's forward."
+def dataset_targets(estimator, X, y):
+    """The targets of a data set X: ``y`` (one per item), else the items' second elements
+    (read in one pass; the inputs are not kept)."""
+    if y is None:
+        targets = [item_target(X[i]) for i in range(len(X))]
+        if any(target is None for target in targets):
+            raise ValueError(
+                f"{type(estimator).__name__}: the data set's items are not (input, target) "
+                "pairs, so pass the targets as y (one per item)."
+            )
+        y = targets
+    y = np.asarray(y)
+    if len(y) != len(X):
+        raise ValueError(f"y has {len(y)} rows but the data set has {len(X)} items.")
+    return y
+
+
+def _is_dict(X):
+    return isinstance(X, Mapping) and not issparse(X)  # scipy's dok arrays are dicts
+
+
+def _check_dict(estimator, X, n_rows=None, reset=False):
+    """skorch's named inputs as a dict of validated numeric arrays with equal row counts."""
+    name = type(estimator).__name__
+    if not X:
+        raise ValueError(f"{name} got an empty dict X; pass the module's named inputs.")
+    arrays = {key: check_array(A, allow_nd=True, ensure_2d=False, estimator=estimator,
+                               input_name=f"X[{key!r}]") for key, A in X.items()}  # fmt: skip
+    lengths = {key: len(A) for key, A in arrays.items()}
+    if len(set(lengths.values())) > 1 or (n_rows is not None and n_rows not in lengths.values()):
+        raise ValueError(
+            f"The arrays of dict X must have one row per sample ({n_rows or 'equal'} rows), "
+            f"got rows {lengths}; pass arrays of the same length."
         )
+    shapes = {key: A.shape[1:] for key, A in arrays.items()}
+    if reset:
+        estimator._sample_shape = shapes
+        estimator.__dict__.pop("n_features_in_", None)
+    elif getattr(estimator, "_sample_shape", None) != shapes:
+        raise ValueError(
+            f"X has named inputs of shapes {shapes}, but {name} was fitted on "
+            f"{getattr(estimator, '_sample_shape', None)}; pass the same keys and shapes."
+        )
+    return arrays
 
 
 def _is_nd(X):
@@ -165,7 +205,11 @@ def validate_training_data(estimator, X, y):
         validate_data(estimator, X, y, dtype=None, ensure_all_finite=False, multi_output=True)
         return X, np.asarray(y)
     if _takes_nd_input(estimator.estimator):
-        _refuse_dict(estimator, X)
+        if is_dataset(X):
+            estimator.__dict__.pop("_sample_shape", None)
+            return X, dataset_targets(estimator, X, y)
+        if _is_dict(X):
+            return _check_dict(estimator, X, len(y), reset=True), np.asarray(y)
         if _is_nd(X):
             X, y = check_X_y(
                 X, y, allow_nd=True, multi_output=True, y_numeric=False, estimator=estimator
@@ -226,7 +270,10 @@ def validate_query_data(estimator, X):
         validate_data(estimator, X, reset=False, dtype=None, ensure_all_finite=False)
         return X
     if _takes_nd_input(estimator.estimator):
-        _refuse_dict(estimator, X)
+        if is_dataset(X):
+            return X
+        if _is_dict(X) or isinstance(getattr(estimator, "_sample_shape", None), dict):
+            return _check_dict(estimator, X if _is_dict(X) else {None: X})
         if _is_nd(X) or getattr(estimator, "_sample_shape", None) is not None:
             X = check_array(X, allow_nd=True, estimator=estimator)
             _check_sample_shape(estimator, X)

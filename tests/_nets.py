@@ -28,3 +28,32 @@ class LazyTanhMLP(torch.nn.Module):
 
     def forward(self, X):
         return self.out(torch.tanh(self.hidden(X)))
+
+
+class DictOutputMLP(TanhMLP):
+    """TanhMLP whose forward returns a dict, as many research models do."""
+
+    def forward(self, X):
+        logits = super().forward(X)
+        return {"hidden": torch.tanh(self.hidden(X)), "logits": logits}
+
+
+class ModelOutputMLP(TanhMLP):
+    """TanhMLP whose forward returns a Hugging Face–style attribute object."""
+
+    def forward(self, X):
+        return Output(logits=super().forward(X), loss=None)
+
+
+class Output:
+    """An attribute container like ``transformers.utils.ModelOutput`` (not a mapping)."""
+
+    def __init__(self, logits, loss=None):
+        self.logits, self.loss = logits, loss
+
+
+class SplitInputMLP(TanhMLP):
+    """TanhMLP taking its input as two named arrays (skorch's dict X: forward(**X))."""
+
+    def forward(self, left, right):
+        return super().forward(torch.cat([left, right], dim=1))

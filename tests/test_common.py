@@ -11,12 +11,19 @@ from _nets import LazyTanhMLP
 from sklearn.base import is_regressor
 from sklearn.linear_model import (
     GammaRegressor,
+    HuberRegressor,
     LinearRegression,
     LogisticRegression,
+    PoissonRegressor,
     Ridge,
+    RidgeClassifier,
+    RidgeClassifierCV,
+    RidgeCV,
     SGDClassifier,
     SGDRegressor,
+    TweedieRegressor,
 )
+from sklearn.neural_network import MLPClassifier, MLPRegressor
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
@@ -55,6 +62,14 @@ def _net(kind):
     )
 
 
+def _mlp(model_class):
+    """A tiny scikit-learn MLP (lbfgs: deterministic, no minibatches; a loose tol so that it
+    converges on the checks' data instead of warning)."""
+    return model_class(
+        hidden_layer_sizes=(3,), solver="lbfgs", tol=1e-2, max_iter=500, random_state=0
+    )
+
+
 ESTIMATORS = [
     # influence, over every adapter family
     InfluenceFunction(LogisticRegression(max_iter=200), n_score_points=3, random_state=0),
@@ -66,6 +81,14 @@ ESTIMATORS = [
     InfluenceFunction(SGDRegressor(random_state=0), n_score_points=3, random_state=0),
     # positive targets only: the checks generate them from the forwarded positive_only tag
     InfluenceFunction(GammaRegressor(), n_score_points=3, random_state=0),
+    InfluenceFunction(PoissonRegressor(), n_score_points=3, random_state=0),
+    InfluenceFunction(TweedieRegressor(power=1.5), n_score_points=3, random_state=0),
+    InfluenceFunction(RidgeCV(), n_score_points=3, random_state=0),
+    InfluenceFunction(RidgeClassifier(), n_score_points=3, random_state=0),
+    InfluenceFunction(RidgeClassifierCV(), n_score_points=3, random_state=0),
+    InfluenceFunction(HuberRegressor(max_iter=1000), n_score_points=3, random_state=0),
+    InfluenceFunction(_mlp(MLPClassifier), n_score_points=3, random_state=0),
+    InfluenceFunction(_mlp(MLPRegressor), n_score_points=3, random_state=0),
     InfluenceFunction(make_pipeline(StandardScaler(), LogisticRegression()), random_state=0),
     InfluenceFunction(_net("classifier"), n_score_points=3, random_state=0),
     InfluenceFunction(_net("regressor"), n_score_points=3, random_state=0),
@@ -97,10 +120,6 @@ _WEIGHT_EQUIVALENCE = (
     "equivalence that does hold, a weight-w point's influence equal to the sum of its w "
     "copies', is tested in test_sample_weight.py"
 )
-_NO_NETWORK_WEIGHTS = (
-    "skorch nets take no sample weights: fit refuses sample_weight with the fix (repeat rows "
-    "of integer weight); the refusal is tested in test_sample_weight.py"
-)
 _UNTAGGED_TARGETS = (
     "scikit-learn's transformer checks fit on make_blobs labels (0, 1, 2) without applying "
     "the positive_only target tag, and GammaRegressor itself refuses y = 0; the other checks "
@@ -114,14 +133,6 @@ _LABELLED_FIT_TRANSFORM = (
     "every make_blobs label right; the equality that holds is tested in test_composition.py"
 )
 _TRANSFORMER_CHECKS = ("check_transformer_general", "check_transformer_data_not_an_array")
-_SAMPLE_WEIGHT_CHECKS = (
-    "check_sample_weights_pandas_series",
-    "check_sample_weights_not_an_array",
-    "check_sample_weights_list",
-    "check_sample_weights_shape",
-    "check_sample_weights_not_overwritten",
-    "check_all_zero_sample_weights_error",
-)
 
 _TRAINING_ROWS_ONLY = (
     "the diagnostics describe the rows of the fitted training set (leverage, Cook's distance "
@@ -150,11 +161,9 @@ def expected_failures(estimator):
         **EXPECTED_FAILURES.get(type(estimator), {}),
         "check_sample_weight_equivalence_on_dense_data": _WEIGHT_EQUIVALENCE,
     }
-    if isinstance(estimator.estimator, (NeuralNetClassifier, NeuralNetRegressor)):
-        failures.update(dict.fromkeys(_SAMPLE_WEIGHT_CHECKS, _NO_NETWORK_WEIGHTS))
     model = estimator.estimator
     if isinstance(estimator, InfluenceFunction) and (
-        is_regressor(model) or isinstance(model, NeuralNetClassifier)
+        is_regressor(model) or isinstance(model, (NeuralNetClassifier, MLPClassifier))
     ):
         failures.update(dict.fromkeys(_TRANSFORMER_CHECKS, _LABELLED_FIT_TRANSFORM))
     if isinstance(estimator.estimator, GammaRegressor):

@@ -34,7 +34,6 @@ from sklearn.metrics import mean_tweedie_deviance
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
-from sklearn.utils.estimator_checks import parametrize_with_checks
 from threadpoolctl import threadpool_limits
 
 from sklearn_influence import PBRF, InfluenceFunction, LinearizedPBRF
@@ -668,32 +667,7 @@ def test_grid_search_over_damping_in_a_pipeline(name):
     assert search.best_params_["damping"] in (1e-3, 1.0)
 
 
-# -- scikit-learn's estimator checks for InfluenceFunction around the new families -------------
-# (LogisticRegressionCV is left out for time; GammaRegressor, whose targets must be positive,
-# is in test_common.py: InfluenceFunction forwards the wrapped model's positive_only tag.)
-_WEIGHT_EQUIVALENCE = (
-    "the check sets some sample weights to zero, which fit refuses (a row of weight zero is "
-    "not a training point: drop it), and it compares transform on the weighted and the "
-    "repeated data, whose columns are the training rows (the repeated set has more); the "
-    "equivalence that does hold, a weight-w point's column equal to the sum of its w copies' "
-    "columns, is tested in test_sample_weight.py"
-)
-
-
-@parametrize_with_checks(
-    [
-        InfluenceFunction(PoissonRegressor(), n_score_points=4, random_state=0),
-        InfluenceFunction(TweedieRegressor(power=1.5), n_score_points=4, random_state=0),
-        InfluenceFunction(RidgeCV(), n_score_points=4, random_state=0),
-        InfluenceFunction(RidgeClassifier(), n_score_points=4, random_state=0),
-        InfluenceFunction(RidgeClassifierCV(), n_score_points=4, random_state=0),
-    ],
-    expected_failed_checks=lambda estimator: {
-        "check_sample_weight_equivalence_on_dense_data": _WEIGHT_EQUIVALENCE
-    },
-)
-def test_scikit_learn_contract_with_new_families(estimator, check):
-    check(estimator)
+# scikit-learn's estimator checks for these families are in the one table of test_common.py.
 
 
 def test_positive_only_target_tag_is_forwarded():

@@ -257,7 +257,7 @@ def test_bad_nd_inputs_are_refused_clearly(fitted):
         influence.transform(X_query.reshape(len(X_query), -1), y_query)
     with pytest.raises(ValueError, match="contains NaN"):
         influence.transform(np.full_like(X_query, np.nan), y_query)
-    with pytest.raises(TypeError, match="does not support dict inputs"):
+    with pytest.raises(ValueError, match="named inputs of shapes .* fitted on"):
         influence.transform({"images": X_query}, y_query)
 
 

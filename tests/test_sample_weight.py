@@ -20,6 +20,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.frozen import FrozenEstimator
 from sklearn.linear_model import (
     GammaRegressor,
+    HuberRegressor,
     LinearRegression,
     LogisticRegression,
     LogisticRegressionCV,
@@ -33,7 +34,7 @@ from sklearn.linear_model import (
     TweedieRegressor,
 )
 from sklearn.linear_model._linear_loss import LinearModelLoss
-from sklearn.neural_network import MLPRegressor
+from sklearn.neural_network import MLPClassifier, MLPRegressor
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.metadata_routing import get_routing_for_object
@@ -48,6 +49,7 @@ from sklearn_influence import (
     MislabelDetector,
     ProximalResponse,
 )
+from sklearn_influence._adapters import _sklearn_mlp
 
 TIGHT = {"tol": 1e-12, "max_iter": 5000}
 
@@ -107,6 +109,7 @@ FAMILIES = {
         lambda: _regression(10, positive=True),
     ),
     "gamma": (lambda: GammaRegressor(alpha=0.1, **TIGHT), lambda: _regression(11, positive=True)),
+    "huber": (lambda: HuberRegressor(alpha=0.5, **TIGHT), lambda: _regression(35)),
     "tweedie": (
         lambda: TweedieRegressor(power=1.5, alpha=0.1, **TIGHT),
         lambda: _regression(12, positive=True),
@@ -445,10 +448,12 @@ def test_bad_weights_are_refused_before_fitting(weights, message, monkeypatch):
         InfluenceFunction(model).fit(X, y, sample_weight=weights)
 
 
-def test_weights_refused_for_networks_and_multiclass_sgd_class_weight():
+def test_weights_refused_for_old_mlps_and_multiclass_sgd_class_weight(monkeypatch):
     X, y = _regression(26, n=20)
-    with pytest.raises(ValueError, match="not supported for MLPRegressor.*np.repeat"):
+    monkeypatch.setattr(_sklearn_mlp, "has_fit_parameter", lambda *args: False)
+    with pytest.raises(ValueError, match="no sample_weight.*scikit-learn >= 1.7.*np.repeat"):
         InfluenceFunction(MLPRegressor()).fit(X, y, sample_weight=np.ones(20))
+    monkeypatch.undo()
     X, y = _classification(27, n=45, n_classes=3)
     model = SGDClassifier(loss="log_loss", class_weight="balanced", random_state=0)
     with pytest.raises(ValueError, match="class_weight with more than two classes"):
@@ -477,3 +482,110 @@ def test_weights_reach_every_curvature_and_solver(settings):
     a = first.transform(X[:6], y[:6])
     b = _sum_copies(second.transform(X[:6], y[:6]), weights)
     np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-10 * np.abs(b).max())
+
+
+# -- networks: scikit-learn's MLPs and skorch nets --------------------------------------------
+
+
+def _skorch_net(kind, n_in, **kwargs):
+    from _nets import TanhMLP
+    from skorch import NeuralNetClassifier, NeuralNetRegressor
+
+    net_class, n_out = (NeuralNetRegressor, 1) if kind == "regressor" else (NeuralNetClassifier, 3)
+    settings = {
+        "module__in_features": n_in, "module__hidden": 4, "module__out_features": n_out,
+        "train_split": None, "max_epochs": 6, "batch_size": 10_000, "lr": 0.2, "verbose": 0,
+        "optimizer__weight_decay": 1e-2,
+    }  # fmt: skip
+    if kind == "classifier":
+        settings["criterion"] = torch.nn.CrossEntropyLoss
+    return net_class(TanhMLP, **{**settings, **kwargs})
+
+
+def _mlp(kind, **kwargs):
+    model_class = MLPClassifier if kind == "classifier" else MLPRegressor
+    settings = {"hidden_layer_sizes": (4,), "solver": "lbfgs", "alpha": 0.3, "random_state": 0}
+    return model_class(**{**settings, **kwargs})
+
+
+def _network(name):
+    """(model factory, X, y) of the networks taking weights."""
+    family, kind = name.split("_")
+    if kind == "regressor":
+        X, y = _regression(31, n=36)
+        y = y / 50 if family == "mlp" else y.reshape(-1, 1) / 50
+    else:
+        X, y = _classification(30, n=36, n_classes=3)
+    if family == "mlp":
+        return lambda: _mlp(kind), X, y
+    return lambda: _skorch_net(kind, X.shape[1]), X, y
+
+
+NETWORKS = ["mlp_classifier", "mlp_regressor", "skorch_classifier", "skorch_regressor"]
+
+
+@pytest.mark.parametrize("name", NETWORKS)
+def test_network_integer_weight_equals_repeated_rows(name):
+    """A network fitted with weights, frozen: a point of integer weight w has the summed
+    influence of its w copies (influence with ε = w_m / W), for every curvature path."""
+    make, X, y = _network(name)
+    weights = _integer_weights(len(y), seed=3)
+    X_rep, y_rep = np.repeat(X, weights, axis=0), np.repeat(y, weights, axis=0)
+    model = InfluenceFunction(make(), random_state=0).fit(X, y, sample_weight=weights).estimator_
+    cg = {"solver": "cg", "solver_options": {"tol": 1e-13, "maxiter": 500}}
+    factored = {"curvature": "ekfac"} if name.startswith("skorch") else {"curvature": "hessian"}
+    for settings in ({}, cg, factored):
+        first = InfluenceFunction(FrozenEstimator(model), damping=1e-2, **settings)
+        second = InfluenceFunction(FrozenEstimator(copy.deepcopy(model)), damping=1e-2, **settings)
+        first.fit(X, y, sample_weight=weights)
+        second.fit(X_rep, y_rep)
+        a = first.transform(X[:5], y[:5])
+        b = _sum_copies(second.transform(X[:5], y[:5]), weights)
+        np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-10 * np.abs(b).max())
+        np.testing.assert_allclose(
+            first.self_influence(), _sum_copies(second.self_influence(), weights), rtol=1e-8
+        )
+
+
+@pytest.mark.parametrize("kind", ["classifier", "regressor"])
+def test_skorch_weighted_training_equals_repeated_rows(kind):
+    """skorch training with weights (full batches) is the training on the repeated rows, and
+    a cold leave-one-out refit is the training without the point's copies."""
+    _, X, y = _network(f"skorch_{kind}")
+    weights = _integer_weights(len(y), seed=4)
+    X_rep, y_rep = np.repeat(X, weights, axis=0), np.repeat(y, weights, axis=0)
+    weighted = InfluenceFunction(_skorch_net(kind, X.shape[1]), random_state=0)
+    repeated = InfluenceFunction(_skorch_net(kind, X.shape[1]), random_state=0)
+    theta = weighted.fit(X, y, sample_weight=weights).engine_.adapter.parameters()
+    theta_rep = repeated.fit(X_rep, y_rep).engine_.adapter.parameters()
+    torch.testing.assert_close(theta, theta_rep, rtol=1e-10, atol=1e-12)
+    m = 5
+    loo = LeaveOneOut(_skorch_net(kind, X.shape[1]), warm_start=False, train_indices=[m],
+                      random_state=0).fit(X, y, sample_weight=weights)  # fmt: skip
+    keep = np.repeat(np.arange(len(y)), weights) != m
+    without = InfluenceFunction(_skorch_net(kind, X.shape[1]), random_state=0)
+    theta_without = without.fit(X_rep[keep], y_rep[keep]).engine_.adapter.parameters()
+    np.testing.assert_allclose(loo.parameters_[0], theta_without.numpy(), rtol=1e-9, atol=1e-11)
+
+
+def test_mlp_weighted_influence_matches_weighted_leave_one_out():
+    """Influence of a weighted MLP vs scikit-learn's weighted (warm) refits without each
+    point, which keep the other rows' weights."""
+    rng = np.random.RandomState(9)
+    X, y = _regression(34, n=50)
+    y = y / 50
+    weights = rng.uniform(0.3, 3.0, len(y))
+    X_train, y_train, w_train, X_test, y_test = X[:40], y[:40], weights[:40], X[40:], y[40:]
+    model = _mlp("regressor", hidden_layer_sizes=(6,), alpha=1.0, max_iter=5000, tol=1e-12)
+    influence = InfluenceFunction(model, damping=0.0).fit(X_train, y_train, sample_weight=w_train)
+    base = ((influence.estimator_.predict(X_test) - y_test) ** 2).mean()
+    removed = np.arange(0, 40, 2)
+    actual = []
+    for m in removed:
+        keep = np.arange(40) != m
+        refit = copy.deepcopy(influence.estimator_).set_params(warm_start=True)
+        refit.fit(X_train[keep], y_train[keep], sample_weight=w_train[keep])
+        actual.append(((refit.predict(X_test) - y_test) ** 2).mean() - base)
+    predicted = influence.transform(X_test, y_test)[:, removed].mean(0)
+    # a non-convex network refit by lbfgs (stopped by its ftol): measured 0.988
+    assert np.corrcoef(predicted, actual)[0, 1] >= 0.98

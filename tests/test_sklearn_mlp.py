@@ -82,7 +82,7 @@ def _sklearn_targets(net, y):
     return np.asarray(y, dtype=np.float64).reshape(len(y), -1)
 
 
-def _sklearn_backprop(net, X, Y, alpha=None):
+def _sklearn_backprop(net, X, Y, alpha=None, sample_weight=None):
     """scikit-learn's own loss and packed gradient (coefs, then intercepts) on rows X."""
     net = copy.deepcopy(net)
     if alpha is not None:
@@ -91,7 +91,7 @@ def _sklearn_backprop(net, X, Y, alpha=None):
     loss, coef_grads, intercept_grads = net._backprop(
         X,
         Y,
-        None,
+        sample_weight,
         [X] + [None] * (layers - 1),
         [None] * (layers - 1),
         [np.empty_like(w) for w in net.coefs_],
@@ -141,6 +141,27 @@ def test_lbfgs_objective_is_scikit_learn_loss_and_gradient(data, kind, activatio
     r = adapter.regularizer_diagonal().numpy()
     np.testing.assert_allclose(r[:n_weights], 0.3 / len(X), rtol=1e-15)
     assert not r[n_weights:].any()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_weighted_lbfgs_objective_is_scikit_learns_weighted_loss_and_gradient(data, kind):
+    """With sample_weight, scikit-learn (≥ 1.7) descends Σ w_i L_i / W + α/(2W)‖W‖²: the
+    adapter's J with r = α/W, value and gradient, at the weights it fitted."""
+    X, y = data[kind]
+    weights = np.random.RandomState(0).uniform(0.2, 3.0, len(y))
+    net = _network(kind, solver="lbfgs")
+    state = fit_sklearn_mlp(net, X, y, sample_weight=weights)
+    adapter = make_adapter(net, len(X), torch.device("cpu"), state, sample_weight=weights)
+    theta = adapter.parameters().clone().requires_grad_(True)
+    objective = adapter.objective(theta, adapter.inputs(X), adapter.targets(y), adapter.row_weights)
+    (gradient,) = torch.autograd.grad(objective, theta)
+    loss, expected = _sklearn_backprop(net, X, _sklearn_targets(net, y), sample_weight=weights)
+    penalty = adapter.regularizer(adapter.parameters()).item()
+    _assert_is_reported_loss(objective.item(), penalty, loss, net)
+    np.testing.assert_allclose(gradient.numpy(), expected, rtol=1e-9, atol=1e-12)
+    n_weights = sum(w.size for w in net.coefs_)
+    r = adapter.regularizer_diagonal().numpy()
+    np.testing.assert_allclose(r[:n_weights], 0.3 / weights.sum(), rtol=1e-14)
 
 
 @pytest.mark.parametrize("solver", ["adam", "sgd"])

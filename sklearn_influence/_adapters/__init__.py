@@ -11,6 +11,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._base import ModelAdapter, fit_model
 from ._glm import GLM_MODELS, GeneralizedLinearModelAdapter, check_glm_configuration
+from ._huber import HUBER_MODELS, HuberAdapter, check_huber_configuration
 from ._linear import (
     SUPPORTED_LINEAR_MODELS,
     LinearModelAdapter,
@@ -19,13 +20,19 @@ from ._linear import (
     training_weights,
 )
 from ._pipeline import pipeline_steps, unwrap
-from ._sklearn_mlp import SKLEARN_MLPS, SklearnMLPAdapter, check_mlp_configuration, fit_sklearn_mlp
+from ._sklearn_mlp import (
+    SKLEARN_MLPS,
+    SklearnMLPAdapter,
+    check_mlp_configuration,
+    check_mlp_sample_weight,
+    fit_sklearn_mlp,
+)
 from ._skorch import SKORCH_NETS, SkorchAdapter, check_skorch_configuration, fit_skorch
 
 SUPPORTED_ESTIMATORS_TEXT = (
     "LinearRegression, Ridge, LogisticRegression (L2 or no penalty), "
     "RidgeCV, RidgeClassifier, RidgeClassifierCV, LogisticRegressionCV (L2, refit=True), "
-    "PoissonRegressor, GammaRegressor, TweedieRegressor, "
+    "PoissonRegressor, GammaRegressor, TweedieRegressor, HuberRegressor, "
     "SGDClassifier(loss='log_loss'), SGDRegressor(loss='squared_error'), "
     "skorch's NeuralNetClassifier, NeuralNetBinaryClassifier or NeuralNetRegressor "
     "(with train_split=None), "
@@ -39,27 +46,37 @@ SUPPORTED_ESTIMATORS_TEXT = (
 _FAMILIES = [
     (SUPPORTED_LINEAR_MODELS, _check_linear_configuration, fit_model, LinearModelAdapter),
     (GLM_MODELS, check_glm_configuration, fit_model, GeneralizedLinearModelAdapter),
+    (HUBER_MODELS, check_huber_configuration, fit_model, HuberAdapter),
     (SKORCH_NETS, check_skorch_configuration, fit_skorch, SkorchAdapter),
     (SKLEARN_MLPS, check_mlp_configuration, fit_sklearn_mlp, SklearnMLPAdapter),
 ]
 
 
 #: the families whose objective takes per-row weights (sample_weight, class_weight)
-WEIGHTED_MODELS = (*SUPPORTED_LINEAR_MODELS, *GLM_MODELS)
+WEIGHTED_MODELS = (
+    *SUPPORTED_LINEAR_MODELS,
+    *GLM_MODELS,
+    *HUBER_MODELS,
+    *SKLEARN_MLPS,
+    *SKORCH_NETS,
+)
 
 WEIGHTED_MODELS_TEXT = (
     "LinearRegression, Ridge(CV), RidgeClassifier(CV), LogisticRegression(CV), "
-    "SGDClassifier, SGDRegressor, PoissonRegressor, GammaRegressor and TweedieRegressor"
+    "SGDClassifier, SGDRegressor, PoissonRegressor, GammaRegressor, TweedieRegressor, "
+    "HuberRegressor, MLPClassifier, MLPRegressor and skorch's nets"
 )
 
 
 def check_sample_weight_supported(estimator):
     """Refuse ``sample_weight`` for a model family whose weighted objective is not mapped.
 
-    The linear models and GLMs take per-row weights; scikit-learn's MLPs and skorch nets do
-    not (their weighted mini-batch objective is not reproduced).
+    The linear models, GLMs, scikit-learn's MLPs (scikit-learn ≥ 1.7) and skorch nets take
+    per-row weights.
     """
     _, model = unwrap(estimator)
+    if isinstance(model, SKLEARN_MLPS):
+        check_mlp_sample_weight(model, True)
     if isinstance(model, WEIGHTED_MODELS):
         return
     raise ValueError(
@@ -217,6 +234,7 @@ def make_adapter(estimator, n_train, device, fit_state=None, *, sample_weight=No
 __all__ = [
     "FACTORED_CURVATURES",
     "SUPPORTED_ESTIMATORS_TEXT",
+    "HuberAdapter",
     "LinearModelAdapter",
     "ModelAdapter",
     "SklearnMLPAdapter",

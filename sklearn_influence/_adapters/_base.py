@@ -113,6 +113,20 @@ class ModelAdapter:
         """W = Σ w_i, the total training weight (N without weights)."""
         return self.n_train if self.sample_weight is None else float(self.sample_weight.sum())
 
+    def _set_sample_weight(self, sample_weight):
+        """Record per-row training weights w (or none): :attr:`sample_weight` and the mean-1
+        :attr:`row_weights` w̃ = N w / W of the engine's mean form."""
+        if sample_weight is None:
+            return
+        weights = np.asarray(sample_weight, dtype=np.float64)
+        if weights.shape != (self.n_train,):
+            raise ValueError(
+                f"sample_weight has shape {weights.shape} but the model has {self.n_train} "
+                "training rows; pass one weight per training row."
+            )
+        self.sample_weight = weights
+        self.row_weights = self._tensor(weights * (self.n_train / float(weights.sum())))
+
     def removal_weights(self, indices):
         """N ε_m = w̃_m for the training rows ``indices`` (a tensor), or None without weights.
 

@@ -152,7 +152,7 @@ class TweedieHalfDeviance(OutputLoss):
             return torch.ones_like(outputs)
         return self._mean_power(outputs, -self.power)
 
-    def hessian_factor(self, outputs):
+    def hessian_factor(self, outputs, targets=None):
         # the Fisher weight: label-free and ≥ 0 (the Hessian at y = μ)
         return torch.diag_embed(self.fisher_weight(outputs).sqrt())
 

@@ -20,6 +20,9 @@ class OutputLoss:
 
     #: whether the loss belongs to a classifier (targets are one-hot rows)
     is_classification = False
+    #: whether ∇²_h L depends on the target t (robust losses such as Huber's): the curvature
+    #: then needs the training targets, and :meth:`hessian_factor` refuses ``targets=None``
+    hessian_needs_targets = False
 
     def __call__(self, outputs, targets):
         raise NotImplementedError
@@ -34,13 +37,18 @@ class OutputLoss:
         """
         return grad(lambda h: self(h, targets).sum())(outputs)
 
-    def hessian_factor(self, outputs):
-        """A matrix A (shape ``(..., r, k)``) with AᵀA = ∇²_h L, independent of the target."""
+    def hessian_factor(self, outputs, targets=None):
+        """A matrix A (shape ``(..., r, k)``) with AᵀA = ∇²_h L(h, t).
+
+        ``targets`` (shape like ``outputs``) are used only by losses whose output curvature
+        depends on the target (:attr:`hessian_needs_targets`); the others ignore them.
+        """
         raise NotImplementedError
 
-    def output_hessian(self, outputs):
-        """∇²_h L at ``outputs``, shape ``(..., k, k)``."""
-        factor = self.hessian_factor(outputs)
+    def output_hessian(self, outputs, targets=None):
+        """∇²_h L at ``outputs`` (and ``targets``, see :meth:`hessian_factor`), shape
+        ``(..., k, k)``."""
+        factor = self.hessian_factor(outputs, targets)
         return factor.transpose(-1, -2) @ factor
 
     def bregman(self, outputs, reference_outputs):
@@ -64,7 +72,7 @@ class SquaredError(OutputLoss):
     def output_gradient(self, outputs, targets):
         return (2.0 * self.scale) * (outputs - targets)
 
-    def hessian_factor(self, outputs):
+    def hessian_factor(self, outputs, targets=None):
         k = outputs.shape[-1]
         eye = torch.eye(k, dtype=outputs.dtype, device=outputs.device)
         return (2.0 * self.scale) ** 0.5 * eye.expand(*outputs.shape[:-1], k, k)
@@ -87,7 +95,7 @@ class SoftmaxCrossEntropy(OutputLoss):
     def output_gradient(self, outputs, targets):
         return torch.softmax(outputs, -1) - targets
 
-    def hessian_factor(self, outputs):
+    def hessian_factor(self, outputs, targets=None):
         # diag(p) − ppᵀ = AᵀA with A = diag(√p)(I − 1pᵀ)
         probs = torch.softmax(outputs, -1)
         k = outputs.shape[-1]
@@ -126,7 +134,7 @@ class BinaryLogLoss(OutputLoss):
     def output_gradient(self, outputs, targets):
         return torch.sigmoid(outputs) - targets
 
-    def hessian_factor(self, outputs):
+    def hessian_factor(self, outputs, targets=None):
         # σ(h)σ(−h) rather than σ(1 − σ): no cancellation for confident outputs
         return torch.diag_embed((torch.sigmoid(outputs) * torch.sigmoid(-outputs)).sqrt())
 
@@ -161,7 +169,7 @@ class SignedSquaredError(OutputLoss):
     def output_gradient(self, outputs, targets):
         return 2.0 * (outputs - (2.0 * targets - 1.0))
 
-    def hessian_factor(self, outputs):
+    def hessian_factor(self, outputs, targets=None):
         k = outputs.shape[-1]
         eye = torch.eye(k, dtype=outputs.dtype, device=outputs.device)
         return 2.0**0.5 * eye.expand(*outputs.shape[:-1], k, k)
@@ -173,3 +181,53 @@ class SignedSquaredError(OutputLoss):
         if outputs.shape[-1] == 1:
             return (outputs > 0).to(outputs.dtype)
         return F.one_hot(outputs.argmax(-1), outputs.shape[-1]).to(outputs.dtype)
+
+
+class HuberLoss(OutputLoss):
+    """scikit-learn's ``HuberRegressor`` loss per row, on outputs h = (μ, σ) and target t.
+
+    With r = t − μ: L = σ + r²/σ for |r| ≤ εσ, else σ + 2ε|r| − σε² (the objective of
+    :func:`sklearn.linear_model._huber._huber_loss_and_gradient` per unit of sample weight;
+    σ, the scale it fits, is the second output). L is jointly convex in (μ, σ) (a
+    perspective of the Huber function). Its output Hessian depends on the target: inside the
+    threshold ∇²_h L = (2/σ) v vᵀ with v = (1, r/σ) (rank one, A = √(2/σ) vᵀ), outside it is
+    zero (L is linear in (μ, σ) there).
+    """
+
+    hessian_needs_targets = True
+
+    def __init__(self, epsilon):
+        self.epsilon = float(epsilon)
+
+    def _parts(self, outputs, targets):
+        mu, sigma = outputs[..., 0], outputs[..., 1]
+        residual = targets[..., 0] - mu
+        inside = residual.abs() <= self.epsilon * sigma
+        return residual, sigma, inside
+
+    def __call__(self, outputs, targets):
+        residual, sigma, inside = self._parts(outputs, targets)
+        quadratic = residual**2 / sigma
+        linear = 2.0 * self.epsilon * residual.abs() - sigma * self.epsilon**2
+        return sigma + torch.where(inside, quadratic, linear)
+
+    def output_gradient(self, outputs, targets):
+        residual, sigma, inside = self._parts(outputs, targets)
+        ratio = residual / sigma
+        d_mu = torch.where(inside, -2.0 * ratio, -2.0 * self.epsilon * torch.sign(residual))
+        d_sigma = 1.0 - torch.where(inside, ratio**2, torch.full_like(ratio, self.epsilon**2))
+        return torch.stack([d_mu, d_sigma], dim=-1)
+
+    def hessian_factor(self, outputs, targets=None):
+        if targets is None:
+            raise ValueError(
+                "The Huber loss's output curvature depends on the targets (inside or outside "
+                "the threshold ε·σ); pass the training targets to the curvature."
+            )
+        residual, sigma, inside = self._parts(outputs, targets)
+        scale = torch.where(inside, (2.0 / sigma).sqrt(), torch.zeros_like(sigma))
+        factor = torch.stack([scale, scale * residual / sigma], dim=-1)
+        return factor.unsqueeze(-2)  # (..., 1, 2)
+
+    def predicted_targets(self, outputs):
+        return outputs[..., :1].detach()

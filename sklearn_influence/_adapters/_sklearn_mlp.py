@@ -47,6 +47,15 @@ MLPRegressor (identity)        ½‖h − t‖² (see below)       same
   descends (p − t) is that of the unclipped loss, which the adapter uses. They differ only
   for rows predicted with probability below 2.2e-16.
 
+Sample weights (scikit-learn ≥ 1.7, ``fit(X, y, sample_weight=w)``). ``_backprop`` weighs
+each row's output error by w_i and divides the data term *and* the penalty by the batch's
+weight sum W_b (not its row count): it descends Σ_b w_i L_i / W_b + α/(2W_b)‖W‖². With
+lbfgs (one batch, W_b = W) that is J = Σ w_i L_i / W + (α/(2W))‖W‖² exactly, so r = α/W and
+the data term is the engine's weighted mean (1/N) Σ w̃_i L_i, w̃_i = N w_i / W (DESIGN.md §2).
+For sgd/adam the adapter takes W_b at its expected value B_b·W/N, i.e. r = α·mean_b(1/B_b)·N/W
+(exact for equal weights). Removing row m down-weights it by ε_m = w_m / W; a refit keeps
+the remaining rows' weights.
+
 Retraining runs scikit-learn itself on the rows kept. A cold start refits a clone with the
 same integer ``random_state``: the initial weights are identical, but for ``sgd``/``adam``
 scikit-learn shuffles the N − 1 remaining indices with that seed, so removing a row changes
@@ -64,10 +73,12 @@ from numbers import Integral
 
 import numpy as np
 import scipy.sparse
+import sklearn
 import torch
 from sklearn.base import clone
 from sklearn.neural_network import MLPClassifier
 from sklearn.utils import _safe_indexing
+from sklearn.utils.validation import has_fit_parameter
 
 from .._torch_utils import draw_seed
 from ._base import ModelAdapter
@@ -79,17 +90,24 @@ from ._sklearn_mlp_checks import (
     check_mlp_targets,
 )
 
-__all__ = ["SKLEARN_MLPS", "SklearnMLPAdapter", "check_mlp_configuration", "fit_sklearn_mlp"]
+__all__ = [
+    "SKLEARN_MLPS",
+    "SklearnMLPAdapter",
+    "check_mlp_configuration",
+    "check_mlp_sample_weight",
+    "fit_sklearn_mlp",
+]
 
 
-def fit_sklearn_mlp(estimator, X, y):
+def fit_sklearn_mlp(estimator, X, y, sample_weight=None):
     """Training hook for scikit-learn MLPs: fit reproducibly and record the seed.
 
     A network whose ``random_state`` is not an integer (None: numpy's global RNG, or a
     RandomState instance) could not be refit from the same initial weights, so it is given a
     seed drawn with :func:`~.._torch_utils.draw_seed` (``InfluenceFunction`` seeds it from
     its own ``random_state``, thread-locally) with ``set_params`` before fitting; the fitted
-    ``estimator_`` shows it.
+    ``estimator_`` shows it. ``sample_weight`` goes to scikit-learn's ``fit`` (scikit-learn
+    ≥ 1.7).
 
     Returns
     -------
@@ -102,8 +120,20 @@ def fit_sklearn_mlp(estimator, X, y):
     if not isinstance(seed, Integral):
         seed = draw_seed()
         estimator.set_params(random_state=seed)
-    estimator.fit(X, y)
+    check_mlp_sample_weight(estimator, sample_weight)
+    fit_params = {} if sample_weight is None else {"sample_weight": sample_weight}
+    estimator.fit(X, y, **fit_params)
     return {"seed": int(seed), "n_train": len(X)}
+
+
+def check_mlp_sample_weight(estimator, sample_weight):
+    """Refuse weights for a scikit-learn whose MLP ``fit`` takes none (before 1.7)."""
+    if sample_weight is not None and not has_fit_parameter(estimator, "sample_weight"):
+        raise ValueError(
+            f"{type(estimator).__name__}.fit takes no sample_weight in scikit-learn "
+            f"{sklearn.__version__}; upgrade to scikit-learn >= 1.7, or repeat each row as "
+            "many times as its integer weight (np.repeat(X, weights, axis=0))."
+        )
 
 
 def penalty_scale(estimator, n_train):
@@ -138,6 +168,8 @@ class SklearnMLPAdapter(ModelAdapter):
     device : torch.device or None
     fit_state : dict or None
         What :func:`fit_sklearn_mlp` recorded; None for a network fitted elsewhere.
+    sample_weight : ndarray of shape (N,) or None
+        The weights the network was fitted with (see the module notes).
 
     Examples
     --------
@@ -154,7 +186,10 @@ class SklearnMLPAdapter(ModelAdapter):
     torch.Size([30, 3])
     """
 
-    def __init__(self, estimator, n_train, *, preprocess=None, device=None, fit_state=None):
+    def __init__(
+        self, estimator, n_train, *, preprocess=None, device=None, fit_state=None,
+        sample_weight=None,
+    ):  # fmt: skip
         check_mlp_configuration(estimator)
         if not hasattr(estimator, "coefs_"):
             raise ValueError(
@@ -184,7 +219,9 @@ class SklearnMLPAdapter(ModelAdapter):
             self.loss = BinaryLogLoss()
         self._activation = _ACTIVATIONS[estimator.activation]
         self._theta = self._pack(estimator)
-        scale = penalty_scale(estimator, n_train)
+        self._set_sample_weight(sample_weight)
+        # scikit-learn divides the penalty by the batch's weight sum: N/W times its row count
+        scale = penalty_scale(estimator, n_train) * n_train / self.total_weight
         n_weights = sum(self._sizes[: self._n_layers])
         diagonal = np.zeros(sum(self._sizes))
         diagonal[:n_weights] = float(estimator.alpha) * scale
@@ -269,5 +306,8 @@ class SklearnMLPAdapter(ModelAdapter):
             model = clone(self.estimator)
         keep = np.setdiff1d(np.arange(len(y)), np.asarray(exclude, dtype=np.int64))
         Z = self._network_input(X)
-        model.fit(_safe_indexing(Z, keep), _safe_indexing(np.asarray(y), keep))
+        fit_params = {}
+        if self.sample_weight is not None:  # the remaining rows keep their weights
+            fit_params["sample_weight"] = self.sample_weight[keep]
+        model.fit(_safe_indexing(Z, keep), _safe_indexing(np.asarray(y), keep), **fit_params)
         return self._pack(model)

@@ -21,6 +21,9 @@ the 1/k. ``optimizer__weight_decay = wd`` of an optimizer with coupled L2 decay 
 optimizer's parameter groups. The module is evaluated in eval mode (no dropout, batch
 normalisation with its running statistics) through :func:`torch.func.functional_call`.
 
+Module outputs: ``forward`` may return a tensor, a tuple (its first element), a dict or a
+Hugging Face–style output object (its ``logits``), see :func:`._skorch_outputs.module_logits`.
+
 Attention: every functional evaluation runs inside :func:`differentiable_attention`, which
 turns off PyTorch's fused Transformer fast path and restricts scaled-dot-product attention
 to its math kernel. The fused kernels (``_transformer_encoder_layer_fwd``, flash attention
@@ -46,6 +49,7 @@ from .._torch_utils import array_to_tensor
 from ..exceptions import NumericalWarning
 from ._base import Layer, LayerStructure, ModelAdapter, ParameterBlock
 from ._losses import BinaryLogLoss, SoftmaxCrossEntropy, SquaredError
+from ._rows import DatasetRows, RowBatch, is_dataset
 from ._skorch_checks import (
     SKORCH_NETS,
     _criterion_class_and_params,
@@ -54,6 +58,7 @@ from ._skorch_checks import (
     check_skorch_configuration,
     parameter_weight_decays,
 )
+from ._skorch_outputs import module_logits
 from ._skorch_training import (
     _as_module_array,
     _flat_parameters,
@@ -64,6 +69,7 @@ from ._skorch_training import (
     _trainable,
     fit_skorch,
 )
+from ._skorch_weights import mean_one
 
 # -- attention ----------------------------------------------------------------------------
 _ATTENTION_LOCK = threading.Lock()
@@ -198,6 +204,9 @@ class SkorchAdapter(ModelAdapter):
     fit_state : dict or None
         What :func:`fit_skorch` recorded; None for a net fitted elsewhere (then only warm
         starts are possible).
+    sample_weight : ndarray of shape (N,) or None
+        The per-row weights of the objective, Σ w_i L_i / W + R; retraining weighs the rows
+        the same way (:mod:`._skorch_weights`).
 
     Examples
     --------
@@ -213,7 +222,9 @@ class SkorchAdapter(ModelAdapter):
     torch.Size([30, 3])
     """
 
-    def __init__(self, net, n_train, *, preprocess=None, device=None, fit_state=None):
+    def __init__(
+        self, net, n_train, *, preprocess=None, device=None, fit_state=None, sample_weight=None
+    ):
         check_skorch_configuration(net)
         if not getattr(net, "initialized_", False) or not hasattr(net, "module_"):
             raise ValueError(
@@ -240,6 +251,7 @@ class SkorchAdapter(ModelAdapter):
         self._constants = {name: value.detach() for name, value in self._constants.items()}
         self._theta = _flat_parameters(self._module)
         self._decay = self._weight_decays()
+        self._set_sample_weight(sample_weight)
         criterion, _ = _criterion_class_and_params(net)
         self._head, self.loss = _output_head(net, criterion)
         self.is_classifier = not isinstance(net, NeuralNetRegressor)
@@ -350,11 +362,14 @@ class SkorchAdapter(ModelAdapter):
 
     # -- data ---------------------------------------------------------------------------
     def features(self, X):
-        """The module's input as a numpy array in the module's dtype."""
+        """The module's input as a numpy array in the module's dtype (a dict of them for
+        skorch's named inputs)."""
         Z = X if self.preprocess is None else self.preprocess(X)
         Z = _as_module_array(Z, self.dtype, _takes_indices(self._module))
-        check_embedding_inputs(self.net, self._module, Z)
-        if Z.dtype.kind == "f" and not np.all(np.isfinite(Z)):
+        if not isinstance(Z, dict):  # token ids come as one array (dict inputs: per module)
+            check_embedding_inputs(self.net, self._module, Z)
+        arrays = Z.values() if isinstance(Z, dict) else [Z]
+        if any(A.dtype.kind == "f" and not np.all(np.isfinite(A)) for A in arrays):
             raise ValueError(
                 "The net's input features contain NaN or infinity; impute or drop them "
                 "(for example with sklearn.impute.SimpleImputer in the pipeline)."
@@ -362,10 +377,30 @@ class SkorchAdapter(ModelAdapter):
         return Z
 
     def _as_tensor(self, Z):
+        if isinstance(Z, dict):  # named inputs: one tensor each, never stacked
+            return RowBatch({name: self._as_tensor(A) for name, A in Z.items()}, self.dtype)
         tensor = array_to_tensor(Z, device=self.device)
         return tensor.to(self.dtype) if tensor.is_floating_point() else tensor
 
+    def _block_tensor(self, batch):
+        """A collated block of a data set's inputs as the module's input (dtype, device)."""
+        if isinstance(batch, dict):
+            return RowBatch({k: self._block_tensor(v) for k, v in batch.items()}, self.dtype)
+        batch = torch.as_tensor(batch, device=self.device)
+        if batch.is_floating_point() or not _takes_indices(self._module):
+            batch = batch.to(self.dtype)
+            if not bool(torch.isfinite(batch).all()):
+                raise ValueError(
+                    "A block of the data set's inputs contains NaN or infinity; fix those items."
+                )
+        return batch
+
     def inputs(self, X):
+        if is_dataset(X):  # rows loaded a block at a time, never stacked
+            rows = DatasetRows(X, self._block_tensor, self.device, self.dtype)
+            if self._n_outputs is None and len(rows):
+                self._probe(rows[:2])
+            return rows
         tensor = self._as_tensor(self.features(X))
         if self._n_outputs is None and len(tensor):
             self._probe(tensor[:2])
@@ -384,11 +419,23 @@ class SkorchAdapter(ModelAdapter):
             }
         # functional_call swaps the given tensors into the shared module for the duration of
         # the call: two threads inside it at once would see each other's (vmapped) tensors
+        args, kwargs = (
+            ((), dict(inputs.items())) if isinstance(inputs, RowBatch) else ((inputs,), {})
+        )
         with differentiable_attention(), _MODULE_CALL_LOCK:
-            out = functional_call(self._module, {**constants, **self._unflatten(theta)}, (inputs,))
-        return out[0] if isinstance(out, tuple) else out
+            out = functional_call(
+                self._module, {**constants, **self._unflatten(theta)}, args, kwargs
+            )
+        return module_logits(out)
 
     def outputs(self, theta, inputs):
+        if isinstance(inputs, DatasetRows):  # a whole data set: block by block
+            n, size = len(inputs), self.net.batch_size
+            size = size if size and size > 0 else n
+            return torch.cat([
+                self._head(self._raw_outputs(theta, inputs[start : start + size]))
+                for start in range(0, n, size)
+            ])  # fmt: skip
         return self._head(self._raw_outputs(theta, inputs))
 
     def regularizer_diagonal(self):
@@ -465,14 +512,18 @@ class SkorchAdapter(ModelAdapter):
                 "(FrozenEstimator). Pass the unfitted net, or use warm_start=True."
             )
         Z = X if self.preprocess is None else self.preprocess(X)
-        n = len(y)
+        n = len(y)  # rows, also of a dict X
         kept = np.setdiff1d(np.arange(n), np.asarray(exclude, dtype=np.int64))
         seed = 0 if self.fit_state is None else self.fit_state["seed"]
         # warm: the fitted parameters and buffers; cold: the recorded initial ones
         source = getattr(self.net.module_, "_orig_mod", self.net.module_)
         initial = _state(source) if warm_start else self.fit_state["initial_state"]
         net = clone(self.net)
-        _train(net, Z, y, seed=seed, kept=kept, n_original=n, initial=initial)
+        weights = None
+        if self.sample_weight is not None:  # Σ_{kept} w_i L_i / Σ_{kept} w_i, as sklearn refits
+            weights = np.zeros(n)
+            weights[kept] = mean_one(self.sample_weight[kept])
+        _train(net, Z, y, seed=seed, kept=kept, n_original=n, initial=initial, weights=weights)
         source = getattr(net.module_, "_orig_mod", net.module_)
         return _flat_parameters(source).to(self.device, self.dtype)
 

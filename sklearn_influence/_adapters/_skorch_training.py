@@ -11,7 +11,10 @@ from skorch import NeuralNetBinaryClassifier, NeuralNetRegressor
 from torch.utils.data import Sampler
 
 from .._torch_utils import array_to_tensor, draw_seed, forked_torch_rng
+from ._rows import DatasetInputs, PairedRows, head_rows, is_dataset, rows_of
 from ._skorch_checks import check_embedding_inputs, check_module, check_skorch_configuration
+from ._skorch_outputs import module_logits
+from ._skorch_weights import WeightedRows, mean_one, weighted_training
 
 
 class _EpochOrderSampler(Sampler):
@@ -69,7 +72,14 @@ def _as_module_array(X, dtype, keep_integers=False):
     """X as a numpy array in the module's dtype (no crash on float64 or integer input).
 
     Integer input stays integer only for modules with an embedding layer, which need indices.
+    A dict X (skorch's named inputs, passed to ``forward`` as keywords) converts each array.
     """
+    if isinstance(X, dict):
+        return {name: _as_module_array(A, dtype, keep_integers) for name, A in X.items()}
+    if is_dataset(X):  # converted item by item as the training loop loads them
+        return DatasetInputs(X, lambda item: _as_module_array(item, dtype, keep_integers))
+    if isinstance(X, torch.Tensor):
+        X = X.detach().cpu().numpy()
     X = np.asarray(X)
     if X.dtype.kind not in "fiub":
         raise ValueError(
@@ -136,17 +146,14 @@ def _probe_outputs(net, X):
     module.eval()
     try:
         with torch.no_grad():
-            out = module(array_to_tensor(X[:2], device=net.device))
+            first = head_rows(X)
+            if isinstance(first, dict):
+                out = module(**{k: array_to_tensor(A, device=net.device) for k, A in first.items()})
+            else:
+                out = module(array_to_tensor(first, device=net.device))
     finally:
         module.train(was_training)
-    out = out[0] if isinstance(out, tuple) else out
-    if not isinstance(out, torch.Tensor):
-        raise ValueError(
-            f"{type(net).__name__}: the module {type(module).__name__} returns a "
-            f"{type(out).__name__}, but the influence computations need its outputs as one "
-            "tensor of shape (n_samples, n_outputs) (the criterion's input). Return that "
-            "tensor from forward (for a dict, e.g. return out['logits'])."
-        )
+    out = module_logits(out)
     if isinstance(net, NeuralNetBinaryClassifier):
         return 1
     return int(np.prod(out.shape[1:])) if out.dim() > 1 else 1
@@ -161,9 +168,10 @@ def _state(module):
     return {name: value.detach().cpu().clone() for name, value in module.state_dict().items()}
 
 
-def _train(net, X, y, *, seed, kept, n_original, initial=None):
+def _train(net, X, y, *, seed, kept, n_original, initial=None, weights=None):
     """Initialise ``net`` (then load the state dict ``initial`` when given) and train it on
-    (X[kept], y[kept]).
+    (X[kept], y[kept]), each row weighted by ``weights[kept]`` (mean-1 weights of all N rows,
+    :mod:`._skorch_weights`) when given.
 
     Returns the initial state (parameters and buffers) and the prepared data. Everything
     random — initialisation, data order, dropout — is seeded from ``seed`` in a forked RNG,
@@ -181,7 +189,8 @@ def _train(net, X, y, *, seed, kept, n_original, initial=None):
         check_module(net)
         dtype = _module_dtype(net.module_)
         X = _as_module_array(X, dtype, _takes_indices(net.module_))
-        check_embedding_inputs(net, net.module_, X)
+        if isinstance(X, np.ndarray):  # dict and Dataset inputs: checked where they stream
+            check_embedding_inputs(net, net.module_, X)
         n_outputs = _probe_outputs(net, X)  # also materialises lazy modules
         y = _prepare_targets(net, y, n_outputs, _module_dtype(net.module_))
         module = getattr(net.module_, "_orig_mod", net.module_)  # torch.compile wrapper
@@ -200,7 +209,7 @@ def _train(net, X, y, *, seed, kept, n_original, initial=None):
         net.__dict__["iterator_train__sampler"] = sampler
         torch.manual_seed(seed + 1)
         try:
-            net.partial_fit(X[kept], y[kept])
+            _partial_fit(net, X, y, kept, weights)
         finally:
             for key in ("iterator_train__shuffle", "iterator_train__sampler"):
                 net.__dict__.pop(key, None)
@@ -208,7 +217,20 @@ def _train(net, X, y, *, seed, kept, n_original, initial=None):
     return initial_state, X, y
 
 
-def fit_skorch(net, X, y):
+def _partial_fit(net, X, y, kept, weights):
+    if weights is None and not is_dataset(X):
+        net.partial_fit(rows_of(X, kept), y[kept])
+        return
+    if weights is None:  # a data set of inputs: skorch takes (input, target) items
+        net.partial_fit(PairedRows(rows_of(X, kept), y[kept]), None)
+    else:
+        with weighted_training(net):
+            net.partial_fit(WeightedRows(rows_of(X, kept), y[kept], weights[kept]), None)
+    if not isinstance(net, (NeuralNetBinaryClassifier, NeuralNetRegressor)):
+        net.classes_inferred_ = np.unique(y)  # skorch infers them from a y it got here
+
+
+def fit_skorch(net, X, y, sample_weight=None):
     """Training hook for skorch nets: fit ``net`` reproducibly and record how.
 
     The seed is drawn with :func:`~.._torch_utils.draw_seed`: from the generator of the
@@ -224,6 +246,8 @@ def fit_skorch(net, X, y):
         An unfitted net with ``train_split=None``.
     X, y : array-like
         The training data (after any earlier pipeline steps).
+    sample_weight : array-like of shape (n_samples,) or None
+        Per-row weights: the net is trained on Σ w_i L_i / W (:mod:`._skorch_weights`).
 
     Returns
     -------
@@ -246,8 +270,11 @@ def fit_skorch(net, X, y):
     """
     check_skorch_configuration(net)
     seed = draw_seed()
-    n = len(X)
-    initial_state, X_ready, _ = _train(net, X, y, seed=seed, kept=np.arange(n), n_original=n)
+    n = len(y)
+    weights = None if sample_weight is None else mean_one(sample_weight)
+    initial_state, X_ready, _ = _train(
+        net, X, y, seed=seed, kept=np.arange(n), n_original=n, weights=weights
+    )
     module = getattr(net.module_, "_orig_mod", net.module_)
     names = [name for name, _ in _trainable(module)]
     theta0 = torch.cat([initial_state[name].reshape(-1) for name in names])
@@ -256,5 +283,5 @@ def fit_skorch(net, X, y):
         "initial_state": initial_state,
         "initial_parameters": theta0,
         "n_train": n,
-        "probe": X_ready[:2],
+        "probe": head_rows(X_ready),
     }

@@ -135,6 +135,11 @@ class Curvature:
             weights=None if self.weights is None else self.weights[rows],
         )
 
+    def targets_of(self, rows):
+        """The training targets of ``rows`` (None without targets): what a loss whose output
+        curvature depends on the target (``loss.hessian_needs_targets``) needs."""
+        return None if self.targets is None else self.targets[rows]
+
     # -- for subclasses -----------------------------------------------------------------
     def _products(self, block):
         raise NotImplementedError

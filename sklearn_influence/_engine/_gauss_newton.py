@@ -53,7 +53,7 @@ class GaussNewton(Curvature):
             values, pullback = vjp(outputs, theta)
             pushed = vmap(lambda v, f=outputs: jvp(f, (theta,), (v,))[1])(block)  # (m, b, k)
             with torch.no_grad():
-                output_hessian = adapter.loss.output_hessian(values.detach())  # (b, k, k)
+                output_hessian = adapter.loss.output_hessian(values.detach(), self.targets_of(rows))
                 if weights is not None:
                     output_hessian = output_hessian * weights[rows].reshape(-1, 1, 1)
             curved = torch.einsum("bkl,mbl->mbk", output_hessian, pushed)
@@ -111,7 +111,8 @@ class GaussNewton(Curvature):
         for rows in batch_slices(self.n_train, rows_per_batch):
             jacobians = output_jacobians(adapter, theta, inputs[rows])
             with torch.no_grad():
-                factor = adapter.loss.hessian_factor(adapter.outputs(theta, inputs[rows]))
+                outputs = adapter.outputs(theta, inputs[rows])
+                factor = adapter.loss.hessian_factor(outputs, self.targets_of(rows))
                 if weights is not None:
                     factor = factor * weights[rows].sqrt().reshape(-1, 1, 1)
                 whitened = factor @ jacobians
@@ -154,7 +155,7 @@ class GaussNewton(Curvature):
         k = adapter.n_outputs
         rows_per_block = max(self.batch_size, limit // max(1, k * k))
         blocks = [
-            adapter.loss.output_hessian(adapter.outputs(theta, inputs[rows]))
+            adapter.loss.output_hessian(adapter.outputs(theta, inputs[rows]), self.targets_of(rows))
             for rows in batch_slices(self.n_train, rows_per_block)
         ]
         if not blocks:

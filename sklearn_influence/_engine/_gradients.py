@@ -31,7 +31,7 @@ def resolve_query_targets(adapter, theta, inputs, targets):
     if adapter.is_classifier:
         with torch.no_grad():
             return adapter.loss.predicted_targets(adapter.outputs(theta, inputs))
-    if adapter.n_outputs != 1:
+    if adapter.n_outputs != 1 and not getattr(adapter, "single_prediction", False):
         raise ValueError(
             f"Without y_test the measurement of a regressor is its prediction, which needs a "
             f"single output, but this model has {adapter.n_outputs}; pass y_test to measure "

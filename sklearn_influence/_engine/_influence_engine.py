@@ -56,6 +56,7 @@ from sklearn import get_config
 from sklearn.utils._param_validation import InvalidParameterError
 from sklearn.utils.parallel import Parallel, delayed
 
+from .._progress import get_progress
 from ..exceptions import NumericalWarning
 from ._curvature import make_curvature
 from ._gradients import batch_slices, per_example_gradients, resolve_query_targets
@@ -440,7 +441,8 @@ class InfluenceEngine:
         targets = resolve_query_targets(self.adapter, self.theta, inputs, targets)
         n = len(inputs)
         size = n if single else self.query_block_rows(n, working_memory)
-        for rows in batch_slices(n, max(size, 1)):
+        slices = batch_slices(n, max(size, 1))
+        for rows in get_progress(self).blocks(slices, len(slices), "query block"):
             block_targets = None if targets is None else targets[rows]
             yield rows, self.precondition(inputs[rows], block_targets, damping, n_jobs)
 
@@ -452,7 +454,8 @@ class InfluenceEngine:
         results = Parallel(n_jobs=n_jobs, return_as="generator")(
             delayed(task)(self, preconditioned, rows, *arguments) for rows in slices
         )
-        yield from zip(slices, results, strict=True)
+        blocks = zip(slices, results, strict=True)
+        yield from get_progress(self).blocks(blocks, len(slices), "training block")
 
     # -- the scores ---------------------------------------------------------------------------
     def influence(self, inputs, targets, damping, n_jobs=None, *, working_memory=None, out=None):
@@ -557,7 +560,8 @@ class InfluenceEngine:
             delayed(_self_block)(self, rows, damping) for rows in slices
         )
         report = NonFiniteScores(0, self.n_train, None, self.inputs)
-        for rows, block in zip(slices, results, strict=True):
+        blocks = zip(slices, results, strict=True)
+        for rows, block in get_progress(self).blocks(blocks, len(slices), "training block"):
             report.add_training_values(rows, block)
             out[rows] = torch.from_numpy(block)
         report.check("The self-influence", refuse=False)

@@ -55,6 +55,7 @@ from dataclasses import dataclass
 import torch
 from torch.func import jacrev, vmap
 
+from .._progress import get_progress
 from ..exceptions import ApproximationWarning
 from ._curvature_base import Curvature
 from ._gradients import batch_slices
@@ -191,7 +192,8 @@ class KroneckerFactoredCurvature(Curvature):
         adapter, theta = self.adapter, self.theta
         batch = self.inputs[rows]
         with torch.no_grad():
-            factor = adapter.loss.hessian_factor(adapter.outputs(theta, batch))  # (b, r, k)
+            outputs = adapter.outputs(theta, batch)
+            factor = adapter.loss.hessian_factor(outputs, self.targets_of(rows))  # (b, r, k)
             if self.weights is not None:
                 factor = factor * self.weights[rows].sqrt().reshape(-1, 1, 1)
         # one forward pass over the batch, one backward pass per factor row
@@ -203,7 +205,8 @@ class KroneckerFactoredCurvature(Curvature):
         ``kept`` holds (position in ``layer_structure().layers``, layer) pairs; g carries the
         row weights' square roots, ā does not.
         """
-        for rows in batch_slices(self.n_train, self._rows_per_batch(self._n_factor_rows())):
+        slices = batch_slices(self.n_train, self._rows_per_batch(self._n_factor_rows()))
+        for rows in get_progress(self).blocks(slices, len(slices), f"{self.name} factor batch"):
             tapes, repeats = self._expanded_tapes(rows)
             yield (
                 rows,
@@ -217,7 +220,7 @@ class KroneckerFactoredCurvature(Curvature):
         """r, the rows of one example's output-Hessian factor."""
         with torch.no_grad():
             outputs = self.adapter.outputs(self.theta, self.inputs[:1])
-            return self.adapter.loss.hessian_factor(outputs).shape[-2]
+            return self.adapter.loss.hessian_factor(outputs, self.targets_of(slice(0, 1))).shape[-2]
 
     def _compute(self):
         structure = self.adapter.layer_structure()
@@ -398,7 +401,8 @@ def diagonal_gauss_newton(curvature, index, limit_bytes=256 * 1024**2):
     for rows in batch_slices(len(inputs), rows_per_batch):
         J = jacobian(sub, inputs[rows])  # (b, k, u)
         with torch.no_grad():
-            factor = adapter.loss.hessian_factor(adapter.outputs(theta, inputs[rows]))
+            outputs = adapter.outputs(theta, inputs[rows])
+            factor = adapter.loss.hessian_factor(outputs, curvature.targets_of(rows))
             if weights is not None:
                 factor = factor * weights[rows].sqrt().reshape(-1, 1, 1)
         total += ((factor @ J) ** 2).sum((0, 1)).detach()

@@ -102,7 +102,7 @@ class NystromPreconditioner(LockedState):
             curvature.adapter,
             curvature.theta,
             curvature.inputs[rows],
-            None,
+            curvature.targets_of(rows),
             batch_size=curvature.batch_size,
             weights=None if curvature.weights is None else curvature.weights[rows],
         )
@@ -257,7 +257,7 @@ def _rows_carrying_curvature(curvature, coverage, seed, n_probes=4):
 
         with torch.no_grad(), FORWARD_AD_LOCK:
             values, pushed = vmap(lambda v, f=outputs: jvp(f, (theta,), (v,)))(probes)
-            factor = adapter.loss.hessian_factor(values[0])  # (b, r, k)
+            factor = adapter.loss.hessian_factor(values[0], curvature.targets_of(rows))
             curved = torch.einsum("brk,mbk->mbr", factor, pushed)
             contribution = (curved**2).sum(-1).mean(0)
         if curvature.weights is not None:

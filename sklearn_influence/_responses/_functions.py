@@ -129,7 +129,8 @@ class ResponseProblem:
 
     def tensor(self, value):
         """``value`` in the working dtype (floating tensors only) on the adapter's device."""
-        if value is None or not torch.is_floating_point(value):
+        # a RowBatch (named inputs) converts its floating tensors in ``to``
+        if value is None or (isinstance(value, torch.Tensor) and not value.is_floating_point()):
             return value
         return value.to(device=self.adapter.device, dtype=self.dtype)
 

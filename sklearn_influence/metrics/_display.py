@@ -5,6 +5,8 @@ from numbers import Integral
 import numpy as np
 from sklearn.utils.validation import check_is_fitted
 
+from ._detection import mislabel_detection_auc, mislabel_recall_curve
+
 
 def _check_matplotlib(caller):
     try:
@@ -152,8 +154,6 @@ class MislabelRecallDisplay:
         display : MislabelRecallDisplay
         """
         _check_matplotlib(f"{cls.__name__}.from_predictions")
-        from . import mislabel_detection_auc, mislabel_recall_curve
-
         fraction, recall = mislabel_recall_curve(is_mislabeled, scores)
         auc = mislabel_detection_auc(is_mislabeled, scores)
         display = cls(fraction, recall, auc=auc, name=name)
