@@ -8,6 +8,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._adapters import unwrap
 from ._base import (
+    MODEL_CONSTRAINTS,
     WeightedFitRouterMixin,
     fit_model_and_adapter,
     routed_fit_params,
@@ -138,7 +139,7 @@ class RegressionDiagnostics(WeightedFitRouterMixin, TransformerMixin, BaseEstima
     _parameter_constraints = {
         "estimator": [HasMethods(["fit"])],
         "method": [StrOptions(set(METHODS))],
-        "device": [str],
+        "device": MODEL_CONSTRAINTS["device"],
     }
 
     def __init__(self, estimator, *, method="exact", device="cpu"):

@@ -12,7 +12,13 @@ import numpy as np
 import pytest
 import sklearn
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression, Ridge, RidgeClassifier, SGDClassifier
+from sklearn.linear_model import (
+    LinearRegression,
+    LogisticRegression,
+    Ridge,
+    RidgeClassifier,
+    SGDClassifier,
+)
 from sklearn.neural_network import MLPClassifier
 from sklearn.utils._param_validation import InvalidParameterError
 from sklearn.utils.class_weight import compute_sample_weight
@@ -27,6 +33,7 @@ from sklearn_influence import (
     LinearizedPBRF,
     MislabelDetector,
     ProximalResponse,
+    RegressionDiagnostics,
 )
 from sklearn_influence._engine._influence_engine import NonFiniteScores
 from sklearn_influence.exceptions import NumericalWarning
@@ -51,6 +58,7 @@ MAKERS = {
     LinearizedPBRF: lambda: LinearizedPBRF(Ridge(), n_points=2),
     InfluenceDecomposition: lambda: InfluenceDecomposition(Ridge(), n_points=2),
     MislabelDetector: lambda: MislabelDetector(Ridge(), method="loss"),
+    RegressionDiagnostics: lambda: RegressionDiagnostics(LinearRegression()),
 }
 
 
