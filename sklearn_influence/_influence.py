@@ -19,6 +19,7 @@ from ._base import (
     INFLUENCE_CONSTRAINTS,
     MODEL_CONSTRAINTS,
     WeightedFitRouterMixin,
+    check_influence_choices,
     check_train_indices,
     correlation,
     fit_model_and_adapter,
@@ -52,6 +53,7 @@ def _fit_engine(estimator, X, y, *, device, random_state, fit_params=None, **eng
     reuses the same fit, gradients and factorization. ``fit_params`` (the routed
     ``sample_weight``) go to the model's ``fit``.
     """
+    check_influence_choices(estimator, **engine_settings)  # named errors before any fitting
     with seeded_torch(random_state) as seed:
         fitted, adapter = fit_model_and_adapter(estimator, X, y, device, fit_params)
         options = {"seed": seed, **(engine_settings.pop("solver_options") or {})}
@@ -169,6 +171,15 @@ class InfluenceFunction(
         iteration), ``depth`` (1000), ``repeat`` (1), ``minibatch_size`` (training rows per
         step; default ``batch_size``), ``block_size``. The seed of the Nyström sketch and of
         LiSSA's minibatches is drawn from ``random_state``.
+    curvature_options : dict, default=None
+        Settings of the curvature (each curvature refuses keys it does not know, before any
+        fitting). Every curvature: ``n_samples`` (None: all training rows; an int or a
+        fraction in (0, 1]: the curvature — factors, Gauss-Newton products — is built on
+        that many rows drawn with ``random_state``, while the training gradients are still
+        streamed over all rows). ``"gauss_newton"``: ``jacobian_products`` (``"auto"``:
+        products from the stored whitened output Jacobians, two matrix multiplies, when the
+        N × outputs × parameters numbers take at most half of scikit-learn's
+        ``working_memory``; True/False to force).
     n_score_points : int, default=30
         Number of training points removed and actually refit by :meth:`score`.
     score_target : {"loo", "warm_loo", "pbrf"}, default="loo"
@@ -272,6 +283,7 @@ class InfluenceFunction(
         device="cpu",
         batch_size=512,
         solver_options=None,
+        curvature_options=None,
         n_score_points=30,
         score_target="loo",
         score_damping=1e-3,
@@ -286,6 +298,7 @@ class InfluenceFunction(
         self.device = device
         self.batch_size = batch_size
         self.solver_options = solver_options
+        self.curvature_options = curvature_options
         self.n_score_points = n_score_points
         self.score_target = score_target
         self.score_damping = score_damping
@@ -363,6 +376,7 @@ class InfluenceFunction(
             solver=self.solver,
             batch_size=self.batch_size,
             solver_options=self.solver_options,
+            curvature_options=self.curvature_options,
         )
 
     def _fit_key(self):
@@ -381,6 +395,7 @@ class InfluenceFunction(
             "solver": self.solver,
             "batch_size": self.batch_size,
             "solver_options": self.solver_options,
+            "curvature_options": self.curvature_options,
         }
 
     def _check_ready(self):

@@ -303,7 +303,7 @@ def test_every_solver_works_on_a_factored_curvature(fitted):
     for name in ("direct", "cholesky", "cg"):
         solved = make_solver(name, curvature, options.get(name)).solve(T, DAMPING)
         torch.testing.assert_close(solved, reference, rtol=1e-7, atol=1e-9)
-    with pytest.raises(ValueError, match="needs a factored curvature"):
+    with pytest.raises(ValueError, match="does not support curvature='gauss_newton'"):
         make_solver("factored", make_curvature("gauss_newton", adapter, theta, inputs))
 
 
@@ -326,7 +326,7 @@ def test_cg_with_factored_preconditioner_converges_to_the_same_answer(preconditi
 def test_cg_refuses_an_unknown_preconditioner(fitted):
     _, _, adapter, theta, inputs, targets = fitted
     curvature = make_curvature("gauss_newton", adapter, theta, inputs, targets)
-    with pytest.raises(ValueError, match="preconditioner must be one of"):
+    with pytest.raises(ValueError, match="'preconditioner' parameter of solver_options"):
         make_solver("cg", curvature, {"preconditioner": "x"})
 
 

@@ -119,6 +119,9 @@ class InfluenceEngine:
         Rows per vectorised batch of per-example gradients.
     solver_options : dict
         Extra keyword arguments for the solver (tolerances, iterations, seeds).
+    curvature_options : dict or None
+        Options of the curvature (its ``options``; e.g. ``n_samples``), checked against its
+        declared constraints. The row sample is seeded by ``solver_options["seed"]``.
     cache_gradients : {"auto", True, False}, default="auto"
         Keep the N × p training gradients (computed once, here) instead of recomputing them
         block by block at every call. ``"auto"``: when they take at most
@@ -147,6 +150,7 @@ class InfluenceEngine:
         batch_size,
         solver_options=None,
         cache_gradients="auto",
+        curvature_options=None,
     ):
         self.adapter = adapter
         self.batch_size = int(batch_size)
@@ -154,9 +158,11 @@ class InfluenceEngine:
         self.inputs, self.targets = inputs, targets
         self.n_train = len(inputs)
         self.n_params = self.theta.numel()
+        seed = (solver_options or {}).get("seed")
         self.curvature = make_curvature(
             curvature, adapter, self.theta, inputs, targets, batch_size=batch_size,
-            weights=adapter.row_weights,
+            weights=adapter.row_weights, options=curvature_options,
+            seed=0 if seed is None else int(seed),
         )  # fmt: skip
         self.solver = make_solver(solver, self.curvature, solver_options)
         self.solver_name = self.solver.name

@@ -164,8 +164,11 @@ class KroneckerFactoredCurvature(Curvature):
         Symmetric eigendecompositions performed so far (two per layer, once).
     """
 
-    def __init__(self, adapter, theta, inputs, targets=None, *, batch_size=1024, weights=None):
-        super().__init__(adapter, theta, inputs, targets, batch_size=batch_size, weights=weights)
+    factored = True
+    requires = frozenset({"layer_structure"})
+
+    def __init__(self, adapter, theta, inputs, targets=None, **settings):
+        super().__init__(adapter, theta, inputs, targets, **settings)
         self.n_eigendecompositions = 0
         self._layers = None
         self._fallback_index = None
