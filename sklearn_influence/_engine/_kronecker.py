@@ -53,6 +53,7 @@ import warnings
 from dataclasses import dataclass
 
 import torch
+from sklearn.utils._param_validation import StrOptions
 from torch.func import jacrev, vmap
 
 from ._curvature_base import Curvature
@@ -153,6 +154,17 @@ class KroneckerFactoredCurvature(Curvature):
 
     Parameters are those of :class:`~sklearn_influence._engine._curvature_base.Curvature`.
 
+    Options (``curvature_options``)
+    -------------------------------
+    self_check : "auto" or bool, default="auto"
+        Measure, at ``fit``, the agreement of this approximation with the exact Gauss-Newton
+        influence on a random sample
+        (:meth:`~sklearn_influence.InfluenceFunction.check_approximation`; an
+        ``ApproximationWarning`` when poor). ``"auto"``: for networks (not linear models,
+        where K-FAC is exact for squared loss).
+    n_samples
+        See :class:`~sklearn_influence._engine._curvature_base.Curvature`.
+
     Attributes
     ----------
     layers : list of LayerFactors
@@ -166,6 +178,11 @@ class KroneckerFactoredCurvature(Curvature):
 
     factored = True
     requires = frozenset({"layer_structure"})
+    options = {**Curvature.options, "self_check": "auto"}
+    option_constraints = {
+        **Curvature.option_constraints,
+        "self_check": [StrOptions({"auto"}), "boolean"],
+    }
 
     def __init__(self, adapter, theta, inputs, targets=None, **settings):
         super().__init__(adapter, theta, inputs, targets, **settings)
