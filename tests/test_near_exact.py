@@ -95,7 +95,7 @@ def test_near_exact_solves_the_exact_gauss_newton_system(curvature, damping, fit
 
 
 def test_near_exact_default_tolerance_keeps_the_rankings(fitted):
-    influence, engine, dense = fitted
+    _, engine, dense = fitted
     X, y = _data()
     near = InfluenceFunction(_net(), solver="near_exact", random_state=0).fit(X, y)
     Q = per_example_gradients(engine.adapter, engine.theta, engine.inputs[:6], engine.targets[:6])
@@ -188,7 +188,7 @@ def test_unsupported_combinations_are_named_before_training(settings):
 
 
 def test_sampled_curvature_with_all_rows_equals_the_full_one(fitted):
-    _, engine, dense = fitted
+    _, engine, _ = fitted
     full = make_curvature("ekfac", engine.adapter, engine.theta, engine.inputs, engine.targets)
     for everything in (len(engine.inputs), 1.0, 10**6):
         sampled = make_curvature(

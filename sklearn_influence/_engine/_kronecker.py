@@ -59,6 +59,7 @@ from torch.func import jacrev, vmap
 from ._curvature_base import Curvature
 from ._gradients import batch_slices
 from ._layers import layer_inputs_and_output_gradients, tape_positions
+from ._pinv import cutoff, inverse_eigenvalues
 
 #: elements of one batch of rotated per-example gradients (EK-FAC refit, T > 1)
 _REFIT_ELEMENTS = 2**23
@@ -191,6 +192,7 @@ class KroneckerFactoredCurvature(Curvature):
         self._fallback_index = None
         self._fallback_diagonal = None
         self._smallest = None
+        self._largest = None
         self.fallback_parameters = ()
 
     # -- factors ------------------------------------------------------------------------
@@ -368,14 +370,24 @@ class KroneckerFactoredCurvature(Curvature):
             raise ValueError(f"damping must be >= 0, got {damping!r}.")
         block = vectors.to(self.dtype)
         block = block.unsqueeze(0) if block.dim() == 1 else block
-        smallest = self.smallest_eigenvalue()
-        if not smallest + damping > 0:
+        # the shared pseudo-inverse rule (:mod:`._pinv`): relative to the largest eigenvalue
+        threshold = cutoff(self.largest_eigenvalue() + damping, self.n_params, self.dtype)
+        if self.smallest_eigenvalue() + damping < -threshold:
             raise ValueError(
-                f"The factored curvature {self.name!r} is singular (smallest eigenvalue "
-                f"{smallest:.3g}) and damping={damping:g}; use a positive damping."
+                f"The factored curvature {self.name!r} is not positive semi-definite "
+                f"(smallest eigenvalue {self.smallest_eigenvalue():.3g}); use a positive damping."
             )
-        result = self._apply(block, lambda values: 1.0 / (values + damping))
+        result = self._apply(block, lambda values: inverse_eigenvalues(values + damping, threshold))
         return result if vectors.dim() == 2 else result[0]
+
+    def largest_eigenvalue(self):
+        """The largest eigenvalue of the factored matrix (cached; 0 when p = 0)."""
+        if self._largest is None:
+            values = [float(f.eigenvalues.max()) for f in self.layers if f.eigenvalues.numel()]
+            if self._fallback_index is not None:
+                values.append(float(self._fallback_diagonal.max()))
+            self._largest = max(values, default=0.0)
+        return self._largest
 
     def smallest_eigenvalue(self):
         """The smallest eigenvalue of the factored matrix (cached; inf when p = 0)."""

@@ -14,6 +14,7 @@ from .._torch_utils import FORWARD_AD_LOCK, orthonormal_rows, small_dense_algebr
 from ._curvature_base import DENSE_LIMIT_BYTES
 from ._gauss_newton import GaussNewton
 from ._gradients import batch_slices
+from ._pinv import cutoff
 from ._solver_base import LockedState
 
 
@@ -224,7 +225,18 @@ class NystromPreconditioner(LockedState):
             basis, eigenvalues, tail = self._basis, self._eigenvalues, self._tail
         eigenvalues = eigenvalues.to(basis.dtype)
         shift = damping + self.floor
-        shift = max(shift, float(eigenvalues[0]) * torch.finfo(basis.dtype).eps, 1e-30)
+        # the shared pseudo-inverse rule (:mod:`._pinv`): sketch eigenvalues at round-off
+        # level are no curvature; their directions join the complement (scale 1), so that a
+        # singular curvature at damping 0 never has its null space amplified
+        threshold = cutoff(float(eigenvalues[0]), self.curvature.n_params, basis.dtype)
+        resolved = eigenvalues > threshold
+        if not bool(resolved.all()):
+            basis, eigenvalues, tail = basis[resolved], eigenvalues[resolved], 0.0
+        if shift <= threshold and len(eigenvalues):
+            # no damping on a singular curvature: the smallest resolved eigenvalue stands in
+            # for μ, which keeps P⁻¹ within [2 L_r / (L_0 + L_r), 1] on every direction
+            shift = float(eigenvalues[-1])
+        shift = max(shift, 1e-30)
         scale = (tail + shift) / (eigenvalues + shift)
 
         def apply(residuals):
