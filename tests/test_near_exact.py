@@ -23,7 +23,7 @@ from sklearn_influence._engine._curvature import make_curvature, sample_rows
 from sklearn_influence._engine._gradients import per_example_gradients
 from sklearn_influence._engine._self_check import top_k_overlap
 from sklearn_influence._engine._solvers import make_solver
-from sklearn_influence.exceptions import ApproximationWarning
+from sklearn_influence.exceptions import ApproximationWarning, DampingWarning
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -217,3 +217,15 @@ def test_sampled_curvature_streams_gradients_over_all_rows():
     ).fit(X, y)  # fmt: skip
     assert len(influence.engine_.curvature.inputs) == 40
     assert influence.transform(X[:3], y[:3]).shape == (3, 80)
+
+
+@pytest.mark.parametrize("solver", ["direct", "cg"])
+def test_a_damping_that_dwarfs_the_curvature_is_warned_about(solver):
+    X, y = _data(60)
+    influence = InfluenceFunction(Ridge(), damping=1e12, solver=solver).fit(X, y)
+    with pytest.warns(DampingWarning, match=r"damping=1e\+12 is .* times the curvature's mean"):
+        influence.transform(X[:2], y[:2])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DampingWarning)
+        influence.transform(X[:2], y[:2])  # once per damping value
+        influence.set_params(damping=1e-3).transform(X[:2], y[:2])  # a sensible damping

@@ -175,6 +175,22 @@ class Curvature:
             total[columns] = self.matmul(units)[:, columns].diagonal()
         return total
 
+    def mean_eigenvalue(self, n_probes=4, seed=0):
+        """tr(C) / p, the curvature's scale (cached): Hutchinson's estimate from ``n_probes``
+        Rademacher products (subclasses with a cheap exact diagonal override it)."""
+        if getattr(self, "_mean_eigenvalue", None) is None:
+            if self.n_params == 0:
+                self._mean_eigenvalue = 0.0
+            else:
+                generator = torch.Generator().manual_seed(seed)
+                probes = torch.randint(0, 2, (n_probes, self.n_params), generator=generator)
+                probes = (2.0 * probes - 1.0).to(self.device, self.dtype)
+                products = self.matmul(probes)
+                self._mean_eigenvalue = float(
+                    (products * probes).sum() / (n_probes * self.n_params)
+                )
+        return self._mean_eigenvalue
+
     def subset(self, rows):
         """The same curvature on the training rows ``rows`` (a stochastic estimate of C)."""
         return type(self)(

@@ -37,11 +37,14 @@ instead of recomputing them at every call (``cache_gradients="auto"``); this kee
 ``cache_gradients=False`` never caches, ``True`` always does.
 """
 
+import warnings
+
 import numpy as np
 import torch
 from sklearn import get_config
 from sklearn.utils.parallel import Parallel, delayed
 
+from ..exceptions import DampingWarning
 from ._curvature import make_curvature
 from ._gradients import batch_slices, per_example_gradients, resolve_query_targets
 from ._layers import (
@@ -55,6 +58,8 @@ from ._solvers import make_solver
 
 #: share of the working memory that training gradients may take to be cached (``"auto"``)
 CACHE_FRACTION = 0.25
+#: damping over the curvature's mean eigenvalue above which a DampingWarning is issued
+DWARFING_RATIO = 1e4
 
 
 def working_memory_bytes(working_memory=None):
@@ -248,6 +253,31 @@ class InfluenceEngine:
         return batch_slices(self.n_train, self.train_block_rows(n_queries, working_memory))
 
     # -- the preconditioned queries ----------------------------------------------------------
+    def check_damping(self, damping):
+        """Warn (:class:`~sklearn_influence.exceptions.DampingWarning`, once per value) when
+        λ dwarfs the curvature: above :data:`DWARFING_RATIO` times its mean eigenvalue, (C +
+        λI)⁻¹ is I/λ to four digits and the influence a gradient dot product over λ."""
+        damping = float(damping)
+        checked = self.__dict__.setdefault("_checked_dampings", set())
+        if damping in checked or damping == 0:
+            return
+        checked.add(damping)
+        matrix = getattr(self.solver, "matrix", None)  # a dense solver's exact trace
+        if matrix is not None and matrix.numel():
+            scale = float(matrix.diagonal().mean())
+        else:
+            scale = self.curvature.mean_eigenvalue()
+        if scale > 0 and damping > DWARFING_RATIO * scale:
+            warnings.warn(
+                f"damping={damping:g} is {damping / scale:.2g} times the curvature's mean "
+                f"eigenvalue ({scale:.3g}): (C + λI)⁻¹ is about I/λ, so the influence is a "
+                "plain gradient dot product scaled by 1/damping (tiny values, and rankings "
+                "that ignore the curvature). Choose damping relative to the curvature's scale, "
+                f"e.g. between {1e-4 * scale:.2g} and {1e-1 * scale:.2g}.",
+                DampingWarning,
+                stacklevel=5,
+            )
+
     def precondition(self, inputs, targets, damping, n_jobs=None):
         """(C + λI)⁻¹ ∇f_q for each query row, shape (n_queries, p), on the engine's device.
 
@@ -255,6 +285,7 @@ class InfluenceEngine:
         in blocks of ``batch_size`` through :class:`~sklearn.utils.parallel.Parallel` and
         written into one preallocated tensor.
         """
+        self.check_damping(damping)
         self.solver.prepare()
         n = len(inputs)
         out = None
@@ -357,6 +388,7 @@ class InfluenceEngine:
 
     def self_influence(self, damping, n_jobs=None, *, working_memory=None):
         """∇L_mᵀ (C + λI)⁻¹ ∇L_m / N for every training point, shape (N,), streamed."""
+        self.check_damping(damping)
         self.solver.prepare()
         out = torch.from_numpy(np.empty(self.n_train))
         # a block holds the gradients and their solves: 2p numbers per row

@@ -398,6 +398,10 @@ class KroneckerFactoredCurvature(Curvature):
             self._smallest = min(values, default=float("inf"))
         return self._smallest
 
+    def mean_eigenvalue(self, n_probes=4, seed=0):
+        """tr(C) / p, exactly, from the factored diagonal."""
+        return float(self.diagonal().mean()) if self.n_params else 0.0
+
     def diagonal(self):
         """diag(C) of the factored matrix: (Q_S∘Q_S) Λ (Q_A∘Q_A)ᵀ per layer."""
         total = self.theta.new_zeros(self.n_params)
