@@ -41,6 +41,9 @@ from ._validation import (
 )
 from .exceptions import ApproximationWarning
 
+#: curvature rows of the self-check that ``fit`` runs for factored curvatures on networks
+DEFAULT_CHECK_ROWS = 256
+
 #: the warning of an undefined agreement (score, scorers, InfluenceFunctionCV)
 UNDEFINED_AGREEMENT = (
     "The predicted or the actual loss changes are constant, so their correlation is "
@@ -367,7 +370,11 @@ class InfluenceFunction(
         self.solver_ = self.engine_.solver_name
         self.approximation_ = None
         if self._self_check_by_default():
-            self.approximation_ = self.check_approximation()
+            # cheap: both curvatures on at most 256 random rows, a loose exact reference
+            # (its Pearson with the tight one is 1.0000 on the digits CNN)
+            self.approximation_ = self.check_approximation(
+                n_train=300, n_rows=min(self.n_train_, DEFAULT_CHECK_ROWS), reference_tol=1e-3
+            )
         return self
 
     def _self_check_by_default(self):
@@ -379,8 +386,9 @@ class InfluenceFunction(
         return bool(setting)
 
     def check_approximation(
-        self, X=None, y_test=None, *, n_queries=10, n_train=500, n_rows="auto", k=10
-    ):
+        self, X=None, y_test=None, *, n_queries=10, n_train=500, n_rows="auto", k=10,
+        reference_tol=1e-6,
+    ):  # fmt: skip
         """Agreement of this estimator's influence with the exact Gauss-Newton influence.
 
         On a random sample (drawn with ``random_state``): the influence of ``n_train``
@@ -392,7 +400,8 @@ class InfluenceFunction(
         :class:`~sklearn_influence.exceptions.ApproximationWarning` naming the figures and
         the fix (``solver="near_exact"``) is issued when the Pearson correlation is below
         0.9. ``fit`` runs this check for ``curvature="kfac"``/``"ekfac"`` on networks (the
-        curvature option ``self_check``) and stores it as ``approximation_``.
+        curvature option ``self_check``) on at most 256 random rows with ``reference_tol=1e-3``,
+        and stores it as ``approximation_``.
 
         Parameters
         ----------
@@ -409,6 +418,8 @@ class InfluenceFunction(
             ``"auto"``: all when there are at most 1,000, else max(1,000, N / 20).
         k : int, default=10
             The k of the top-k overlap.
+        reference_tol : float, default=1e-6
+            Relative residual of the exact reference's block CG.
 
         Returns
         -------
@@ -449,7 +460,7 @@ class InfluenceFunction(
         with seeded_torch(seed):
             agreement = approximation_agreement(
                 self.engine_, self._damping(), inputs, targets, n_rows=n_rows, n_train=n_train,
-                k=k, seed=seed,
+                k=k, seed=seed, reference_tol=reference_tol,
             )  # fmt: skip
         if not agreement.pearson >= POOR_PEARSON:
             warnings.warn(poor_agreement_message(agreement), ApproximationWarning, stacklevel=2)

@@ -22,15 +22,16 @@ from ._curvature import make_curvature, sample_rows
 from ._gradients import per_example_gradients
 from ._solvers import make_solver
 
-#: relative residual of the exact reference
+#: relative residual of the exact reference (default)
 REFERENCE_TOL = 1e-6
 #: Pearson below which the agreement is called poor (an ApproximationWarning)
 POOR_PEARSON = 0.9
 
 
 def approximation_agreement(
-    engine, damping, query_inputs, query_targets, *, n_rows=None, n_train=500, k=10, seed=0
-):
+    engine, damping, query_inputs, query_targets, *, n_rows=None, n_train=500, k=10, seed=0,
+    reference_tol=REFERENCE_TOL,
+):  # fmt: skip
     """Agreement of ``engine``'s influence with the exact Gauss-Newton influence, on a sample.
 
     Parameters
@@ -47,6 +48,8 @@ def approximation_agreement(
     k : int
         The top-k overlap's k (at most ``n_train``).
     seed : int
+    reference_tol : float, default=1e-6
+        Relative residual of the exact reference's block CG.
 
     Returns
     -------
@@ -64,7 +67,7 @@ def approximation_agreement(
     rows = None if n_rows is None else sample_rows(n, n_rows, seed)
     approximate_solver, exact_curvature = _the_two_sides(engine, rows, seed)
     exact_solver = make_solver(
-        "cg", exact_curvature, {"tol": REFERENCE_TOL, "maxiter": 1000, "seed": seed}
+        "cg", exact_curvature, {"tol": reference_tol, "maxiter": 1000, "seed": seed}
     )
     gradients = per_example_gradients(
         engine.adapter, engine.theta, query_inputs, query_targets, engine.batch_size
@@ -86,7 +89,7 @@ def approximation_agreement(
         n_train=len(columns),
         n_rows=n if rows is None else len(rows),
         approximation=f"curvature={engine.curvature.name!r}, solver={engine.solver_name!r}",
-        reference=f"exact Gauss-Newton, block CG to relative residual {REFERENCE_TOL:g}",
+        reference=f"exact Gauss-Newton, block CG to relative residual {reference_tol:g}",
         seconds=time.perf_counter() - start,
         approximate=approximate,
         exact=exact,
