@@ -30,7 +30,7 @@ from ._base import (
 )
 from ._engine._gradients import resolve_query_targets
 from ._engine._influence_engine import InfluenceEngine, working_memory_bytes
-from ._engine._self_check import POOR_PEARSON, approximation_agreement, poor_agreement_message
+from ._engine._self_check import approximation_agreement, is_poor, poor_agreement_message
 from ._responses._removal import SCORE_TARGETS, removal_changes
 from ._torch_utils import resolve_device, seeded_torch, to_numpy
 from ._validation import (
@@ -399,7 +399,9 @@ class InfluenceFunction(
         sample size in a fraction of the fit's time. An
         :class:`~sklearn_influence.exceptions.ApproximationWarning` naming the figures and
         the fix (``solver="near_exact"``) is issued when the Pearson correlation is below
-        0.9. ``fit`` runs this check for ``curvature="kfac"``/``"ekfac"`` on networks (the
+        0.9 or the top-k overlap below 0.7. Queries drawn from the training set are never
+        among the compared training points (self-influence would dominate the figures).
+        ``fit`` runs this check for ``curvature="kfac"``/``"ekfac"`` on networks (the
         curvature option ``self_check``) on at most 256 random rows with ``reference_tol=1e-3``,
         and stores it as ``approximation_``.
 
@@ -450,6 +452,7 @@ class InfluenceFunction(
             raise ValueError(f"n_rows must be 'auto', a positive integer or None, got {n_rows!r}.")
         rng = check_random_state(self.random_state)
         seed = int(rng.randint(0, 2**31 - 1))
+        rows = None
         if X is None:
             rows = np.sort(rng.choice(self.n_train_, min(n_queries, self.n_train_), replace=False))
             inputs, targets = self.engine_.inputs[rows], self.engine_.targets[rows]
@@ -460,9 +463,9 @@ class InfluenceFunction(
         with seeded_torch(seed):
             agreement = approximation_agreement(
                 self.engine_, self._damping(), inputs, targets, n_rows=n_rows, n_train=n_train,
-                k=k, seed=seed, reference_tol=reference_tol,
+                k=k, seed=seed, reference_tol=reference_tol, exclude=rows,
             )  # fmt: skip
-        if not agreement.pearson >= POOR_PEARSON:
+        if is_poor(agreement):
             warnings.warn(poor_agreement_message(agreement), ApproximationWarning, stacklevel=2)
         return agreement
 

@@ -151,7 +151,7 @@ def test_self_check_runs_at_fit_for_factored_curvatures_on_networks_and_warns():
     agreement = influence.approximation_
     assert agreement is not None and -1 <= agreement.pearson <= 1
     poor = [w for w in caught if issubclass(w.category, ApproximationWarning)]
-    assert bool(poor) == (agreement.pearson < 0.9)
+    assert bool(poor) == (agreement.pearson < 0.9 or agreement.top_k_overlap < 0.7)
     for warning in poor:
         assert "Pearson" in str(warning.message) and "near_exact" in str(warning.message)
     exact = InfluenceFunction(_net(), random_state=0).fit(X, y)

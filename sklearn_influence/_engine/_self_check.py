@@ -26,11 +26,13 @@ from ._solvers import make_solver
 REFERENCE_TOL = 1e-6
 #: Pearson below which the agreement is called poor (an ApproximationWarning)
 POOR_PEARSON = 0.9
+#: top-k overlap below which the agreement is called poor
+POOR_OVERLAP = 0.7
 
 
 def approximation_agreement(
     engine, damping, query_inputs, query_targets, *, n_rows=None, n_train=500, k=10, seed=0,
-    reference_tol=REFERENCE_TOL,
+    reference_tol=REFERENCE_TOL, exclude=None,
 ):  # fmt: skip
     """Agreement of ``engine``'s influence with the exact Gauss-Newton influence, on a sample.
 
@@ -50,6 +52,11 @@ def approximation_agreement(
     seed : int
     reference_tol : float, default=1e-6
         Relative residual of the exact reference's block CG.
+    exclude : array-like of int or None
+        Training rows never drawn as columns: the queries themselves when they are training
+        points (a point's influence on itself dwarfs the others and would make any
+        approximation look good: on the digits CNN, EK-FAC measured Pearson 0.97 with the
+        self-entries in and about its true 0.56 without).
 
     Returns
     -------
@@ -62,8 +69,9 @@ def approximation_agreement(
     """
     start = time.perf_counter()
     n = engine.n_train
-    columns = sample_rows(n, min(int(n_train), n), seed + 1)
-    columns = torch.arange(n) if columns is None else columns
+    candidates = np.setdiff1d(np.arange(n), [] if exclude is None else np.asarray(exclude))
+    picked = sample_rows(len(candidates), min(int(n_train), len(candidates)), seed + 1)
+    columns = torch.from_numpy(candidates if picked is None else candidates[picked.numpy()])
     rows = None if n_rows is None else sample_rows(n, n_rows, seed)
     approximate_solver, exact_curvature = _the_two_sides(engine, rows, seed)
     exact_solver = make_solver(
@@ -154,6 +162,11 @@ def top_k_overlap(approximate, exact, k):
     return float(np.mean(shared)) if shared else float("nan")
 
 
+def is_poor(agreement):
+    """Pearson below :data:`POOR_PEARSON` or top-k overlap below :data:`POOR_OVERLAP`."""
+    return not (agreement.pearson >= POOR_PEARSON and agreement.top_k_overlap >= POOR_OVERLAP)
+
+
 def poor_agreement_message(agreement):
     """The ApproximationWarning's text: the measured figures and the fix."""
     return (
@@ -167,4 +180,11 @@ def poor_agreement_message(agreement):
     )
 
 
-__all__ = ["POOR_PEARSON", "approximation_agreement", "poor_agreement_message", "top_k_overlap"]
+__all__ = [
+    "POOR_OVERLAP",
+    "POOR_PEARSON",
+    "approximation_agreement",
+    "is_poor",
+    "poor_agreement_message",
+    "top_k_overlap",
+]
