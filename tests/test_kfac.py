@@ -202,14 +202,16 @@ def test_inverse_matmul_solves_the_damped_factored_system(name, fitted):
         curvature.inverse_matmul(V, -1.0)
 
 
-def test_singular_factored_curvature_needs_damping():
+def test_singular_factored_curvature_at_damping_zero_is_a_pseudo_inverse():
+    """Issue 23: at damping 0 the factored inverse is the pseudo-inverse (np.linalg.pinv)."""
     rng = np.random.default_rng(0)
     X = np.column_stack([rng.normal(size=20), np.zeros(20)])  # a constant-zero feature
     model = LinearRegression(fit_intercept=False).fit(X, rng.normal(size=20))
     adapter = make_adapter(model, len(X), torch.device("cpu"))
     curvature = make_curvature("kfac", adapter, adapter.parameters(), adapter.inputs(X), None)
-    with pytest.raises(ValueError, match="singular .* use a positive damping"):
-        curvature.inverse_matmul(torch.ones(2, dtype=torch.float64), 0.0)
+    ones = torch.ones(2, dtype=torch.float64)
+    expected = np.linalg.pinv(curvature.dense().numpy(), hermitian=True) @ ones.numpy()
+    np.testing.assert_allclose(curvature.inverse_matmul(ones, 0.0).numpy(), expected, rtol=1e-12)
 
 
 @pytest.mark.parametrize("name", ["kfac", "ekfac"])
