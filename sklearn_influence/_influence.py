@@ -148,7 +148,8 @@ class InfluenceFunction(
         Gauss-Newton matrix per ``nn.Linear``/``nn.Conv2d`` layer (``"kfac"``; ``"ekfac"``
         refits its eigenvalues on per-example gradients). Parameters outside such layers get
         their exact diagonal Gauss-Newton block (a warning names them).
-    solver : {"auto", "direct", "cholesky", "cg", "lissa", "factored"}, default="auto"
+    solver : {"auto", "direct", "cholesky", "cg", "near_exact", "lissa", "factored"}, \
+            default="auto"
         How (C + λI)⁻¹ is applied. ``"direct"`` eigendecomposes the dense C once and caches
         it; ``"cholesky"`` factors C + λI for each damping. ``"cg"`` never forms C: block
         conjugate gradient on all right-hand sides of a block at once, with batched
@@ -158,9 +159,14 @@ class InfluenceFunction(
         ``"lissa"`` is the stochastic Neumann-series recursion of Agarwal et al. (2017),
         seeded by ``random_state``; a diverging recursion raises a ``ValueError`` that names
         ``scale``. The iterative solvers solve again for each damping and each
-        :meth:`transform`. ``"auto"`` picks ``"direct"`` when the dense matrix fits comfortably
-        in memory and factorizes in seconds (p ≤ 4,000, and three float64 p × p arrays within
-        2 GiB and a quarter of the free memory), else ``"cg"``; with ``"kfac"``/``"ekfac"``
+        :meth:`transform`. ``"near_exact"`` is block CG on the exact Gauss-Newton matrix
+        to relative residual 1e-2 (the tolerance the rankings need), started from the factored
+        answer with ``curvature="kfac"``/``"ekfac"`` (which it then only uses as a start);
+        its products come from the stored whitened Jacobians when they fit
+        (``curvature_options``). ``"auto"`` picks ``"direct"`` when the dense matrix fits
+        comfortably in memory and factorizes in seconds (p ≤ 4,000, and three float64 p × p
+        arrays within 2 GiB and a quarter of the free memory), else ``"near_exact"`` for the
+        Gauss-Newton matrix and ``"cg"`` for the others; with ``"kfac"``/``"ekfac"``
         it picks ``"factored"``, the factored curvature's own damped inverse (fast and
         approximate; a new damping never refactors).
     device : {"cpu", "cuda", "auto"} or str, default="cpu"
@@ -169,7 +175,9 @@ class InfluenceFunction(
         Rows per vectorised batch of per-example gradients.
     solver_options : dict, default=None
         Extra settings of the solver (every solver refuses keys it does not know).
-        ``"cg"``: ``tol`` (1e-3, relative residual of every right-hand side), ``maxiter``
+        ``"cg"`` (and ``"near_exact"``, whose ``tol`` defaults to 1e-2 and which adds
+        ``start``: ``"auto"``, ``"factored"`` or ``"zero"``): ``tol`` (1e-3, relative
+        residual of every right-hand side), ``maxiter``
         (100), ``preconditioner`` (``"nystrom"``, ``"kfac"``, ``"ekfac"`` or None), ``rank``
         (``"auto"`` or the Nyström sketch size), ``max_rank`` (512), ``sketch_coverage``
         (0.95: share of the Gauss-Newton trace carried by the training rows the sketch
