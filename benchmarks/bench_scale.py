@@ -160,9 +160,14 @@ def measure(spec):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         start = time.perf_counter()
+        cpu_start = time.process_time()
+        curvature_options = dict(spec.get("curvature_options") or {})
+        if spec["curvature"] in ("kfac", "ekfac"):  # the self-check is timed on its own
+            curvature_options.setdefault("self_check", False)
         influence = InfluenceFunction(
             FrozenEstimator(net),
             solver_options=spec["options"] or None,
+            curvature_options=curvature_options or None,
             damping=DAMPING,
             random_state=0,
             **settings,
@@ -172,12 +177,22 @@ def measure(spec):
         if device == "cuda":
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - start
+        cpu = time.process_time() - cpu_start
+        check = None
+        if spec.get("self_check"):  # the check fit runs by default, timed on its own
+            agreement = influence.check_approximation(n_train=300, n_rows=min(len(y), 256),
+                                                      reference_tol=1e-3)  # fmt: skip
+            check = {key: agreement[key] for key in
+                     ("pearson", "spearman", "top_k_overlap", "n_queries", "n_train", "n_rows",
+                      "seconds")}  # fmt: skip
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     np.save(spec["output"], matrix)
     solver = influence.engine_.solver
     preconditioner = getattr(solver, "preconditioner", None)
     result = {
         "seconds": elapsed,
+        "cpu_seconds": cpu,
+        "self_check": check,
         "fit_seconds": fitted,
         "peak_mib": peak,
         "baseline_mib": baseline,
@@ -223,12 +238,13 @@ class Bench:
         self.args, self.folder, self.emit = args, folder, emit
         self.count = 0
 
-    def run(self, task, weights, n_train, n_queries, curvature, solver, options):
+    def run(self, task, weights, n_train, n_queries, curvature, solver, options, **extra):
         self.count += 1
         output = os.path.join(self.folder, f"m{self.count}.npy")
         spec = dict(task=task, weights=weights, n_train=n_train, n_queries=n_queries,
                     curvature=curvature, solver=solver, options=options,
-                    device=self.args.device, threads=self.args.threads, output=output)  # fmt: skip
+                    device=self.args.device, threads=self.args.threads, output=output,
+                    **extra)  # fmt: skip
         result = _run_child(spec)
         if "error" not in result:
             result["matrix"] = np.load(output)
@@ -342,11 +358,129 @@ class Bench:
         self.emit()
 
 
+PART_D = [
+    ("ekfac (factored inverse)", "ekfac", "auto", {}, {}),
+    ("kfac (factored inverse)", "kfac", "auto", {}, {}),
+    ("near_exact", "gauss_newton", "near_exact", {}, {}),
+    ("near_exact, EK-FAC start", "ekfac", "near_exact", {}, {}),
+    ("near_exact, matrix-free products", "gauss_newton", "near_exact", {},
+     {"jacobian_products": False}),
+    ("cg (tol 1e-3, Nyström)", "gauss_newton", "cg", {}, {}),
+    ("near_exact, curvature on M = 300 rows", "gauss_newton", "near_exact", {},
+     {"n_samples": 300}),
+    ("near_exact, curvature on M = 750 rows", "gauss_newton", "near_exact", {},
+     {"n_samples": 750}),
+    ("ekfac, factors on M = 300 rows", "ekfac", "auto", {}, {"n_samples": 300}),
+    ("ekfac, factors on M = 750 rows", "ekfac", "auto", {}, {"n_samples": 750}),
+]
+
+
+def _top_overlap(matrix, reference, k=10):
+    shared = [len(set(np.argsort(-a)[:k]) & set(np.argsort(-b)[:k])) / k
+              for a, b in zip(matrix, reference, strict=True)]  # fmt: skip
+    return float(np.mean(shared))
+
+
+def _part_d(bench):
+    """Near-exact and the self-check on the digits CNN (and the MLP): time ratios to EK-FAC."""
+    args, emit = bench.args, bench.emit
+    n_train, n_queries = (300, 20) if args.quick else (1500, 100)
+    for task in args.tasks_d.split(","):
+        weights = os.path.join(bench.folder, f"{task}_d.pt")
+        seconds, accuracy, p = train(task, weights, args.device, 1500)
+        emit(f"## d. near_exact and the self-check: {task} ({p:,} parameters), {n_train} digits, "
+             f"{n_queries} queries, λ = {DAMPING:g}")  # fmt: skip
+        emit()
+        emit(f"Trained in {seconds:.0f} s (not counted), test accuracy {accuracy:.3f}. Pearson and "
+             "top-10 overlap (most helpful points per query): with CG at tol 1e-6 (first row). "
+             "CPU s: process CPU time of fit + transform (less sensitive to the machine's load "
+             "than wall time); ratio: CPU time over EK-FAC's in this run.")  # fmt: skip
+        emit()
+        emit("| configuration | wall s | CPU s | ratio to ekfac (CPU) | peak RSS MiB | CG "
+             "iterations | Pearson | top-10 | self-check (Pearson / top-10 / s) |")
+        emit("|---|---|---|---|---|---|---|---|---|")
+        reference = bench.run(task, weights, n_train, n_queries, "gauss_newton", "cg",
+                              {"tol": 1e-6, "maxiter": 500})  # fmt: skip
+        rows = [("cg (tol 1e-6)", reference)]
+        base = None
+        for label, curvature, solver, options, curvature_options in PART_D:
+            check = curvature in ("kfac", "ekfac") and solver == "auto" and not curvature_options
+            result = bench.run(task, weights, n_train, n_queries, curvature, solver, options,
+                               curvature_options=curvature_options, self_check=check)  # fmt: skip
+            if label.startswith("ekfac (") and "error" not in result:
+                base = result["cpu_seconds"]
+            rows.append((label, result))
+        for label, result in rows:
+            if "error" in result:
+                emit(f"| {label} | failed: {result['error']} |" + " |" * 7)
+                continue
+            ratio = f"{result['cpu_seconds'] / base:.1f}×" if base else "—"
+            same, truth = result is reference, reference.get("matrix")
+            pearson = "1 (reference)" if same else f"{_pearson(result['matrix'], truth):.5f}"
+            top = "1" if same else f"{_top_overlap(result['matrix'], truth):.2f}"
+            check = result.get("self_check")
+            check = "—" if not check else (f"{check['pearson']:.3f} / {check['top_k_overlap']:.2f}"
+                                           f" / {check['seconds']:.2f} s "
+                                           f"({check['n_queries']}×{check['n_train']}, "
+                                           f"{check['n_rows']} rows)")  # fmt: skip
+            iterations = result["iterations"] if result["iterations"] is not None else "—"
+            emit(f"| {label} | {result['seconds']:.2f} | {result['cpu_seconds']:.2f} | {ratio} | "
+                 f"{result['peak_mib']:.0f} | {iterations} | {pearson} | {top} | {check} |")
+        emit()
+
+
+def _part_e(bench):
+    """The 1M-parameter MLP at small N: near_exact (all rows, or the curvature on M sampled
+    rows) against tight CG on a few queries."""
+    args, emit = bench.args, bench.emit
+    n, few = int(args.sizes_e), 5
+    weights = os.path.join(bench.folder, "scale_e.pt")
+    seconds, accuracy, p = train("scale", weights, args.device, min(n, 5_000))
+    emit(f"## e. near_exact at {p:,} parameters (MLP {SCALE_FEATURES}-"
+         f"{'-'.join(map(str, SCALE_HIDDEN))}-10), N = {n:,}, 100 queries")  # fmt: skip
+    emit()
+    emit(f"Trained in {seconds:.0f} s (not counted), query accuracy {accuracy:.3f}. Reference: "
+         f"CG at tol 1e-5 on the first {few} queries only (time not counted); Pearson and "
+         f"top-10 overlap on those {few} rows. The stored Jacobians (N·10·p numbers) do not fit "
+         "the working memory here: products are matrix-free.")  # fmt: skip
+    emit()
+    emit("| configuration | wall s | CPU s | ratio to ekfac (CPU) | peak RSS MiB | CG iterations "
+         "| Pearson (5 queries) | top-10 |")
+    emit("|---|---|---|---|---|---|---|---|")
+    reference = bench.run("scale", weights, n, few, "gauss_newton", "cg",
+                          {"tol": 1e-5, "maxiter": 300})  # fmt: skip
+    configurations = [
+        ("ekfac (factored inverse)", "ekfac", "auto", {}, {}),
+        ("near_exact, EK-FAC start, curvature on M = 500 rows", "ekfac", "near_exact", {},
+         {"n_samples": 500}),
+        ("near_exact, curvature on all N rows", "gauss_newton", "near_exact", {}, {}),
+    ]  # fmt: skip
+    base = None
+    for label, curvature, solver, options, curvature_options in configurations:
+        result = bench.run("scale", weights, n, 100, curvature, solver, options,
+                           curvature_options=curvature_options)  # fmt: skip
+        if "error" in result:
+            emit(f"| {label} | failed: {result['error']} |" + " |" * 6)
+            continue
+        base = result["cpu_seconds"] if base is None else base
+        truth = reference.get("matrix")
+        head = result["matrix"][:few]
+        pearson = "—" if truth is None else f"{_pearson(head, truth):.5f}"
+        top = "—" if truth is None else f"{_top_overlap(head, truth):.2f}"
+        iterations = result["iterations"] if result["iterations"] is not None else "—"
+        emit(f"| {label} | {result['seconds']:.1f} | {result['cpu_seconds']:.1f} | "
+             f"{result['cpu_seconds'] / base:.1f}× | {result['peak_mib']:.0f} | {iterations} | "
+             f"{pearson} | {top} |")  # fmt: skip
+    emit()
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--parts", default="a,b,c", help="any of a, b, c")
+    parser.add_argument("--parts", default="a,b,c,d", help="any of a, b, c, d")
+    parser.add_argument("--tasks-d", default="lenet,mlp", help="networks of part d")
+    parser.add_argument("--sizes-e", default="1000", help="N of part e (the 1M MLP)")
     parser.add_argument("--sizes", default="10000,20000,50000", help="N of part c")
     parser.add_argument("--exact-sizes", default="", help="N of part c with exact CG (capped)")
     parser.add_argument("--exact-maxiter", type=int, default=6)
@@ -393,7 +527,10 @@ def main():
     with tempfile.TemporaryDirectory() as folder:
         bench = Bench(args, folder, emit)
         for part in args.parts.split(","):
-            getattr(bench, f"part_{part.strip()}")()
+            if part.strip() in ("d", "e"):
+                {"d": _part_d, "e": _part_e}[part.strip()](bench)
+            else:
+                getattr(bench, f"part_{part.strip()}")()
     load = os.getloadavg()[0]
     emit(f"Load average at the end: {load:.2f}.")
 

@@ -34,7 +34,8 @@ from sklearn.utils.metadata_routing import (
     process_routing,
 )
 
-from ._adapters import fit_with_weights, make_adapter
+from ._adapters import _family, fit_with_weights, make_adapter, unwrap
+from ._engine._capabilities import check_pairing, model_capabilities
 from ._engine._curvature import CURVATURES
 from ._engine._gradients import batch_slices, per_example_gradients, resolve_query_targets
 from ._engine._layers import (
@@ -108,6 +109,7 @@ SOLVER_CONSTRAINTS = {
 INFLUENCE_CONSTRAINTS = {
     **SOLVER_CONSTRAINTS,
     "curvature": [StrOptions(set(CURVATURES))],
+    "curvature_options": [dict, None],
     "batch_size": [Interval(Integral, 1, None, closed="left")],
 }
 
@@ -136,6 +138,40 @@ MEMORY_DOC = """    memory : str or object with the joblib.Memory interface, def
         result is bitwise identical to an uninterrupted run with ``memory``. With it the
         chunks are fixed by the removed points alone (at least 20), whatever ``n_jobs``.
         None: nothing is saved."""
+
+
+# -- declared choices ------------------------------------------------------------------------
+
+
+def check_influence_choices(
+    estimator, *, curvature, solver, solver_options=None, curvature_options=None, **_
+):
+    """Check the curvature/solver choices and their options against their declarations.
+
+    Before any fitting: an unknown or invalid option is scikit-learn's
+    ``InvalidParameterError``; a pairing the model family cannot support (scikit-learn's
+    ``MLPClassifier`` with ``curvature="kfac"``: no layer structure) or the choices
+    cannot support together (``solver="factored"`` with ``curvature="gauss_newton"``) is an
+    :class:`~sklearn_influence._engine._capabilities.UnsupportedCombinationError` (a
+    ValueError) naming both and the fix.
+    """
+    curvature_class = CURVATURES[curvature]
+    curvature_class.check_options(curvature_options)
+    solver_class = None if solver == "auto" else SOLVERS[solver]
+    if solver_class is not None:
+        solver_class.check_options(solver_options)
+    _, model = unwrap(estimator)
+    try:
+        _, _, adapter_class = _family(model)
+    except (TypeError, ValueError):  # an unsupported estimator: refused by its own check
+        return
+    check_pairing(
+        curvature_class,
+        solver_class,
+        offered=model_capabilities(adapter_class),
+        options=solver_options,
+        model_name=type(model).__name__,
+    )
 
 
 # -- fitting -------------------------------------------------------------------------------

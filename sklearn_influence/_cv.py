@@ -35,7 +35,7 @@ class InfluenceFunctionCV(InfluenceFunction):
         How to split the training data for scoring (see above).
     correlation : {"pearson", "spearman"}, default="pearson"
         Agreement measure between predicted and actual loss changes.
-    curvature, solver, device, batch_size, solver_options :
+    curvature, solver, device, batch_size, solver_options, curvature_options :
         As in :class:`InfluenceFunction`.
     n_score_points, score_target, score_damping, memory, n_jobs, verbose, random_state :
         As in :class:`InfluenceFunction`.
@@ -83,6 +83,7 @@ class InfluenceFunctionCV(InfluenceFunction):
         device="cpu",
         batch_size=512,
         solver_options=None,
+        curvature_options=None,
         n_score_points=30,
         score_target="loo",
         score_damping=1e-3,
@@ -100,6 +101,7 @@ class InfluenceFunctionCV(InfluenceFunction):
         self.device = device
         self.batch_size = batch_size
         self.solver_options = solver_options
+        self.curvature_options = curvature_options
         self.n_score_points = n_score_points
         self.score_target = score_target
         self.score_damping = score_damping

@@ -101,6 +101,8 @@ class InfluenceDecomposition(FittedModelMixin, BaseEstimator):
         while the dense matrix is small).
     solver_options : dict, default=None
         Settings of the influence estimate's solver.
+    curvature_options : dict, default=None
+        Settings of the influence estimate's curvature, see :class:`InfluenceFunction`.
     train_indices : array-like of int, default=None
         Training row positions to remove, one at a time. None draws ``n_points`` of them.
     n_points : int, default=50
@@ -211,6 +213,7 @@ class InfluenceDecomposition(FittedModelMixin, BaseEstimator):
         curvature="gauss_newton",
         solver="auto",
         solver_options=None,
+        curvature_options=None,
         train_indices=None,
         n_points=50,
         method="auto",
@@ -231,6 +234,7 @@ class InfluenceDecomposition(FittedModelMixin, BaseEstimator):
         self.curvature = curvature
         self.solver = solver
         self.solver_options = solver_options
+        self.curvature_options = curvature_options
         self.train_indices = train_indices
         self.n_points = n_points
         self.method = method
@@ -281,6 +285,7 @@ class InfluenceDecomposition(FittedModelMixin, BaseEstimator):
                 curvature=self.curvature,
                 solver=self.solver,
                 solver_options=self.solver_options,
+                curvature_options=self.curvature_options,
                 device=self.device,
                 verbose=self.verbose,
                 random_state=self.random_state,

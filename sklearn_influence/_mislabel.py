@@ -41,6 +41,7 @@ class _InfluenceScore:
             device=detector.device,
             batch_size=detector.batch_size,
             solver_options=detector.solver_options,
+            curvature_options=detector.curvature_options,
             n_jobs=detector.n_jobs,
             memory=detector.memory,
             verbose=detector.verbose,
@@ -225,6 +226,8 @@ class MislabelDetector(WeightedFitRouterMixin, OutlierMixin, BaseEstimator):
         Rows per vectorised batch.
     solver_options : dict, default=None
         Extra settings of the solver.
+    curvature_options : dict, default=None
+        Settings of the curvature, see :class:`InfluenceFunction`.
     response_options : dict, default=None
         Settings of the PBRF responses (``method="pbrf_self_influence"`` only), passed to
         :class:`~sklearn_influence.PBRF`: ``method``, ``optimizer``, ``learning_rate``,
@@ -316,6 +319,7 @@ class MislabelDetector(WeightedFitRouterMixin, OutlierMixin, BaseEstimator):
         device="cpu",
         batch_size=512,
         solver_options=None,
+        curvature_options=None,
         response_options=None,
         n_jobs=None,
         memory=None,
@@ -331,6 +335,7 @@ class MislabelDetector(WeightedFitRouterMixin, OutlierMixin, BaseEstimator):
         self.device = device
         self.batch_size = batch_size
         self.solver_options = solver_options
+        self.curvature_options = curvature_options
         self.response_options = response_options
         self.n_jobs = n_jobs
         self.memory = memory

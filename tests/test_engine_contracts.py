@@ -211,6 +211,7 @@ def test_dense_size_check_names_the_matrix_free_solvers():
 #: allowed; a solver not listed runs with its defaults and must be exact to 1e-8
 SOLVER_SETTINGS = {
     "cg": ({"tol": 1e-13, "maxiter": 500}, 1e-8),
+    "near_exact": ({"tol": 1e-13, "maxiter": 500}, 1e-8),
     "lissa": ({"depth": 400}, 1e-3),  # full-batch Neumann series: error ~1e-5 at λ = 1e-2
 }
 
@@ -231,9 +232,9 @@ def system():
 
 def _system_for(name, system):
     """(curvature, T, Q, dense C) for solver ``name``: solvers that need a factored curvature
-    (``needs_factored_curvature``) get the K-FAC curvature and its dense matrix."""
+    (``requires`` holds "factored_curvature") get the K-FAC curvature and its dense matrix."""
     curvature, T, Q, C, factored = system
-    if getattr(SOLVERS[name], "needs_factored_curvature", False):
+    if "factored_curvature" in SOLVERS[name].requires:
         return factored, T, Q, factored.dense().numpy()
     return curvature, T, Q, C
 

@@ -132,7 +132,8 @@ def test_batch_statistics_are_refused_in_a_frozen_net_too():
 
 
 def test_ambiguous_dict_outputs_are_refused_with_the_fix():
-    with pytest.raises(TypeError, match=r"mapping with keys \['hidden', 'scores'\].*under 'logits'"):
+    match = r"mapping with keys \['hidden', 'scores'\].*under 'logits'"
+    with pytest.raises(TypeError, match=match):
         InfluenceFunction(_net(DictOutput)).fit(X, LABELS)
 
 

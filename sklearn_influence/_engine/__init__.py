@@ -19,6 +19,9 @@
 ``_lissa.py``                LiSSA
 ``_nystrom.py``              Nyström preconditioner for CG
 ``_factored.py``             a factored curvature's own damped inverse (``"factored"``)
+``_near_exact.py``           CG on the exact Gauss-Newton from the factored start (``"near_exact"``)
+``_capabilities.py``         declared needs and offers; ``check_pairing`` (named errors)
+``_self_check.py``           agreement of an approximation with exact Gauss-Newton CG
 ``_power_iteration.py``      ``top_eigenvalue`` (LiSSA's scale, the optimisers' step size)
 ``_solvers.py``              registry ``SOLVERS``, factory ``make_solver``, ``"auto"``
 ``_influence_engine.py``     ``InfluenceEngine``: streamed influence, self-influence, top-k

@@ -2,8 +2,10 @@
 
 import math
 import warnings
+from numbers import Integral, Real
 
 import torch
+from sklearn.utils._param_validation import Interval, StrOptions
 
 from .._torch_utils import float64_gram, orthonormal_rows, small_dense_algebra
 from ..exceptions import SolverConvergenceWarning
@@ -196,24 +198,28 @@ class CGSolver(IterativeSolver):
         "max_rank": 512,
         "sketch_coverage": 0.95,
     }
+    option_constraints = {
+        **IterativeSolver.option_constraints,
+        "tol": [Interval(Real, 0, None, closed="neither")],
+        "maxiter": [Interval(Integral, 1, None, closed="left")],
+        "preconditioner": [StrOptions({"nystrom", "kfac", "ekfac"}), None],
+        "rank": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
+        "max_rank": [Interval(Integral, 1, None, closed="left")],
+        "sketch_coverage": [Interval(Real, 0, 1, closed="right")],
+    }
+
+    @classmethod
+    def requirements(cls, options):
+        """Declared needs: a K-FAC/EK-FAC preconditioner needs the model's layer structure."""
+        preconditioner = options.get("preconditioner", cls.options["preconditioner"])
+        extra = {"layer_structure"} if preconditioner in ("kfac", "ekfac") else set()
+        return cls.requires | extra
 
     def _setup(self):
         super()._setup()
         settings = self.settings
         tol, maxiter, rank = settings["tol"], settings["maxiter"], settings["rank"]
         preconditioner, coverage = settings["preconditioner"], settings["sketch_coverage"]
-        if not float(tol) > 0:
-            raise ValueError(f"tol must be positive, got {tol!r}.")
-        if int(maxiter) < 1:
-            raise ValueError(f"maxiter must be a positive integer, got {maxiter!r}.")
-        if preconditioner not in PRECONDITIONERS:
-            raise ValueError(
-                f"preconditioner must be one of {PRECONDITIONERS}, got {preconditioner!r}."
-            )
-        if rank != "auto" and not (isinstance(rank, int) and rank >= 1):
-            raise ValueError(f"rank must be 'auto' or a positive integer, got {rank!r}.")
-        if not 0 < float(coverage) <= 1:
-            raise ValueError(f"sketch_coverage must be in (0, 1], got {coverage!r}.")
         self.tol = float(tol)
         self.maxiter = int(maxiter)
         self.n_iter_ = []  # iterations of each block solve
@@ -231,6 +237,13 @@ class CGSolver(IterativeSolver):
             self.preconditioner = FactoredPreconditioner(self.curvature, preconditioner)
 
     def _solve_block(self, rhs, damping):
+        solution, worst = self._block_cg(rhs, damping, self.tol)
+        self._check_residual(worst)
+        return solution
+
+    def _block_cg(self, rhs, damping, tol):
+        """Block CG on this solver's curvature: ``(solution, largest relative residual)``."""
+
         def apply(block):
             return self.curvature.matmul(block) + damping * block
 
@@ -242,10 +255,14 @@ class CGSolver(IterativeSolver):
         )
 
         solution, relative, n_iter = block_conjugate_gradient(
-            apply, precondition, rhs, tol=self.tol, maxiter=self.maxiter
+            apply, precondition, rhs, tol=tol, maxiter=self.maxiter
         )
         self.n_iter_.append(n_iter)
-        worst = float(relative.max())
+        return solution, relative
+
+    def _check_residual(self, relative):
+        """Refuse non-finite values; warn when the tolerance was not reached."""
+        worst = float(relative.max()) if relative.numel() else 0.0
         if not math.isfinite(worst):
             raise ValueError(
                 "Conjugate gradient produced non-finite values; the curvature products are not "
@@ -257,6 +274,5 @@ class CGSolver(IterativeSolver):
                 f"the largest relative residual is {worst:.3g} > tol={self.tol:g}. Increase "
                 "solver_options['maxiter'], the damping, or loosen 'tol'.",
                 SolverConvergenceWarning,
-                stacklevel=4,
+                stacklevel=5,
             )
-        return solution

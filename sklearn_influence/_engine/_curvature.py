@@ -20,6 +20,9 @@ validation, the solvers and the contract tests (``tests/test_engine_contracts.py
 up from the registry.
 """
 
+import numpy as np
+import torch
+
 from ._curvature_base import DENSE_LIMIT_BYTES, Curvature, check_dense_size
 from ._ekfac import EKFAC
 from ._gauss_newton import GaussNewton
@@ -37,7 +40,10 @@ CURVATURES = {
 }
 
 
-def make_curvature(name, adapter, theta, inputs, targets=None, *, batch_size=1024, weights=None):
+def make_curvature(
+    name, adapter, theta, inputs, targets=None, *, batch_size=1024, weights=None, options=None,
+    seed=0,
+):  # fmt: skip
     """The curvature object ``name`` at ``theta`` on the training rows (inputs, targets).
 
     Parameters
@@ -52,10 +58,17 @@ def make_curvature(name, adapter, theta, inputs, targets=None, *, batch_size=102
         Training rows per vectorised batch.
     weights : Tensor of shape (N,) or None
         Per-row weights of the data term.
+    options : dict or None
+        ``curvature_options``, checked against the class's ``option_constraints``. The
+        shared option ``n_samples`` builds the curvature on that many random rows
+        (:func:`sample_rows`, seeded by ``seed``).
+    seed : int, default=0
+        Seeds the row sample.
 
     Returns
     -------
     curvature : Curvature
+        ``rows`` (the sampled training positions, or None) is set on it.
 
     Examples
     --------
@@ -67,7 +80,43 @@ def make_curvature(name, adapter, theta, inputs, targets=None, *, batch_size=102
     """
     if name not in CURVATURES:
         raise ValueError(f"Unknown curvature {name!r}; choose one of {sorted(CURVATURES)}.")
-    return CURVATURES[name](adapter, theta, inputs, targets, batch_size=batch_size, weights=weights)
+    cls = CURVATURES[name]
+    settings = cls.check_options(options)
+    rows = sample_rows(len(inputs), settings["n_samples"], seed)
+    if rows is not None:
+        inputs = inputs[rows]
+        targets = None if targets is None else targets[rows]
+        weights = None if weights is None else weights[rows]
+    settings = {**settings, "n_samples": None}
+    curvature = cls(adapter, theta, inputs, targets, batch_size=batch_size, weights=weights,
+                    **settings)  # fmt: skip
+    curvature.rows = rows
+    return curvature
+
+
+def sample_rows(n_rows, n_samples, seed):
+    """Sorted positions of a random sample of the rows, or None for all of them.
+
+    ``n_samples``: an int (a count; at least N means all rows), a float in (0, 1] (a
+    fraction, at least one row) or None (all). Drawn without replacement by a generator
+    seeded with ``seed`` — not the first rows, which on a sorted data set are biased.
+
+    Examples
+    --------
+    >>> from sklearn_influence._engine._curvature import sample_rows
+    >>> sample_rows(10, 3, seed=0).tolist()
+    [5, 6, 9]
+    >>> sample_rows(10, 1.0, seed=0) is None
+    True
+    """
+    if n_samples is None:
+        return None
+    count = n_samples if isinstance(n_samples, (int, np.integer)) else round(n_samples * n_rows)
+    count = max(1, int(count))
+    if count >= n_rows:
+        return None
+    rng = np.random.default_rng(seed)
+    return torch.from_numpy(np.sort(rng.choice(n_rows, size=count, replace=False)))
 
 
 def dense_curvature(adapter, theta, inputs, targets, kind, batch_size=1024, weights=None):
@@ -90,4 +139,5 @@ __all__ = [
     "check_dense_size",
     "dense_curvature",
     "make_curvature",
+    "sample_rows",
 ]

@@ -6,8 +6,12 @@ vectors, a diagonal, a row subset and, when small enough, the dense matrix. Subc
 one per file and are registered in :data:`sklearn_influence._engine._curvature.CURVATURES`.
 """
 
-import torch
+from numbers import Integral, Real
 
+import torch
+from sklearn.utils._param_validation import Interval
+
+from .._options import check_options
 from .._torch_utils import FORWARD_AD_LOCK
 from ._gradients import batch_slices
 
@@ -63,6 +67,18 @@ class Curvature:
     weights : Tensor of shape (N,) or None
         Per-row weights w_i of the data term (1/N) Σ w_i L_i; None means all ones.
 
+    **options
+        Keys of ``options`` (``curvature_options``), checked against ``option_constraints``
+        by :func:`~sklearn_influence._options.check_options`.
+
+    Options (``curvature_options``)
+    -------------------------------
+    n_samples : int, float in (0, 1] or None, default=None
+        Build the curvature on a random subset of the training rows (drawn with the
+        estimator's ``random_state``, not the first rows): an int is a number of rows, a
+        float a fraction of them. The training gradients are still streamed over all rows.
+        Handled by :func:`~sklearn_influence._engine._curvature.make_curvature`.
+
     Attributes
     ----------
     name : str
@@ -71,12 +87,36 @@ class Curvature:
         Number of curvature-vector products so far (one per vector).
     needs_preconditioner : bool
         Whether an iterative solver gains from a preconditioner (the identity does not).
+    factored : bool
+        Whether the curvature brings its own damped inverse ``inverse_matmul`` (declared,
+        read by the solvers and preconditioners instead of duck typing).
+    requires : frozenset of str
+        What the curvature needs from the model: ``"layer_structure"`` (the adapter's
+        ``nn.Linear``/``nn.Conv2d`` layers, for the Kronecker factors) and/or ``"targets"``
+        (the training labels). Checked by :func:`check_capabilities` before any numerical work.
+    settings : dict
+        The options with defaults filled in.
     """
 
     name = None
     needs_preconditioner = True
+    factored = False
+    requires = frozenset()
+    #: option name → default (``curvature_options``)
+    options = {"n_samples": None}
+    #: option name → scikit-learn parameter constraints
+    option_constraints = {
+        "n_samples": [
+            None,
+            Interval(Integral, 1, None, closed="left"),
+            Interval(Real, 0, 1, closed="right"),
+        ]
+    }
 
-    def __init__(self, adapter, theta, inputs, targets=None, *, batch_size=1024, weights=None):
+    def __init__(
+        self, adapter, theta, inputs, targets=None, *, batch_size=1024, weights=None, **options
+    ):
+        self.settings = self.check_options(options)
         self.adapter = adapter
         self.theta = theta
         self.inputs = inputs
@@ -84,6 +124,17 @@ class Curvature:
         self.batch_size = int(batch_size)
         self.weights = weights
         self.n_products = 0
+
+    @classmethod
+    def check_options(cls, options):
+        """``options`` with the defaults filled in (``InvalidParameterError`` when invalid)."""
+        return check_options(
+            options,
+            cls.options,
+            cls.option_constraints,
+            channel="curvature_options",
+            owner=f"curvature={cls.name!r}",
+        )
 
     @property
     def n_params(self):
@@ -124,6 +175,22 @@ class Curvature:
             total[columns] = self.matmul(units)[:, columns].diagonal()
         return total
 
+    def mean_eigenvalue(self, n_probes=4, seed=0):
+        """tr(C) / p, the curvature's scale (cached): Hutchinson's estimate from ``n_probes``
+        Rademacher products (subclasses with a cheap exact diagonal override it)."""
+        if getattr(self, "_mean_eigenvalue", None) is None:
+            if self.n_params == 0:
+                self._mean_eigenvalue = 0.0
+            else:
+                generator = torch.Generator().manual_seed(seed)
+                probes = torch.randint(0, 2, (n_probes, self.n_params), generator=generator)
+                probes = (2.0 * probes - 1.0).to(self.device, self.dtype)
+                products = self.matmul(probes)
+                self._mean_eigenvalue = float(
+                    (products * probes).sum() / (n_probes * self.n_params)
+                )
+        return self._mean_eigenvalue
+
     def subset(self, rows):
         """The same curvature on the training rows ``rows`` (a stochastic estimate of C)."""
         return type(self)(
@@ -133,6 +200,7 @@ class Curvature:
             None if self.targets is None else self.targets[rows],
             batch_size=self.batch_size,
             weights=None if self.weights is None else self.weights[rows],
+            **{**self.settings, "n_samples": None},
         )
 
     def targets_of(self, rows):

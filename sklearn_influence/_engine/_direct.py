@@ -1,9 +1,8 @@
 """The ``direct`` solver: exact solves through one cached eigendecomposition of C."""
 
-import math
-
 import torch
 
+from ._pinv import cutoff, inverse_eigenvalues
 from ._solver_base import DenseSolver
 
 
@@ -13,10 +12,10 @@ class DirectSolver(DenseSolver):
     The eigendecomposition is computed on first use (or by :meth:`prepare`, under the
     solver's lock, so concurrent first calls factorize once) and kept, so a new damping costs
     matrix products only, never a new factorization. :meth:`quadratic` works in the
-    eigenbasis: diag(G V diag(1/(w + λ)) Vᵀ Gᵀ) = Σ_j (G V)²_j / (w_j + λ). Eigenvalues with
-    |w + λ| at round-off level are treated as zero (a pseudo-inverse), which makes
-    ``damping=0`` well defined for singular curvature; a clearly negative w + λ (an
-    indefinite Hessian) is an error.
+    eigenbasis: diag(G V diag(1/(w + λ)) Vᵀ Gᵀ) = Σ_j (G V)²_j / (w_j + λ). Eigenvalues
+    below the shared cut-off relative to the largest (:mod:`._pinv`, numpy's ``pinv`` rule)
+    are treated as zero (a pseudo-inverse), which makes ``damping=0`` well defined for
+    singular curvature; a clearly negative w + λ (an indefinite Hessian) is an error.
 
     Parameters
     ----------
@@ -62,18 +61,15 @@ class DirectSolver(DenseSolver):
     def _inverse_eigenvalues(self, damping):
         eigenvalues, eigenvectors = self._factor()
         shifted = eigenvalues + damping
-        scale = max(float(eigenvalues.abs().max()), float(damping), 1.0)
-        tolerance = scale * _round_off_factor(eigenvalues) * torch.finfo(eigenvalues.dtype).eps
+        largest = float(shifted.abs().max()) if shifted.numel() else 0.0
+        tolerance = cutoff(largest, eigenvalues.numel(), eigenvalues.dtype)
         if float(shifted.min()) < -tolerance:
             raise ValueError(
                 f"The damped curvature is not positive definite: its smallest eigenvalue is "
                 f"{float(shifted.min()):.3g}. Use curvature='gauss_newton' or a damping larger "
                 f"than {-float(eigenvalues.min()):.3g}."
             )
-        inverse = torch.zeros_like(shifted)
-        kept = shifted > tolerance
-        inverse[kept] = 1.0 / shifted[kept]
-        return inverse, eigenvectors
+        return inverse_eigenvalues(shifted, tolerance), eigenvectors
 
     def solve(self, rhs, damping):
         inverse, vectors = self._inverse_eigenvalues(damping)
@@ -82,15 +78,3 @@ class DirectSolver(DenseSolver):
     def quadratic(self, gradients, damping):
         inverse, vectors = self._inverse_eigenvalues(damping)
         return ((gradients.to(vectors.dtype) @ vectors) ** 2 * inverse).sum(1)
-
-
-def _round_off_factor(eigenvalues):
-    """How many ε·scale the eigenvalues of a symmetric p × p matrix may be off.
-
-    p (the classical worst case) in float64. In float32 — the curvature of a float32 network
-    — p·ε grows to 1e-3 for p = 10⁴, the size of a typical damping, which would discard all
-    the small eigenvalues that the damping is meant to regularise; the typical error of a
-    backward-stable eigensolver, √p·ε, is used instead.
-    """
-    p = eigenvalues.numel()
-    return p if eigenvalues.dtype == torch.float64 else math.sqrt(p)

@@ -35,11 +35,11 @@ class FactoredSolver(Solver):
     """
 
     name = "factored"
-    #: the solver needs a curvature with ``inverse_matmul``
-    needs_factored_curvature = True
+    #: the solver needs a curvature with its own damped inverse ``inverse_matmul``
+    requires = frozenset({"factored_curvature"})
 
     def _setup(self):
-        if not callable(getattr(self.curvature, "inverse_matmul", None)):
+        if not getattr(self.curvature, "factored", False):
             raise ValueError(
                 f"solver='factored' needs a factored curvature (curvature='kfac' or 'ekfac'), "
                 f"got curvature={getattr(self.curvature, 'name', None)!r}."

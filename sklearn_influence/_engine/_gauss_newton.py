@@ -1,13 +1,25 @@
 """The Gauss-Newton curvature G = (1/N) Σ_i w_i J_iᵀ H_h,i J_i + ∇²R (J_i = ∂h/∂θ, H_h = ∇²_h L).
 
-Products are matrix-free (forward then reverse mode, vmapped over a block of vectors); the
-diagonal and the dense matrix come from whitened output Jacobians A_i J_i (A_iᵀA_i = H_h,i),
-and for linear models (``adapter.linear_layout``) the dense matrix uses the Kronecker
-structure Σ_i H_i ⊗ z̃_i z̃_iᵀ instead.
+Products come one of two ways, whichever is cheaper (option ``jacobian_products``):
+
+* **stored Jacobians**: the whitened output Jacobians W_i = A_i J_i (A_iᵀA_i = w_i H_h,i),
+  stacked as one (N·r, p) matrix once, make every product two matrix multiplies,
+  V ↦ (V Wᵀ) W. Building W costs r backward passes per row, once; a forward/reverse product
+  costs about three network passes per vector and row, every time. Block CG multiplies
+  ~100 vectors per iteration, so W pays for itself within the first iteration whenever it
+  fits: on the 8×8-digits LeNet (N = 1,500, r = 10, p = 2,618, 157 MB) CG took 4× less
+  time (see ``benchmarks/results/bench_scale.md``);
+* **matrix-free**: forward then reverse mode, vmapped over a block of vectors, in batches
+  of rows sized from ``working_memory`` — when W does not fit.
+
+The diagonal and the dense matrix come from the whitened Jacobians too, and for linear
+models (``adapter.linear_layout``) the dense matrix uses the Kronecker structure
+Σ_i H_i ⊗ z̃_i z̃_iᵀ instead.
 """
 
 import torch
 from sklearn import get_config
+from sklearn.utils._param_validation import StrOptions
 from torch.func import jacrev, jvp, vjp, vmap
 
 from ._curvature_base import Curvature
@@ -15,12 +27,23 @@ from ._gradients import batch_slices
 
 #: fewest training rows per batch of a Gauss-Newton product, whatever the working memory
 MIN_PRODUCT_ROWS = 64
+#: share of ``working_memory`` the stored whitened Jacobians may take (``"auto"``)
+JACOBIAN_FRACTION = 0.5
 
 
 class GaussNewton(Curvature):
     """Gauss-Newton matrix of the training objective (the default curvature).
 
     See :class:`~sklearn_influence._engine._curvature_base.Curvature` for the parameters.
+
+    Options (``curvature_options``)
+    -------------------------------
+    jacobian_products : "auto" or bool, default="auto"
+        Products from the stored whitened Jacobians (module docstring). ``"auto"``: when the
+        N·r·p numbers take at most ``JACOBIAN_FRACTION`` (half) of scikit-learn's
+        ``working_memory``; True: always; False: never (matrix-free products).
+    n_samples
+        See :class:`~sklearn_influence._engine._curvature_base.Curvature`.
 
     Examples
     --------
@@ -38,9 +61,68 @@ class GaussNewton(Curvature):
     """
 
     name = "gauss_newton"
+    options = {**Curvature.options, "jacobian_products": "auto"}
+    option_constraints = {
+        **Curvature.option_constraints,
+        "jacobian_products": [StrOptions({"auto"}), "boolean"],
+    }
     _activation_bytes = None  # measured at the first product (under FORWARD_AD_LOCK)
+    _jacobians = None  # the stored (N·r, p) whitened Jacobians, built at the first product
+    _fits = None  # whether they fit the working memory ("auto"), decided at the first product
+
+    def __getstate__(self):
+        # the stored Jacobians are rebuilt on demand: pickles (caches, workers) stay small
+        state = self.__dict__.copy()
+        state.pop("_jacobians", None)
+        return state
+
+    def jacobian_bytes(self):
+        """Bytes of the stacked whitened Jacobians W (N·r rows of p numbers)."""
+        if self.n_train == 0:
+            return 0
+        with torch.no_grad():
+            outputs = self.adapter.outputs(self.theta, self.inputs[:1])
+            r = self.adapter.loss.hessian_factor(outputs, self.targets_of(slice(0, 1))).shape[-2]
+        return self.n_train * r * self.n_params * self.theta.element_size()
+
+    def uses_stored_jacobians(self):
+        """Whether products go through the stored Jacobians (option ``jacobian_products``)."""
+        setting = self.settings["jacobian_products"]
+        if self._jacobians is not None or setting is True:
+            return True
+        if setting is False or self.n_train == 0:
+            return False
+        if self._fits is None:  # decided once: the working memory in force at the first product
+            budget = JACOBIAN_FRACTION * get_config()["working_memory"] * 2**20
+            self._fits = self.jacobian_bytes() <= budget
+        return self._fits
+
+    def stored_jacobians(self):
+        """W, the (N·r, p) stacked whitened Jacobians, built once (under the product lock)."""
+        if self._jacobians is None:
+            blocks = [
+                whitened.detach().reshape(-1, self.n_params)
+                for whitened in self.whitened_jacobians(_jacobian_rows(self))
+            ]
+            self._jacobians = torch.cat(blocks) if len(blocks) > 1 else blocks[0]
+        return self._jacobians
 
     def _products(self, block):
+        if self.uses_stored_jacobians():
+            return self._stored_products(block)
+        return self._matrix_free_products(block)
+
+    def _stored_products(self, block):
+        """Rows of V Wᵀ W / N + V R, by row blocks of W (the (m, rows) product stays small)."""
+        jacobians = self.stored_jacobians()
+        budget = get_config()["working_memory"] * 2**20 / 4
+        rows = max(1, int(budget // max(1, len(block) * block.element_size())))
+        total = torch.zeros_like(block)
+        for part in batch_slices(len(jacobians), rows):
+            total += (block @ jacobians[part].T) @ jacobians[part]
+        return self._finish(total, block)
+
+    def _matrix_free_products(self, block):
         """Per batch of rows: one forward pass, J V (forward mode), H_h, then Jᵀ (reverse)."""
         adapter, theta, weights = self.adapter, self.theta, self.weights
         total = torch.zeros_like(block)
@@ -84,10 +166,20 @@ class GaussNewton(Curvature):
         depend on the network, not on which rows), so LiSSA's many subsets measure once."""
         part = super().subset(rows)
         part._activation_bytes = self._activation_bytes
+        if self._jacobians is not None:  # the subset's rows of W (r consecutive rows each)
+            r = len(self._jacobians) // max(self.n_train, 1)
+            index = torch.arange(self.n_train, device=self.device)[rows]
+            expanded = (index.unsqueeze(1) * r + torch.arange(r, device=self.device)).reshape(-1)
+            part._jacobians = self._jacobians[expanded]
+        elif self.settings["jacobian_products"] == "auto":
+            # a random subset serves a few products only (LiSSA's minibatches): never store
+            part.settings = {**part.settings, "jacobian_products": False}
         return part
 
     def diagonal(self):
         """diag(G), exactly, from per-example output Jacobians (batched; memory b·k·p)."""
+        if self._jacobians is not None:
+            return (self._jacobians**2).sum(0) / self.n_train + self.adapter.regularizer_diagonal()
         total = torch.zeros_like(self.theta)
         for whitened in self.whitened_jacobians(_jacobian_rows(self)):
             total += (whitened**2).sum((0, 1))

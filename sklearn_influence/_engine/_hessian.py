@@ -40,11 +40,12 @@ class Hessian(Curvature):
     """
 
     name = "hessian"
+    requires = frozenset({"targets"})
 
-    def __init__(self, adapter, theta, inputs, targets=None, *, batch_size=1024, weights=None):
+    def __init__(self, adapter, theta, inputs, targets=None, **settings):
         if targets is None:
             raise ValueError("The Hessian of the training objective needs the training targets.")
-        super().__init__(adapter, theta, inputs, targets, batch_size=batch_size, weights=weights)
+        super().__init__(adapter, theta, inputs, targets, **settings)
 
     def _batch_losses(self):
         """One function θ ↦ Σ_{i in batch} w_i L_i(θ) per batch of rows."""

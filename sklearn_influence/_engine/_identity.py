@@ -20,5 +20,8 @@ class Identity(Curvature):
     def diagonal(self):
         return torch.ones_like(self.theta)
 
+    def mean_eigenvalue(self, n_probes=4, seed=0):
+        return 1.0
+
     def _dense(self):
         return torch.eye(self.n_params, dtype=self.dtype, device=self.device)

@@ -57,7 +57,7 @@ from sklearn.utils._param_validation import InvalidParameterError
 from sklearn.utils.parallel import Parallel, delayed
 
 from .._progress import get_progress
-from ..exceptions import NumericalWarning
+from ..exceptions import DampingWarning, NumericalWarning
 from ._curvature import make_curvature
 from ._gradients import batch_slices, per_example_gradients, resolve_query_targets
 from ._layers import (
@@ -71,6 +71,8 @@ from ._solvers import make_solver
 
 #: share of the working memory that training gradients may take to be cached (``"auto"``)
 CACHE_FRACTION = 0.25
+#: damping over the curvature's mean eigenvalue above which a DampingWarning is issued
+DWARFING_RATIO = 1e4
 
 #: how many row positions a message about non-finite scores lists
 _SHOWN_ROWS = 10
@@ -288,6 +290,9 @@ class InfluenceEngine:
         Rows per vectorised batch of per-example gradients.
     solver_options : dict
         Extra keyword arguments for the solver (tolerances, iterations, seeds).
+    curvature_options : dict or None
+        Options of the curvature (its ``options``; e.g. ``n_samples``), checked against its
+        declared constraints. The row sample is seeded by ``solver_options["seed"]``.
     cache_gradients : {"auto", True, False}, default="auto"
         Keep the N × p training gradients (computed once, here) instead of recomputing them
         block by block at every call. ``"auto"``: when they take at most
@@ -316,6 +321,7 @@ class InfluenceEngine:
         batch_size,
         solver_options=None,
         cache_gradients="auto",
+        curvature_options=None,
     ):
         self.adapter = adapter
         self.batch_size = int(batch_size)
@@ -323,9 +329,11 @@ class InfluenceEngine:
         self.inputs, self.targets = inputs, targets
         self.n_train = len(inputs)
         self.n_params = self.theta.numel()
+        seed = (solver_options or {}).get("seed")
         self.curvature = make_curvature(
             curvature, adapter, self.theta, inputs, targets, batch_size=batch_size,
-            weights=adapter.row_weights,
+            weights=adapter.row_weights, options=curvature_options,
+            seed=0 if seed is None else int(seed),
         )  # fmt: skip
         self.solver = make_solver(solver, self.curvature, solver_options)
         self.solver_name = self.solver.name
@@ -411,6 +419,31 @@ class InfluenceEngine:
         return batch_slices(self.n_train, self.train_block_rows(n_queries, working_memory))
 
     # -- the preconditioned queries ----------------------------------------------------------
+    def check_damping(self, damping):
+        """Warn (:class:`~sklearn_influence.exceptions.DampingWarning`, once per value) when
+        λ dwarfs the curvature: above :data:`DWARFING_RATIO` times its mean eigenvalue, (C +
+        λI)⁻¹ is I/λ to four digits and the influence a gradient dot product over λ."""
+        damping = float(damping)
+        checked = self.__dict__.setdefault("_checked_dampings", set())
+        if damping in checked or damping == 0:
+            return
+        checked.add(damping)
+        matrix = getattr(self.solver, "matrix", None)  # a dense solver's exact trace
+        if matrix is not None and matrix.numel():
+            scale = float(matrix.diagonal().mean())
+        else:
+            scale = self.curvature.mean_eigenvalue()
+        if scale > 0 and damping > DWARFING_RATIO * scale:
+            warnings.warn(
+                f"damping={damping:g} is {damping / scale:.2g} times the curvature's mean "
+                f"eigenvalue ({scale:.3g}): (C + λI)⁻¹ is about I/λ, so the influence is a "
+                "plain gradient dot product scaled by 1/damping (tiny values, and rankings "
+                "that ignore the curvature). Choose damping relative to the curvature's scale, "
+                f"e.g. between {1e-4 * scale:.2g} and {1e-1 * scale:.2g}.",
+                DampingWarning,
+                stacklevel=5,
+            )
+
     def precondition(self, inputs, targets, damping, n_jobs=None):
         """(C + λI)⁻¹ ∇f_q for each query row, shape (n_queries, p), on the engine's device.
 
@@ -418,6 +451,7 @@ class InfluenceEngine:
         in blocks of ``batch_size`` through :class:`~sklearn.utils.parallel.Parallel` and
         written into one preallocated tensor.
         """
+        self.check_damping(damping)
         self.solver.prepare()
         n = len(inputs)
         out = None
@@ -548,6 +582,7 @@ class InfluenceEngine:
 
     def self_influence(self, damping, n_jobs=None, *, working_memory=None):
         """∇L_mᵀ (C + λI)⁻¹ ∇L_m / N for every training point, shape (N,), streamed."""
+        self.check_damping(damping)
         self.solver.prepare()
         out = torch.from_numpy(np.empty(self.n_train))
         # a block holds the gradients and their solves: 2p numbers per row

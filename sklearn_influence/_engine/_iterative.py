@@ -4,7 +4,10 @@ They only need curvature-vector products (``curvature.matmul``), so the p × p m
 never formed; right-hand sides are solved in blocks of ``block_size`` rows.
 """
 
+from numbers import Integral
+
 import torch
+from sklearn.utils._param_validation import Interval
 
 from ._gradients import batch_slices
 from ._solver_base import Solver
@@ -18,11 +21,13 @@ class IterativeSolver(Solver):
     """
 
     options = {**Solver.options, "block_size": 128}
+    option_constraints = {
+        **Solver.option_constraints,
+        "block_size": [Interval(Integral, 1, None, closed="left")],
+    }
 
     def _setup(self):
         block_size = self.settings["block_size"]
-        if int(block_size) < 1:
-            raise ValueError(f"block_size must be a positive integer, got {block_size!r}.")
         self.block_size = int(block_size)
         seed = self.settings["seed"]
         self.seed = 0 if seed is None else int(seed)

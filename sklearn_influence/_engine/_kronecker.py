@@ -53,6 +53,7 @@ import warnings
 from dataclasses import dataclass
 
 import torch
+from sklearn.utils._param_validation import StrOptions
 from torch.func import jacrev, vmap
 
 from .._progress import get_progress
@@ -60,6 +61,7 @@ from ..exceptions import ApproximationWarning
 from ._curvature_base import Curvature
 from ._gradients import batch_slices
 from ._layers import layer_inputs_and_output_gradients, tape_positions
+from ._pinv import cutoff, inverse_eigenvalues
 
 #: elements of one batch of rotated per-example gradients (EK-FAC refit, T > 1)
 _REFIT_ELEMENTS = 2**23
@@ -155,6 +157,17 @@ class KroneckerFactoredCurvature(Curvature):
 
     Parameters are those of :class:`~sklearn_influence._engine._curvature_base.Curvature`.
 
+    Options (``curvature_options``)
+    -------------------------------
+    self_check : "auto" or bool, default="auto"
+        Measure, at ``fit``, the agreement of this approximation with the exact Gauss-Newton
+        influence on a random sample
+        (:meth:`~sklearn_influence.InfluenceFunction.check_approximation`; an
+        ``ApproximationWarning`` when poor). ``"auto"``: for networks (not linear models,
+        where K-FAC is exact for squared loss).
+    n_samples
+        See :class:`~sklearn_influence._engine._curvature_base.Curvature`.
+
     Attributes
     ----------
     layers : list of LayerFactors
@@ -166,13 +179,22 @@ class KroneckerFactoredCurvature(Curvature):
         Symmetric eigendecompositions performed so far (two per layer, once).
     """
 
-    def __init__(self, adapter, theta, inputs, targets=None, *, batch_size=1024, weights=None):
-        super().__init__(adapter, theta, inputs, targets, batch_size=batch_size, weights=weights)
+    factored = True
+    requires = frozenset({"layer_structure"})
+    options = {**Curvature.options, "self_check": "auto"}
+    option_constraints = {
+        **Curvature.option_constraints,
+        "self_check": [StrOptions({"auto"}), "boolean"],
+    }
+
+    def __init__(self, adapter, theta, inputs, targets=None, **settings):
+        super().__init__(adapter, theta, inputs, targets, **settings)
         self.n_eigendecompositions = 0
         self._layers = None
         self._fallback_index = None
         self._fallback_diagonal = None
         self._smallest = None
+        self._largest = None
         self.fallback_parameters = ()
 
     # -- factors ------------------------------------------------------------------------
@@ -352,14 +374,24 @@ class KroneckerFactoredCurvature(Curvature):
             raise ValueError(f"damping must be >= 0, got {damping!r}.")
         block = vectors.to(self.dtype)
         block = block.unsqueeze(0) if block.dim() == 1 else block
-        smallest = self.smallest_eigenvalue()
-        if not smallest + damping > 0:
+        # the shared pseudo-inverse rule (:mod:`._pinv`): relative to the largest eigenvalue
+        threshold = cutoff(self.largest_eigenvalue() + damping, self.n_params, self.dtype)
+        if self.smallest_eigenvalue() + damping < -threshold:
             raise ValueError(
-                f"The factored curvature {self.name!r} is singular (smallest eigenvalue "
-                f"{smallest:.3g}) and damping={damping:g}; use a positive damping."
+                f"The factored curvature {self.name!r} is not positive semi-definite "
+                f"(smallest eigenvalue {self.smallest_eigenvalue():.3g}); use a positive damping."
             )
-        result = self._apply(block, lambda values: 1.0 / (values + damping))
+        result = self._apply(block, lambda values: inverse_eigenvalues(values + damping, threshold))
         return result if vectors.dim() == 2 else result[0]
+
+    def largest_eigenvalue(self):
+        """The largest eigenvalue of the factored matrix (cached; 0 when p = 0)."""
+        if self._largest is None:
+            values = [float(f.eigenvalues.max()) for f in self.layers if f.eigenvalues.numel()]
+            if self._fallback_index is not None:
+                values.append(float(self._fallback_diagonal.max()))
+            self._largest = max(values, default=0.0)
+        return self._largest
 
     def smallest_eigenvalue(self):
         """The smallest eigenvalue of the factored matrix (cached; inf when p = 0)."""
@@ -369,6 +401,10 @@ class KroneckerFactoredCurvature(Curvature):
                 values.append(float(self._fallback_diagonal.min()))
             self._smallest = min(values, default=float("inf"))
         return self._smallest
+
+    def mean_eigenvalue(self, n_probes=4, seed=0):
+        """tr(C) / p, exactly, from the factored diagonal."""
+        return float(self.diagonal().mean()) if self.n_params else 0.0
 
     def diagonal(self):
         """diag(C) of the factored matrix: (Q_S∘Q_S) Λ (Q_A∘Q_A)ᵀ per layer."""

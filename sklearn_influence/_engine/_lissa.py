@@ -1,6 +1,9 @@
 """The ``lissa`` solver: a stochastic Neumann series for (C + λI)⁻¹ (Agarwal et al., 2017)."""
 
+from numbers import Integral, Real
+
 import torch
+from sklearn.utils._param_validation import Interval, StrOptions
 
 from ._iterative import IterativeSolver
 from ._power_iteration import top_eigenvalue
@@ -66,6 +69,13 @@ class LissaSolver(IterativeSolver):
         "repeat": 1,
         "minibatch_size": None,
     }
+    option_constraints = {
+        **IterativeSolver.option_constraints,
+        "scale": [StrOptions({"auto"}), Interval(Real, 0, None, closed="neither")],
+        "depth": [Interval(Integral, 1, None, closed="left")],
+        "repeat": [Interval(Integral, 1, None, closed="left")],
+        "minibatch_size": [None, Interval(Integral, 1, None, closed="left")],
+    }
 
     #: power iterations used to estimate the top eigenvalue for scale="auto"
     power_iterations = 30
@@ -74,15 +84,6 @@ class LissaSolver(IterativeSolver):
         super()._setup()
         settings = self.settings
         scale, minibatch_size = settings["scale"], settings["minibatch_size"]
-        if scale != "auto" and not (isinstance(scale, (int, float)) and scale > 0):
-            raise ValueError(f"scale must be 'auto' or a positive number, got {scale!r}.")
-        for name in ("depth", "repeat"):
-            if int(settings[name]) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {settings[name]!r}.")
-        if minibatch_size is not None and int(minibatch_size) < 1:
-            raise ValueError(
-                f"minibatch_size must be a positive integer or None, got {minibatch_size!r}."
-            )
         self.scale = scale
         self.depth = int(settings["depth"])
         self.repeat = int(settings["repeat"])

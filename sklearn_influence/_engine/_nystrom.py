@@ -14,6 +14,7 @@ from .._torch_utils import FORWARD_AD_LOCK, orthonormal_rows, small_dense_algebr
 from ._curvature_base import DENSE_LIMIT_BYTES
 from ._gauss_newton import GaussNewton
 from ._gradients import batch_slices
+from ._pinv import cutoff
 from ._solver_base import LockedState
 
 
@@ -98,14 +99,17 @@ class NystromPreconditioner(LockedState):
     def _build_sketch_operator(self):
         curvature = self.curvature
         rows = _rows_carrying_curvature(curvature, self.coverage, self.seed)
-        sub = GaussNewton(
-            curvature.adapter,
-            curvature.theta,
-            curvature.inputs[rows],
-            curvature.targets_of(rows),
-            batch_size=curvature.batch_size,
-            weights=None if curvature.weights is None else curvature.weights[rows],
-        )
+        if isinstance(curvature, GaussNewton):  # its stored Jacobians (if any) are sliced
+            sub = curvature.subset(rows)
+        else:
+            sub = GaussNewton(
+                curvature.adapter,
+                curvature.theta,
+                curvature.inputs[rows],
+                curvature.targets_of(rows),
+                batch_size=curvature.batch_size,
+                weights=None if curvature.weights is None else curvature.weights[rows],
+            )
         fraction = len(rows) / curvature.n_train
         # K = data term + (R − r_min I); sub.matmul adds R once, which is taken back out
         anisotropic = curvature.adapter.regularizer_diagonal() - self.floor
@@ -221,7 +225,18 @@ class NystromPreconditioner(LockedState):
             basis, eigenvalues, tail = self._basis, self._eigenvalues, self._tail
         eigenvalues = eigenvalues.to(basis.dtype)
         shift = damping + self.floor
-        shift = max(shift, float(eigenvalues[0]) * torch.finfo(basis.dtype).eps, 1e-30)
+        # the shared pseudo-inverse rule (:mod:`._pinv`): sketch eigenvalues at round-off
+        # level are no curvature; their directions join the complement (scale 1), so that a
+        # singular curvature at damping 0 never has its null space amplified
+        threshold = cutoff(float(eigenvalues[0]), self.curvature.n_params, basis.dtype)
+        resolved = eigenvalues > threshold
+        if not bool(resolved.all()):
+            basis, eigenvalues, tail = basis[resolved], eigenvalues[resolved], 0.0
+        if shift <= threshold and len(eigenvalues):
+            # no damping on a singular curvature: the smallest resolved eigenvalue stands in
+            # for μ, which keeps P⁻¹ within [2 L_r / (L_0 + L_r), 1] on every direction
+            shift = float(eigenvalues[-1])
+        shift = max(shift, 1e-30)
         scale = (tail + shift) / (eigenvalues + shift)
 
         def apply(residuals):
@@ -245,6 +260,9 @@ def _rows_carrying_curvature(curvature, coverage, seed, n_probes=4):
     n = len(inputs)
     if coverage >= 1.0 or n == 0:
         return torch.arange(n, device=inputs.device)
+    if getattr(curvature, "_jacobians", None) is not None:  # exact traces from stored W
+        contributions = (curvature._jacobians**2).sum(1).reshape(n, -1).sum(1)
+        return _covering(contributions, coverage, n)
     generator = torch.Generator().manual_seed(seed + 1)
     probes = torch.randint(0, 2, (n_probes, theta.numel()), generator=generator)
     probes = (2.0 * probes - 1.0).to(theta.device, theta.dtype)
@@ -263,7 +281,11 @@ def _rows_carrying_curvature(curvature, coverage, seed, n_probes=4):
         if curvature.weights is not None:
             contribution = contribution * curvature.weights[rows]
         contributions.append(contribution)
-    contributions = torch.cat(contributions)
+    return _covering(torch.cat(contributions), coverage, n)
+
+
+def _covering(contributions, coverage, n):
+    """The rows with the largest contributions that together carry ``coverage`` of the sum."""
     order = torch.argsort(contributions, descending=True)
     total = float(contributions.sum())
     if total <= 0:

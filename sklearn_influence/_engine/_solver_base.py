@@ -21,6 +21,11 @@ fresh one.
 """
 
 import threading
+from numbers import Integral
+
+from sklearn.utils._param_validation import Interval
+
+from .._options import check_options
 
 
 class LockedState:
@@ -43,9 +48,13 @@ class Solver(LockedState):
     """Base class of the solvers of (C + λI) x = b.
 
     Each subclass declares its keyword options with their defaults in the class attribute
-    ``options`` (a dict); the base checks the names once for every solver (an unknown name is
-    a TypeError that lists the accepted ones), stores the resolved values in ``settings``
-    and calls :meth:`_setup`, where a subclass checks the values and builds its state.
+    ``options`` (a dict) and their scikit-learn parameter constraints in
+    ``option_constraints``; the base checks names and values once for every solver
+    (:func:`~sklearn_influence._options.check_options`: an unknown name or a bad value is an
+    ``InvalidParameterError``, a ValueError and TypeError, that names the accepted ones),
+    stores the resolved values in ``settings`` and calls :meth:`_setup`, where a subclass
+    builds its state. What a solver needs from the curvature is declared too
+    (``requires``, read by :func:`~sklearn_influence._engine._capabilities.check_pairing`).
 
     Parameters
     ----------
@@ -65,12 +74,17 @@ class Solver(LockedState):
     vectors_per_rhs : int
         Parameter-sized vectors the solver holds per right-hand side while it solves (the
         engine sizes its blocks of queries with it).
+    requires : frozenset of str
+        What the solver needs: ``"factored_curvature"`` (a curvature with its own damped
+        inverse, ``curvature.factored``), ``"dense"`` (a dense matrix that fits in memory).
     """
 
     name = None
     vectors_per_rhs = 2
+    requires = frozenset()
     #: option name → default; ``seed`` is accepted by every solver (the engine always passes one)
     options = {"seed": None}
+    option_constraints = {"seed": [None, Interval(Integral, 0, None, closed="left")]}
 
     def __init__(self, curvature, **options):
         self._init_lock()
@@ -81,14 +95,14 @@ class Solver(LockedState):
 
     @classmethod
     def check_options(cls, options):
-        """``options`` with the defaults filled in; TypeError for an unknown name."""
-        unknown = sorted(set(options) - set(cls.options))
-        if unknown:
-            raise TypeError(
-                f"Unknown solver_options {unknown} for solver={cls.name!r}; it accepts "
-                f"{sorted(cls.options)}."
-            )
-        return {**cls.options, **options}
+        """``options`` with the defaults filled in (``InvalidParameterError`` when invalid)."""
+        return check_options(
+            options,
+            cls.options,
+            cls.option_constraints,
+            channel="solver_options",
+            owner=f"solver={cls.name!r}",
+        )
 
     def _setup(self):
         """Check ``self.settings`` and build the solver's state (subclasses)."""
@@ -128,6 +142,8 @@ class DenseSolver(Solver):
     The dense matrix ``curvature.dense()`` is formed when the solver is built (its size is
     checked first) and kept as ``matrix``; factorizations are the subclasses' business.
     """
+
+    requires = frozenset({"dense"})
 
     def _setup(self):
         self.matrix = self.curvature.dense()

@@ -12,6 +12,7 @@ name            method                                           module
 ``cg``          preconditioned block CG, matrix-free             ``_cg.py``
 ``lissa``       stochastic Neumann series, matrix-free           ``_lissa.py``
 ``factored``    a factored curvature's own inverse (K-FAC, ...)  ``_factored.py``
+``near_exact``  CG on the exact Gauss-Newton, rank-true tol      ``_near_exact.py``
 ==============  ===============================================  ===============
 
 A new solver is one module plus one line in :data:`SOLVERS`.
@@ -19,12 +20,14 @@ A new solver is one module plus one line in :data:`SOLVERS`.
 
 import os
 
+from ._capabilities import check_pairing
 from ._cg import CGSolver
 from ._cholesky import CholeskySolver
 from ._curvature_base import DENSE_LIMIT_BYTES
 from ._direct import DirectSolver
 from ._factored import FactoredSolver
 from ._lissa import LissaSolver
+from ._near_exact import NearExactSolver
 from ._solver_base import DenseSolver, Solver
 
 #: name → solver class
@@ -34,6 +37,7 @@ SOLVERS = {
     "cg": CGSolver,
     "lissa": LissaSolver,
     "factored": FactoredSolver,
+    "near_exact": NearExactSolver,
 }
 
 
@@ -63,12 +67,14 @@ def make_solver(name, curvature, options=None):
     ValueError: Unknown solver 'newton'; choose 'auto' or one of ['cg', 'cholesky', ...].
     """
     if name == "auto":
-        factored = callable(getattr(curvature, "inverse_matmul", None))
-        resolved = resolve_solver_name(name, curvature.n_params, factored=factored)
+        resolved = resolve_solver_name(
+            name, curvature.n_params, factored=curvature.factored, curvature_name=curvature.name
+        )
     else:
         resolved = name
     if resolved not in SOLVERS:
         raise ValueError(f"Unknown solver {name!r}; choose 'auto' or one of {sorted(SOLVERS)}.")
+    check_pairing(type(curvature), SOLVERS[resolved])
     return SOLVERS[resolved](curvature, **(options or {}))
 
 
@@ -92,15 +98,19 @@ def dense_fits_comfortably(n_params):
     return n_params <= AUTO_DIRECT_MAX_PARAMS and needed <= budget
 
 
-def resolve_solver_name(name, n_params, factored=False):
+def resolve_solver_name(name, n_params, factored=False, curvature_name="gauss_newton"):
     """``"auto"`` → ``"factored"`` for a factored curvature (K-FAC, EK-FAC: its own inverse,
     fast and approximate); otherwise ``"direct"`` when the dense matrix fits comfortably in
-    memory, else ``"cg"``."""
+    memory, else ``"near_exact"`` for the Gauss-Newton matrix (block CG to the tolerance the
+    rankings need: 5 instead of 7 iterations on the digits LeNet at Pearson 1.0000 with the
+    exact answer) and ``"cg"`` for the other curvatures."""
     if name != "auto":
         return name
     if factored:
         return "factored"
-    return "direct" if dense_fits_comfortably(n_params) else "cg"
+    if dense_fits_comfortably(n_params):
+        return "direct"
+    return "near_exact" if curvature_name == "gauss_newton" else "cg"
 
 
 #: largest parameter count for which ``solver="auto"`` forms and factorizes a dense matrix:
@@ -117,6 +127,7 @@ __all__ = [
     "DirectSolver",
     "FactoredSolver",
     "LissaSolver",
+    "NearExactSolver",
     "Solver",
     "make_solver",
     "resolve_solver_name",
