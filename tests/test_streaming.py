@@ -23,6 +23,7 @@ from sklearn_influence._engine._solvers import SOLVERS
 #: settings that make each solver accurate here, and the relative error allowed
 SOLVER_SETTINGS = {
     "cg": ({"tol": 1e-9, "maxiter": 200, "block_size": 8}, 1e-7),
+    "near_exact": ({"tol": 1e-9, "maxiter": 200, "block_size": 8}, 1e-7),
     "lissa": ({"depth": 60}, 1e-2),  # full-batch Neumann series at λ = 0.1
 }
 DAMPING = 0.1

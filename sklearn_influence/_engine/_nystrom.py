@@ -99,17 +99,16 @@ class NystromPreconditioner(LockedState):
     def _build_sketch_operator(self):
         curvature = self.curvature
         rows = _rows_carrying_curvature(curvature, self.coverage, self.seed)
-        if isinstance(curvature, GaussNewton):  # its stored Jacobians (if any) are sliced
-            sub = curvature.subset(rows)
-        else:
-            sub = GaussNewton(
-                curvature.adapter,
-                curvature.theta,
-                curvature.inputs[rows],
-                curvature.targets_of(rows),
-                batch_size=curvature.batch_size,
-                weights=None if curvature.weights is None else curvature.weights[rows],
-            )
+        # a fresh curvature whatever the given one holds, so that the sketch does not depend
+        # on whether another thread has built the stored Jacobians yet (bitwise answers)
+        sub = GaussNewton(
+            curvature.adapter,
+            curvature.theta,
+            curvature.inputs[rows],
+            curvature.targets_of(rows),
+            batch_size=curvature.batch_size,
+            weights=None if curvature.weights is None else curvature.weights[rows],
+        )
         fraction = len(rows) / curvature.n_train
         # K = data term + (R − r_min I); sub.matmul adds R once, which is taken back out
         anisotropic = curvature.adapter.regularizer_diagonal() - self.floor
@@ -260,9 +259,6 @@ def _rows_carrying_curvature(curvature, coverage, seed, n_probes=4):
     n = len(inputs)
     if coverage >= 1.0 or n == 0:
         return torch.arange(n, device=inputs.device)
-    if getattr(curvature, "_jacobians", None) is not None:  # exact traces from stored W
-        contributions = (curvature._jacobians**2).sum(1).reshape(n, -1).sum(1)
-        return _covering(contributions, coverage, n)
     generator = torch.Generator().manual_seed(seed + 1)
     probes = torch.randint(0, 2, (n_probes, theta.numel()), generator=generator)
     probes = (2.0 * probes - 1.0).to(theta.device, theta.dtype)
