@@ -42,6 +42,7 @@ from ._adapters import (
 )
 from ._adapters._pipeline import unwrap
 from ._adapters._rows import is_dataset, item_target
+from ._engine._capabilities import UnsupportedCombinationError
 from ._engine._influence_engine import working_memory_bytes
 
 
@@ -185,7 +186,7 @@ def check_curvature_supported(estimator):
     _, model = unwrap(estimator.estimator)
     if has_layer_structure(model):
         return
-    raise ValueError(
+    raise UnsupportedCombinationError(
         f"{' and '.join(asked)} is not available for {type(model).__name__}: K-FAC and EK-FAC "
         "are built from the torch layers of a network, which this model family does not "
         "expose. Use curvature='gauss_newton' (exact; with solver='cg' and the default "
