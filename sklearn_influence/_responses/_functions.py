@@ -23,21 +23,29 @@ import numpy as np
 import torch
 from joblib import effective_n_jobs
 from sklearn.utils import Bunch
-from torch.func import grad, vmap
+from torch.func import grad, jvp, vmap
 
+from .._engine._cg import FactoredPreconditioner
 from .._engine._curvature import make_curvature
 from .._engine._gradients import measure, per_example_gradients
 from .._engine._solvers import make_solver
+from .._torch_utils import FORWARD_AD_LOCK
 from ._checkpoint import ChunkStore, checkpoint_chunks, problem_fingerprint
 from ._newton import CONVEX_TOL, minimize_convex_batched
 from ._optimizers import (
+    AUTO_STEPS,
+    OPTIMIZER_CLASSES,
     auto_settings,
+    batched_value_and_gradient,
     bregman_divergence,
+    make_optimizer,
     optimize_responses,
+    own_names,
     resolve_optimizer,
     response_objective,
     warn_not_converged,
 )
+from ._second_order import GaussNewtonModel
 
 #: response methods: exact Newton (models linear in θ) or a first-order optimizer
 METHODS = ("auto", "newton", "optimizer")
@@ -232,6 +240,7 @@ def proximal_response(
     name=None,
     memory=None,
     key=None,
+    names=own_names,
     **optimizer_settings,
 ):
     """Minimisers of the PRF (``kind="prf"``) or PBRF (``kind="pbrf"``) objectives.
@@ -267,6 +276,11 @@ def proximal_response(
     label = name or kind.upper()
     if method == "optimizer":
         optimizer_settings = _resolve_auto(problem, kind, damping, epsilon, optimizer_settings)
+        # the options are checked before any numerical work (InvalidParameterError)
+        make_optimizer(
+            optimizer_settings["optimizer"], optimizer_settings.get("optimizer_options"),
+            channel=names("optimizer_options"),
+        )  # fmt: skip
     store = ChunkStore(
         memory, None, kind, {"method": method, "damping": float(damping),
                              "epsilon": "weighted" if weighted else epsilon,
@@ -305,6 +319,10 @@ def proximal_response(
         relative_gradient_norm=np.concatenate([part.relative_gradient_norm for part in parts]),
         n_iter=np.concatenate([part.n_iter for part in parts]),
     )
+    for field in ("diverged", "far", "certified"):
+        result[field] = np.concatenate(
+            [part.get(field, np.zeros(len(part.converged), bool)) for part in parts]
+        )
     if method == "optimizer":
         warn_not_converged(
             name or kind.upper(),
@@ -312,6 +330,9 @@ def proximal_response(
             result.relative_gradient_norm,
             optimizer_settings.get("n_iter"),
             optimizer_settings.get("optimizer"),
+            diverged=result.diverged,
+            far=result.far,
+            names=names,
         )
     return result
 
@@ -332,8 +353,9 @@ def _copies_per_chunk(problem, settings=None):
     itemsize = torch.empty((), dtype=problem.dtype).element_size()
     settings = settings or {}
     vectors = 6
-    if settings.get("optimizer") == "lbfgs":
-        vectors = 8 + 2 * (settings.get("optimizer_options") or {}).get("history", 30)
+    if settings.get("optimizer") in OPTIMIZER_CLASSES:
+        optimizer = make_optimizer(settings["optimizer"], settings.get("optimizer_options"))
+        vectors = optimizer.vectors_per_copy
     per_copy = itemsize * (vectors * problem.theta.numel() + 4 * problem.reference_outputs.numel())
     return max(1, RESPONSE_MEMORY_BYTES // per_copy)
 
@@ -343,6 +365,11 @@ def _resolve_auto(problem, kind, damping, epsilon, settings):
     settings["optimizer"] = resolve_optimizer(
         kind, settings.get("optimizer", "auto"), settings.get("batch_size"), problem.n_train
     )
+    if settings.get("n_iter", "auto") == "auto":
+        settings["n_iter"] = AUTO_STEPS[settings["optimizer"]]
+    if OPTIMIZER_CLASSES[settings["optimizer"]].needs_model:  # no step size to set
+        settings["learning_rate"] = 1.0
+        return settings
     settings["learning_rate"], settings["optimizer_options"] = auto_settings(
         problem.adapter,
         problem.theta,
@@ -380,7 +407,12 @@ def _optimizer_chunk(problem, kind, chunk, damping, epsilon, settings, progress)
         problem.adapter, kind, problem.theta, damping=damping, epsilon=epsilon
     )
     removed_inputs, removed_targets = _removed_points(problem, chunk)
-    thetas, converged, relative, n_steps = optimize_responses(
+    settings = dict(settings)
+    optimizer = make_optimizer(settings.pop("optimizer"), settings.pop("optimizer_options"))
+    model = None
+    if optimizer.needs_model or kind == "pbrf":
+        model = gauss_newton_model(problem, chunk, damping, epsilon, optimizer, kind)
+    thetas, converged, relative, n_steps, info = optimize_responses(
         objective,
         problem.theta,
         removed_inputs,
@@ -389,14 +421,122 @@ def _optimizer_chunk(problem, kind, chunk, damping, epsilon, settings, progress)
         problem.targets,
         problem.reference_outputs,
         progress=progress,
+        optimizer=optimizer,
+        model=model,
+        return_info=True,
         **settings,
     )
+    far = np.zeros(len(chunk), bool)
+    if kind == "pbrf":
+        far = _far_from_start(problem, model, objective, removed_inputs, removed_targets,
+                              thetas, info)  # fmt: skip
+        converged &= ~torch.as_tensor(far, device=converged.device)
     return Bunch(
         parameters=thetas.detach(),
         converged=converged.cpu().numpy(),
         relative_gradient_norm=relative.detach().cpu().numpy(),
         n_iter=n_steps.cpu().numpy(),
+        diverged=info.diverged.cpu().numpy(),
+        certified=info.certified.cpu().numpy(),
+        far=far,
     )
+
+
+#: a PBRF minimiser farther from θˢ than this many influence steps is reported as far away
+FAR_FACTOR = 10.0
+
+
+def gauss_newton_model(problem, chunk, damping, epsilon, optimizer=None, kind_of_model="pbrf"):
+    """The Gauss-Newton model of the chunk's objectives: products at any θ and the
+    preconditioner (a K-FAC inverse of G + λI at θˢ, built once per chunk).
+
+    Products run in float32 when the model is float32 (the linear systems are solved to a
+    relative residual of 1e-1 … 1e-4, far above float32's rounding; the gradients and the
+    objective, which decide convergence, stay in the working dtype).
+    """
+    adapter = problem.adapter
+    kind = "kfac"
+    if optimizer is not None and "preconditioner" in optimizer.settings:
+        kind = optimizer.settings["preconditioner"]
+    product_dtype = adapter.dtype if adapter.dtype == torch.float32 else problem.dtype
+    preconditioner = None
+    if kind is not None:
+        curvature = make_curvature(
+            "gauss_newton", adapter, problem.theta.to(product_dtype),
+            problem.inputs.to(product_dtype), problem.targets, weights=problem.weights,
+        )  # fmt: skip
+        preconditioner = FactoredPreconditioner(curvature, kind).for_damping(damping)
+    removed_inputs, removed_targets = _removed_points(problem, chunk)
+    shares = problem.epsilons(chunk).unsqueeze(1)  # w_m / W: the data term's share of m
+    epsilons = problem.epsilons(chunk, epsilon)
+    index = torch.as_tensor(np.asarray(chunk, dtype=int), device=problem.inputs.device)
+    removed_term = _removed_hessian(
+        problem, kind_of_model, removed_inputs, removed_targets,
+        problem.reference_outputs[index], shares[:, 0], epsilons,
+    )  # fmt: skip
+    return GaussNewtonModel(
+        adapter, problem.inputs, removed_inputs.unsqueeze(1), shares, damping,
+        problem.weights, dtype=product_dtype, preconditioner=preconditioner,
+        removed_term=removed_term,
+    )  # fmt: skip
+
+
+def _removed_hessian(problem, kind, inputs, targets, reference_outputs, shares, epsilons):
+    """Exact Hessian-vector products of each copy's removed-row terms (see GaussNewtonModel).
+
+    φ_m(θ) = (w_m/W) ℓ_m(θ) − ε_m L_m(θ), with ℓ the row's data term (PBRF: its Bregman
+    divergence from θˢ; PRF: its loss, so that φ_m = 0 for an unweighted removal).
+    """
+    adapter = problem.adapter
+    loss = adapter.loss
+
+    def phi(theta, x, t, reference, share, epsilon):
+        outputs = adapter.outputs(theta, x.unsqueeze(0))
+        t = t.unsqueeze(0)
+        if kind == "pbrf":
+            data = bregman_divergence(loss, outputs, reference.unsqueeze(0), t)[0]
+        else:
+            data = loss(outputs, t)[0]
+        return share * data - epsilon * loss(outputs, t)[0]
+
+    def hvp(theta, vector, x, t, reference, share, epsilon):
+        def gradient(theta_):
+            return grad(phi)(theta_, x, t, reference, share, epsilon)
+
+        return jvp(gradient, (theta,), (vector,))[1]
+
+    batched = vmap(hvp)
+
+    def product(thetas, vectors, copies):
+        thetas, vectors = thetas.to(problem.dtype), vectors.to(problem.dtype)
+        with FORWARD_AD_LOCK:
+            return batched(
+                thetas, vectors, inputs[copies], targets[copies], reference_outputs[copies],
+                shares[copies], epsilons[copies],
+            ).detach()  # fmt: skip
+
+    return product
+
+
+def _far_from_start(problem, model, objective, removed_inputs, removed_targets, thetas, info):
+    """PBRF copies whose minimiser lies more than FAR_FACTOR influence steps from θˢ.
+
+    The influence step is the first Gauss-Newton step (the linearized PBRF) when the
+    optimizer took one, else the preconditioned gradient at θˢ (its K-FAC estimate).
+    """
+    steps = info.first_step
+    unknown = steps == 0
+    if bool(unknown.any()):
+        value_and_gradient = batched_value_and_gradient(objective)
+        starts = problem.theta.unsqueeze(0).repeat(int(unknown.sum()), 1)
+        gradient = value_and_gradient(
+            starts, removed_inputs[unknown], removed_targets[unknown], problem.inputs,
+            problem.targets, problem.reference_outputs,
+        )[1]  # fmt: skip
+        steps = steps.clone()
+        steps[unknown] = model.precondition(gradient, None).norm(dim=1)
+    moves = (thetas - problem.theta).norm(dim=1)
+    return (moves > FAR_FACTOR * steps.clamp_min(1e-300)).cpu().numpy() & (steps > 0).cpu().numpy()
 
 
 def _weighted_objective(problem, kind, damping):
