@@ -79,8 +79,8 @@ def _removal_changes(
     """:func:`~._responses._removal.removal_changes` in the form that ``memory`` caches.
 
     ``target`` is ``(kind, pbrf_damping[, score_options])``. ``fit_key`` identifies the fit in
-    the cache key instead of ``adapter`` and ``theta``, whose hash is not stable from one unpickled copy to
-    the next (which made every clone retrain); ``fit_key`` (estimator, device, random_state)
+    the cache key instead of ``adapter`` and ``theta``, whose hash is not stable from one
+    unpickled copy to the next (which made every clone retrain); ``fit_key`` (estimator, device, random_state)
     and the training data identify the fit. ``memory`` (ignored in the key) also saves the
     retraining's finished chunks as they complete, so an interrupted ``score`` resumes.
     """

@@ -384,7 +384,7 @@ def test_non_convergence_is_reported(net_problem):
 
 
 def test_optimizer_options_are_checked(net_problem):
-    with pytest.raises(ValueError, match="Unknown option"):
+    with pytest.raises(ValueError, match="Unknown optimizer_options"):
         proximal_response(
             net_problem, "pbrf", [0], damping=0.01, optimizer="adam",
             optimizer_options={"momentum": 0.9},

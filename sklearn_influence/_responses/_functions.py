@@ -22,6 +22,7 @@ import warnings
 import numpy as np
 import torch
 from joblib import effective_n_jobs
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import Bunch
 from torch.func import grad, jvp, vmap
 
@@ -36,7 +37,6 @@ from ._optimizers import (
     AUTO_STEPS,
     OPTIMIZER_CLASSES,
     auto_settings,
-    batched_value_and_gradient,
     bregman_divergence,
     make_optimizer,
     optimize_responses,
@@ -410,7 +410,7 @@ def _optimizer_chunk(problem, kind, chunk, damping, epsilon, settings, progress)
     settings = dict(settings)
     optimizer = make_optimizer(settings.pop("optimizer"), settings.pop("optimizer_options"))
     model = None
-    if optimizer.needs_model or kind == "pbrf":
+    if optimizer.needs_model:
         model = gauss_newton_model(problem, chunk, damping, epsilon, optimizer, kind)
     thetas, converged, relative, n_steps, info = optimize_responses(
         objective,
@@ -428,8 +428,8 @@ def _optimizer_chunk(problem, kind, chunk, damping, epsilon, settings, progress)
     )
     far = np.zeros(len(chunk), bool)
     if kind == "pbrf":
-        far = _far_from_start(problem, model, objective, removed_inputs, removed_targets,
-                              thetas, info)  # fmt: skip
+        far = _far_from_start(problem, chunk, damping, epsilon, thetas, info)
+        far &= ~info.diverged.cpu().numpy()
         converged &= ~torch.as_tensor(far, device=converged.device)
     return Bunch(
         parameters=thetas.detach(),
@@ -460,7 +460,7 @@ def gauss_newton_model(problem, chunk, damping, epsilon, optimizer=None, kind_of
         kind = optimizer.settings["preconditioner"]
     product_dtype = adapter.dtype if adapter.dtype == torch.float32 else problem.dtype
     preconditioner = None
-    if kind is not None:
+    if kind is not None and _has_layers(adapter):
         curvature = make_curvature(
             "gauss_newton", adapter, problem.theta.to(product_dtype),
             problem.inputs.to(product_dtype), problem.targets, weights=problem.weights,
@@ -479,6 +479,15 @@ def gauss_newton_model(problem, chunk, damping, epsilon, optimizer=None, kind_of
         problem.weights, dtype=product_dtype, preconditioner=preconditioner,
         removed_term=removed_term,
     )  # fmt: skip
+
+
+def _has_layers(adapter):
+    """Whether the adapter describes its layers (K-FAC needs them; some adapters do not)."""
+    try:
+        adapter.layer_structure()
+    except NotImplementedError:
+        return False
+    return True
 
 
 def _removed_hessian(problem, kind, inputs, targets, reference_outputs, shares, epsilons):
@@ -518,25 +527,28 @@ def _removed_hessian(problem, kind, inputs, targets, reference_outputs, shares, 
     return product
 
 
-def _far_from_start(problem, model, objective, removed_inputs, removed_targets, thetas, info):
+def _far_from_start(problem, chunk, damping, epsilon, thetas, info):
     """PBRF copies whose minimiser lies more than FAR_FACTOR influence steps from θˢ.
 
     The influence step is the first Gauss-Newton step (the linearized PBRF) when the
-    optimizer took one, else the preconditioned gradient at θˢ (its K-FAC estimate).
+    optimizer took one, else ε(G + λI)⁻¹∇L_m by the engine's CG to 1% (only its length is
+    needed; a CG that stops short of that still gives the right order of magnitude).
     """
-    steps = info.first_step
-    unknown = steps == 0
-    if bool(unknown.any()):
-        value_and_gradient = batched_value_and_gradient(objective)
-        starts = problem.theta.unsqueeze(0).repeat(int(unknown.sum()), 1)
-        gradient = value_and_gradient(
-            starts, removed_inputs[unknown], removed_targets[unknown], problem.inputs,
-            problem.targets, problem.reference_outputs,
-        )[1]  # fmt: skip
-        steps = steps.clone()
-        steps[unknown] = model.precondition(gradient, None).norm(dim=1)
+    steps = info.first_step.clone()
+    unknown = (steps == 0).cpu().numpy()
+    if unknown.any():
+        with warnings.catch_warnings():  # an internal length estimate, not a result
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            linear = linearized_pbrf(
+                problem, np.asarray(chunk)[unknown], damping=damping, solver="cg",
+                solver_options={"tol": 1e-2, "maxiter": 50, "preconditioner": None},
+                epsilon=epsilon,
+            )  # fmt: skip
+        index = torch.as_tensor(np.flatnonzero(unknown), device=steps.device)
+        steps[index] = (linear.parameters - problem.theta).norm(dim=1).to(steps.dtype)
     moves = (thetas - problem.theta).norm(dim=1)
-    return (moves > FAR_FACTOR * steps.clamp_min(1e-300)).cpu().numpy() & (steps > 0).cpu().numpy()
+    far = (moves > FAR_FACTOR * steps) & (steps > 0)
+    return far.cpu().numpy()
 
 
 def _weighted_objective(problem, kind, damping):
