@@ -80,9 +80,10 @@ def _removal_changes(
 
     ``target`` is ``(kind, pbrf_damping[, score_options])``. ``fit_key`` identifies the fit in
     the cache key instead of ``adapter`` and ``theta``, whose hash is not stable from one
-    unpickled copy to the next (which made every clone retrain); ``fit_key`` (estimator, device, random_state)
-    and the training data identify the fit. ``memory`` (ignored in the key) also saves the
-    retraining's finished chunks as they complete, so an interrupted ``score`` resumes.
+    unpickled copy to the next (which made every clone retrain); ``fit_key`` (estimator,
+    device, random_state) and the training data identify the fit. ``memory`` (ignored in the
+    key) also saves the retraining's finished chunks as they complete, so an interrupted
+    ``score`` resumes.
     """
     kind, pbrf_damping, *options = target
     options = dict(options[0]) if options and options[0] is not None else None

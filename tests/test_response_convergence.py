@@ -11,9 +11,9 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from skorch import NeuralNetClassifier
 from sklearn.frozen import FrozenEstimator
 from sklearn.utils._param_validation import InvalidParameterError
+from skorch import NeuralNetClassifier
 from torch import nn
 from torch.func import functional_call
 
@@ -23,7 +23,7 @@ from sklearn_influence._responses._second_order import sampled_gradient_norm
 from sklearn_influence.datasets import ResNet, TransformerClassifier, load_digits_split
 from sklearn_influence.exceptions import ResponseConvergenceWarning, ResponseDivergenceWarning
 
-N_TRAIN = 80
+N_TRAIN = 60
 REMOVED = [1, 7]
 DAMPING = 1e-2
 
@@ -60,8 +60,9 @@ def digits():
 FAMILIES = {
     "relu_maxpool_cnn": lambda: _net(TinyReLUCNN),
     "batchnorm_resnet": lambda: _net(ResNet, width=2, n_blocks=1),
-    "transformer": lambda: _net(TransformerClassifier, d_model=8, n_heads=2,
-                                dim_feedforward=8),  # fmt: skip
+    "transformer": lambda: _net(
+        TransformerClassifier, d_model=8, n_heads=2, dim_feedforward=8
+    ),  # fmt: skip
 }
 
 
@@ -101,7 +102,7 @@ def _truth(net, X, y, m, damping):
 
     theta = reference.clone().requires_grad_(True)
     optimizer = torch.optim.LBFGS(
-        [theta], lr=1, max_iter=20000, tolerance_grad=1e-11, tolerance_change=0,
+        [theta], lr=1, max_iter=5000, tolerance_grad=1e-10, tolerance_change=0,
         history_size=50, line_search_fn="strong_wolfe",
     )  # fmt: skip
 
@@ -122,9 +123,9 @@ def test_pbrf_defaults_match_an_independent_lbfgs(digits, family):
     net = _fitted(family, X, y)
     with warnings.catch_warnings():
         warnings.simplefilter("error", ResponseConvergenceWarning)
-        pbrf = PBRF(FrozenEstimator(net), damping=DAMPING, train_indices=REMOVED).fit(X, y)
+        pbrf = PBRF(FrozenEstimator(net), damping=DAMPING, train_indices=REMOVED[:1]).fit(X, y)
     assert pbrf.converged_.all()
-    for row, m in enumerate(REMOVED):
+    for row, m in enumerate(REMOVED[:1]):
         reference, truth = _truth(net, X, y, m, DAMPING)
         np.testing.assert_allclose(pbrf.reference_parameters_, reference, atol=1e-6)
         move = np.linalg.norm(truth - reference)
@@ -139,7 +140,7 @@ def test_gauss_newton_optimizer_reaches_the_same_pbrf(digits):
     lbfgs = PBRF(FrozenEstimator(net), **common).fit(X, y)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ResponseConvergenceWarning)
-        newton = PBRF(FrozenEstimator(net), optimizer="gauss_newton", n_iter=30, **common)
+        newton = PBRF(FrozenEstimator(net), optimizer="gauss_newton", n_iter=15, **common)
         newton.fit(X, y)
     move = np.linalg.norm(lbfgs.parameters_ - lbfgs.reference_parameters_)
     assert np.linalg.norm(newton.parameters_ - lbfgs.parameters_) <= 0.05 * move

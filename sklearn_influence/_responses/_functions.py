@@ -28,8 +28,8 @@ from torch.func import grad, jvp, vmap
 
 from .._engine._cg import FactoredPreconditioner
 from .._engine._curvature import make_curvature
-from .._engine._gradients import measure, per_example_gradients
-from .._engine._solvers import make_solver
+from .._engine._gradients import measure
+from .._engine._shifts import gauss_newton_shifts
 from .._torch_utils import FORWARD_AD_LOCK
 from ._checkpoint import ChunkStore, checkpoint_chunks, problem_fingerprint
 from ._newton import CONVEX_TOL, minimize_convex_batched
@@ -635,19 +635,13 @@ def linearized_pbrf(
     while the dense matrix is small), reusing the package's solvers and curvature products.
     A weighted model uses its weighted Gauss-Newton matrix and each point's ε_m = w_m / W.
     """
-    adapter, theta = problem.adapter, problem.theta
     if problem.weights is not None and epsilon is None:
-        epsilon = problem.epsilons(indices).unsqueeze(1)
+        epsilon = problem.epsilons(indices)
     else:
         epsilon = problem.epsilon if epsilon is None else float(epsilon)
-    index = torch.as_tensor(np.asarray(indices, dtype=int), device=problem.inputs.device)
-    gradients = per_example_gradients(
-        adapter, theta, problem.inputs[index], problem.targets[index], batch_size
-    )
-    curvature = make_curvature(
-        "gauss_newton", adapter, theta, problem.inputs, problem.targets, batch_size=batch_size,
-        weights=problem.weights,
+    shift, name = gauss_newton_shifts(
+        problem.adapter, problem.theta, problem.inputs, problem.targets,
+        np.asarray(indices, dtype=int), damping, epsilon, solver=solver,
+        solver_options=solver_options, batch_size=batch_size, weights=problem.weights,
     )  # fmt: skip
-    solver_object = make_solver(solver, curvature, solver_options)
-    shift = solver_object.solve(gradients, damping) if len(gradients) else gradients
-    return Bunch(parameters=theta + epsilon * shift, converged=None, solver=solver_object.name)
+    return Bunch(parameters=problem.theta + shift, converged=None, solver=name)
