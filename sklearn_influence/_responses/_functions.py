@@ -412,6 +412,9 @@ def _optimizer_chunk(problem, kind, chunk, damping, epsilon, settings, progress)
     model = None
     if optimizer.needs_model:
         model = gauss_newton_model(problem, chunk, damping, epsilon, optimizer, kind)
+    influence_steps = None
+    if kind == "pbrf":  # the PBRF is sought near θˢ: within FAR_FACTOR influence steps
+        influence_steps = _influence_steps(problem, chunk, damping, epsilon)
     thetas, converged, relative, n_steps, info = optimize_responses(
         objective,
         problem.theta,
@@ -424,13 +427,10 @@ def _optimizer_chunk(problem, kind, chunk, damping, epsilon, settings, progress)
         optimizer=optimizer,
         model=model,
         return_info=True,
+        influence_steps=influence_steps,
         **settings,
     )
-    far = np.zeros(len(chunk), bool)
-    if kind == "pbrf":
-        far = _far_from_start(problem, chunk, damping, epsilon, thetas, info)
-        far &= ~info.diverged.cpu().numpy()
-        converged &= ~torch.as_tensor(far, device=converged.device)
+    far = info.far.cpu().numpy()
     return Bunch(
         parameters=thetas.detach(),
         converged=converged.cpu().numpy(),
@@ -440,10 +440,6 @@ def _optimizer_chunk(problem, kind, chunk, damping, epsilon, settings, progress)
         certified=info.certified.cpu().numpy(),
         far=far,
     )
-
-
-#: a PBRF minimiser farther from θˢ than this many influence steps is reported as far away
-FAR_FACTOR = 10.0
 
 
 def gauss_newton_model(problem, chunk, damping, epsilon, optimizer=None, kind_of_model="pbrf"):
@@ -527,28 +523,18 @@ def _removed_hessian(problem, kind, inputs, targets, reference_outputs, shares, 
     return product
 
 
-def _far_from_start(problem, chunk, damping, epsilon, thetas, info):
-    """PBRF copies whose minimiser lies more than FAR_FACTOR influence steps from θˢ.
-
-    The influence step is the first Gauss-Newton step (the linearized PBRF) when the
-    optimizer took one, else ε(G + λI)⁻¹∇L_m by the engine's CG to 1% (only its length is
-    needed; a CG that stops short of that still gives the right order of magnitude).
-    """
-    steps = info.first_step.clone()
-    unknown = (steps == 0).cpu().numpy()
-    if unknown.any():
-        with warnings.catch_warnings():  # an internal length estimate, not a result
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            linear = linearized_pbrf(
-                problem, np.asarray(chunk)[unknown], damping=damping, solver="cg",
-                solver_options={"tol": 1e-2, "maxiter": 50, "preconditioner": None},
-                epsilon=epsilon,
-            )  # fmt: skip
-        index = torch.as_tensor(np.flatnonzero(unknown), device=steps.device)
-        steps[index] = (linear.parameters - problem.theta).norm(dim=1).to(steps.dtype)
-    moves = (thetas - problem.theta).norm(dim=1)
-    far = (moves > FAR_FACTOR * steps) & (steps > 0)
-    return far.cpu().numpy()
+def _influence_steps(problem, chunk, damping, epsilon):
+    """‖ε(G + λI)⁻¹∇L_m‖ per removed point, by the engine's CG to 1%: the length of the
+    influence step, which scales the PBRF's trust region (only the length is needed; a CG
+    that stops short of 1% still gives the right order of magnitude)."""
+    with warnings.catch_warnings():  # an internal length estimate, not a result
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        linear = linearized_pbrf(
+            problem, chunk, damping=damping, solver="cg",
+            solver_options={"tol": 1e-2, "maxiter": 50, "preconditioner": None},
+            epsilon=epsilon,
+        )  # fmt: skip
+    return (linear.parameters - problem.theta).norm(dim=1)
 
 
 def _weighted_objective(problem, kind, damping):

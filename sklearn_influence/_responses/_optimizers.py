@@ -183,6 +183,10 @@ class _Betas(_Constraint):
 
 #: an iterate this far from θˢ (relative to max(1, ‖θˢ‖)) has exploded
 EXPLODED = 1e4
+#: a PBRF iterate farther from θˢ than this many influence steps is reported as far away
+FAR_FACTOR = 10.0
+#: longest step of a line-search optimizer on the PBRF, in influence steps
+MAX_STEP = 1.0
 
 
 class ResponseOptimizer:
@@ -300,7 +304,8 @@ class LBFGS(ResponseOptimizer):
         return _lbfgs(
             task.full, task.thetas, task.objective_values, task.gradients, task.threshold,
             task.active, task.n_steps, first_step=float(task.learning_rate), n_iter=task.n_iter,
-            progress=task.progress, **self.settings,
+            progress=task.progress, max_step=task.max_step, check=task.check_divergence,
+            **self.settings,
         )  # fmt: skip
 
 
@@ -326,7 +331,8 @@ class GaussNewtonOptimizer(ResponseOptimizer):
         thetas, gradients, info = gauss_newton_minimize(
             task.full, task.model, task.reference, task.thetas, task.objective_values,
             task.gradients, task.threshold, task.active, task.n_steps, n_iter=task.n_iter,
-            progress=task.progress, backtrack=_backtrack_copies, **settings,
+            progress=task.progress, backtrack=_backtrack_copies, check=task.check_divergence,
+            max_step=task.max_step, **settings,
         )  # fmt: skip
         task.certified |= info["certified"]
         task.first_step.copy_(info["first_step"])
@@ -366,6 +372,7 @@ def optimize_responses(
     progress=None,
     model=None,
     return_info=False,
+    influence_steps=None,
 ):
     """Minimise one response objective per removed point, all copies in one batched loop.
 
@@ -403,8 +410,15 @@ def optimize_responses(
     model : GaussNewtonModel or None
         Gauss-Newton products and preconditioner, for optimizers with ``needs_model``.
     return_info : bool
-        Also return a Bunch with ``diverged``, ``certified`` (kink certificate) and
-        ``first_step`` (norm of the first Gauss-Newton step; 0 when unknown).
+        Also return a Bunch with ``diverged``, ``far``, ``certified`` (kink certificate)
+        and ``first_step`` (norm of the first Gauss-Newton step; 0 when unknown).
+    influence_steps : Tensor of shape (k,) or None
+        Length of each copy's influence step (PBRF). Given, no step of the line-search
+        optimizers is longer than :data:`MAX_STEP` of them, and a copy farther than
+        :data:`FAR_FACTOR` of them from θˢ is stopped and reported as ``far``: the PBRF of
+        a network can be unbounded below (the removed row's terms are linear in its
+        logits, which grow faster than the proximity term for ReLU nets), and the response
+        sought is the local minimiser near θˢ.
 
     Returns
     -------
@@ -450,12 +464,20 @@ def optimize_responses(
     diverged = torch.zeros(k, dtype=torch.bool, device=thetas.device)
     limit = EXPLODED * max(1.0, float(reference.norm()))
 
+    far = torch.zeros(k, dtype=torch.bool, device=thetas.device)
+    radius = None if influence_steps is None else FAR_FACTOR * influence_steps.to(thetas)
+    max_step = None if influence_steps is None else MAX_STEP * influence_steps.to(thetas)
+
     def check_divergence(thetas, values, active):
-        bad = ~torch.isfinite(values) | ~torch.isfinite(thetas).all(1)
-        bad |= (thetas - reference).norm(dim=1) > limit
+        moves = (thetas - reference).norm(dim=1)
+        bad = ~torch.isfinite(values) | ~torch.isfinite(thetas).all(1) | (moves > limit)
         bad &= active
         diverged[bad] = True
         active[bad] = False
+        if radius is not None:
+            out = active & (moves > radius) & (radius > 0)
+            far[out] = True
+            active[out] = False
 
     task = Bunch(
         full=full, batch=batch, thetas=thetas, objective_values=values, gradients=gradients,
@@ -466,11 +488,12 @@ def optimize_responses(
         check_divergence=check_divergence,
         certified=torch.zeros(k, dtype=torch.bool, device=thetas.device),
         first_step=torch.zeros(k, dtype=thetas.dtype, device=thetas.device),
+        max_step=max_step,
     )  # fmt: skip
     thetas, gradients = optimizer.minimize(task)
-    if optimizer.full_batch_only:  # stopped early above the threshold: a kink?
-        stalled = (gradients.norm(dim=1) > threshold) & (task.n_steps < n_iter) & ~diverged
-        stalled &= ~task.certified & torch.isfinite(gradients).all(1)
+    if optimizer.full_batch_only:  # stopped above the threshold: at a kink?
+        stalled = (gradients.norm(dim=1) > threshold) & ~diverged
+        stalled &= ~task.certified & torch.isfinite(gradients).all(1) & ~far
         pending = stalled.nonzero().squeeze(1)
         if len(pending):
             sampled = sampled_gradient_norm(
@@ -481,9 +504,11 @@ def optimize_responses(
     norms = gradients.norm(dim=1)
     relative = torch.where(initial > floor, norms / initial, torch.zeros_like(norms))
     relative = torch.where(diverged, torch.full_like(relative, torch.inf), relative)
-    converged = ((norms <= threshold) | task.certified) & ~diverged
+    if radius is not None:  # a copy may have stopped (converged) just outside
+        far |= ~diverged & ((thetas - reference).norm(dim=1) > radius) & (radius > 0)
+    converged = ((norms <= threshold) | task.certified) & ~diverged & ~far
     if return_info:
-        info = Bunch(diverged=diverged, certified=task.certified & ~diverged,
+        info = Bunch(diverged=diverged, far=far, certified=task.certified & converged,
                      first_step=task.first_step)  # fmt: skip
         return thetas, converged, relative, task.n_steps, info
     return thetas, converged, relative, task.n_steps
@@ -491,7 +516,7 @@ def optimize_responses(
 
 def _lbfgs(
     full, thetas, values, gradients, threshold, active, n_steps, *, first_step, n_iter,
-    progress=None, history=30, max_halvings=30, precondition=None,
+    progress=None, history=30, max_halvings=30, precondition=None, max_step=None, check=None,
 ):  # fmt: skip
     """Batched L-BFGS: one limited-memory quasi-Newton method per copy, all in one loop.
 
@@ -535,6 +560,9 @@ def _lbfgs(
         rows = active.nonzero().squeeze(1)
         newest = (head - 1) % history  # the previous step's slot
         direction = -_two_loop(gradients, pairs_s, pairs_y, rho, gamma, newest, precondition)[rows]
+        if max_step is not None:  # the trust region of the PBRF (see optimize_responses)
+            length = direction.norm(dim=1).clamp_min(1e-300)
+            direction *= (max_step[rows] / length).clamp(max=1.0).unsqueeze(1)
         slope = (gradients[rows] * direction).sum(1)
         new_thetas, new_values, new_gradients, accepted = _backtrack_copies(
             full, rows, thetas[rows], values[rows], slope, direction, slack_factor,
@@ -571,7 +599,9 @@ def _lbfgs(
             new_thetas[accepted], new_values[accepted], new_gradients[accepted],
         )  # fmt: skip
         active &= (gradients.norm(dim=1) > threshold) & ~stalled
-        if progress is not None and (step % 25 == 0 or step == n_iter):
+        if check is not None:
+            check(thetas, values, active)
+        if progress is not None and (step % 100 == 0 or step == n_iter):
             progress(step, int(k - active.sum()))
     return thetas, gradients
 

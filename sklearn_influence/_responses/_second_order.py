@@ -109,7 +109,8 @@ class GaussNewtonModel:
 
 def gauss_newton_minimize(
     full, model, reference, thetas, values, gradients, threshold, active, n_steps, *, n_iter,
-    cg_maxiter=200, cg_tol=0.1, max_halvings=30, progress=None, backtrack,
+    cg_maxiter=200, cg_tol=0.1, max_halvings=30, progress=None, backtrack, check=None,
+    max_step=None,
 ):  # fmt: skip
     """Damped (line-searched) Gauss-Newton steps for every copy until it reaches its threshold.
 
@@ -156,6 +157,9 @@ def gauss_newton_minimize(
         descent = slope < 0
         # a direction that does not descend (rounding at the optimum): steepest descent
         direction[~descent] = -gradients[rows][~descent]
+        if max_step is not None:  # the trust region of the PBRF
+            length = direction.norm(dim=1).clamp_min(1e-300)
+            direction *= (max_step[rows] / length).clamp(max=1.0).unsqueeze(1)
         slope = (gradients[rows] * direction).sum(1)
         new_thetas, new_values, new_gradients, accepted = backtrack(
             full, rows, thetas[rows], values[rows], slope, direction, slack_factor, max_halvings
@@ -167,6 +171,8 @@ def gauss_newton_minimize(
         )  # fmt: skip
         stalled[rows[~accepted]] = True
         active &= gradients.norm(dim=1) > threshold
+        if check is not None:
+            check(thetas, values, active)
         if progress is not None:
             progress(step, int(k - (active & ~stalled).sum()))
     # copies whose line search stalled above the threshold: the non-smooth certificate
