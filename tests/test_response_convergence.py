@@ -62,7 +62,7 @@ FAMILIES = {
     "batchnorm_resnet": lambda: _net(ResNet, width=2, n_blocks=1),
     "transformer": lambda: _net(
         TransformerClassifier, d_model=8, n_heads=2, dim_feedforward=8
-    ),  # fmt: skip
+    ),
 }
 
 
