@@ -179,9 +179,10 @@ def test_sgd_settings_stop_short_and_say_which_setting_to_raise(regression):
     assert not short.converged_.any()
 
 
-def test_pbrf_defaults_are_unchanged():
-    assert PBRF(None).get_params()["optimizer"] == "sgd"
-    assert PBRF(None).get_params()["n_iter"] == 1000
+def test_pbrf_defaults_are_lbfgs_as_the_prf():
+    # issue 18: SGD tuned at θˢ stalls on networks' PBRF; L-BFGS (auto) converges
+    assert PBRF(None).get_params()["optimizer"] == "auto"
+    assert PBRF(None).get_params()["n_iter"] == 3000
     params = ProximalResponse(None).get_params()
     assert (params["optimizer"], params["n_iter"]) == ("auto", 3000)
 

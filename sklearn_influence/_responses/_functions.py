@@ -527,6 +527,10 @@ def _influence_steps(problem, chunk, damping, epsilon):
     """‖ε(G + λI)⁻¹∇L_m‖ per removed point, by the engine's CG to 1%: the length of the
     influence step, which scales the PBRF's trust region (only the length is needed; a CG
     that stops short of 1% still gives the right order of magnitude)."""
+    try:  # a loss without an output-Hessian factor has no Gauss-Newton products
+        problem.adapter.loss.hessian_factor(problem.reference_outputs[:1])
+    except NotImplementedError:
+        return None  # then no trust region (the optimisation runs as before)
     with warnings.catch_warnings():  # an internal length estimate, not a result
         warnings.simplefilter("ignore", ConvergenceWarning)
         linear = linearized_pbrf(

@@ -732,7 +732,9 @@ def warn_not_converged(
         if optimizer in ("gauss_newton", "lbfgs"):
             advice = (
                 f"Increase {names('n_iter')} (each point stops as soon as it converges, so "
-                f"a larger budget costs only the points that need it) or raise {names('tol')}"
+                f"a larger budget costs only the points that need it) or "
+                f"{names('optimizer_options')}={{'history': ...}} (L-BFGS), or raise "
+                f"{names('tol')}"
             )
         else:
             advice = (
