@@ -279,9 +279,20 @@ class SGD(_FirstOrder):
 class Adam(_FirstOrder):
     name = "adam"
     options = {"betas": (0.9, 0.999), "eps": 1e-8}
-    option_constraints = {"betas": [_Betas()], "eps": [Interval(Real, 0, None, closed="neither")]}
+    option_constraints = {
+        "betas": [tuple, list],
+        "eps": [Interval(Real, 0, None, closed="neither")],
+    }
     vectors_per_copy = 7
     update = staticmethod(_adam_update)
+
+    def __init__(self, options=None, *, channel="optimizer_options"):
+        super().__init__(options, channel=channel)
+        if not _Betas().is_satisfied_by(self.settings["betas"]):
+            raise InvalidParameterError(
+                f"The 'betas' parameter of {channel} of optimizer='adam' must be "
+                f"{_Betas()}. Got {self.settings['betas']!r} instead."
+            )
 
 
 class LBFGS(ResponseOptimizer):
