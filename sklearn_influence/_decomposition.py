@@ -32,6 +32,7 @@ from ._base import (
     mean_row_correlation,
     routed_fit_params,
 )
+from ._engine._shifts import parameter_shifts
 from ._influence import InfluenceFunction
 from ._progress import Progress
 from ._responses._functions import (
@@ -292,8 +293,10 @@ class InfluenceDecomposition(FittedModelMixin, BaseEstimator):
             ).fit(X, y, sample_weight=problem.adapter.fit_sample_weight)
         engine = self.influence_.engine_
         index = torch.as_tensor(indices, device=problem.theta.device)
-        shift = engine.solver.solve(engine.train_gradients(index), self.damping)
-        results["influence"] = problem.theta + problem.epsilons(indices).unsqueeze(1) * shift
+        shift = parameter_shifts(
+            engine.solver, engine.train_gradients(index), self.damping, problem.epsilons(indices)
+        )
+        results["influence"] = problem.theta + shift
         self.problem_ = problem
         self.train_indices_ = indices
         self.n_train_ = problem.n_train

@@ -33,7 +33,7 @@ from ._engine._gradients import resolve_query_targets
 from ._engine._influence_engine import InfluenceEngine, NonFiniteScores, working_memory_bytes
 from ._engine._self_check import approximation_agreement, is_poor, poor_agreement_message
 from ._progress import Progress
-from ._responses._removal import SCORE_TARGETS, removal_changes
+from ._responses._removal import SCORE_TARGETS, check_score_options, removal_changes
 from ._torch_utils import resolve_device, seeded_torch, to_numpy
 from ._validation import (
     query_tensors,
@@ -98,16 +98,18 @@ def _removal_changes(
 ):
     """:func:`~._responses._removal.removal_changes` in the form that ``memory`` caches.
 
-    ``target`` is ``(kind, pbrf_damping)``. ``fit_key`` identifies the fit in the cache key
-    instead of ``adapter`` and ``theta``, whose hash is not stable from one unpickled copy to
-    the next (which made every clone retrain); ``fit_key`` (estimator, device, random_state)
-    and the training data identify the fit. ``memory`` (ignored in the key) also saves the
-    retraining's finished chunks as they complete, so an interrupted ``score`` resumes.
+    ``target`` is ``(kind, pbrf_damping[, score_options])``. ``fit_key`` identifies the fit in
+    the cache key instead of ``adapter`` and ``theta``, whose hash is not stable from one
+    unpickled copy to the next (which made every clone retrain); ``fit_key`` (estimator,
+    device, random_state) and the training data identify the fit. ``memory`` (ignored in the
+    key) also saves the retraining's finished chunks as they complete, so an interrupted
+    ``score`` resumes.
     """
-    kind, pbrf_damping = target
+    kind, pbrf_damping, *options = target
+    options = dict(options[0]) if options and options[0] is not None else None
     return removal_changes(
         adapter, theta, X, y, removed, X_query, y_query, kind=kind, pbrf_damping=pbrf_damping,
-        n_jobs=n_jobs, memory=memory, key=fit_key,
+        n_jobs=n_jobs, memory=memory, key=fit_key, pbrf_options=options,
     )  # fmt: skip
 
 
@@ -230,6 +232,14 @@ class InfluenceFunction(
     score_damping : float, default=1e-3
         The fixed proximity damping of the ``"pbrf"`` score target, independent of
         ``damping`` so that different damping values are compared with the same target.
+    score_options : dict, default=None
+        Settings of the ``"pbrf"`` target's optimisation: ``optimizer`` (``"auto"``: SGD with
+        the step and momentum of the curvature at the fitted parameters, as
+        :class:`~sklearn_influence.PBRF`; ``"lbfgs"``, ``"gauss_newton"``, ``"adam"``), ``n_iter`` (``"auto"``: the optimizer's step budget), ``tol`` (1e-4:
+        each point stops when its gradient norm is below ``tol`` times its value at the
+        fitted parameters; see :class:`~sklearn_influence.PBRF`), ``learning_rate`` and
+        ``optimizer_options``. A point that misses the tolerance or diverges raises a
+        warning naming these options. Checked when :meth:`score` runs.
     memory : str or object with the joblib.Memory interface, default=None
         Caches the model fit, gradients, factorization and retraining targets, as in
         :class:`~sklearn.pipeline.Pipeline`. With it, the clones that ``GridSearchCV`` makes for
@@ -311,6 +321,7 @@ class InfluenceFunction(
         "n_score_points": [Interval(Integral, 2, None, closed="left")],
         "score_target": [StrOptions(set(SCORE_TARGETS))],
         "score_damping": [Interval(Real, 0, None, closed="left")],
+        "score_options": [dict, None],
         "memory": [None, str, HasMethods(["cache"])],
         "n_jobs": N_JOBS,
         "verbose": ["verbose"],
@@ -330,6 +341,7 @@ class InfluenceFunction(
         n_score_points=30,
         score_target="loo",
         score_damping=1e-3,
+        score_options=None,
         memory=None,
         n_jobs=None,
         verbose=0,
@@ -346,6 +358,7 @@ class InfluenceFunction(
         self.n_score_points = n_score_points
         self.score_target = score_target
         self.score_damping = score_damping
+        self.score_options = score_options
         self.memory = memory
         self.n_jobs = n_jobs
         self.verbose = verbose
@@ -910,7 +923,7 @@ class InfluenceFunction(
         X = validate_query_data(self, X)
         (predicted,), actual = self._removal_effects(
             self.engine_, self.X_train_, self.y_train_, (X, y, inputs, targets), removed,
-            (target, pbrf_damping), [self._damping()],
+            (target, pbrf_damping, self._score_options(target)), [self._damping()],
         )  # fmt: skip
         pearson = correlation(
             predicted, actual, method="pearson", message=UNDEFINED_AGREEMENT, stacklevel=2
@@ -921,6 +934,14 @@ class InfluenceFunction(
         return Bunch(
             removed=removed, predicted=predicted, actual=actual, pearson=pearson, spearman=spearman
         )
+
+    def _score_options(self, target):
+        """The checked ``score_options`` as a hashable tuple (None for other targets)."""
+        if target != "pbrf":
+            return None
+        # InfluenceFunctionCV has no score_options: its PBRF target keeps the defaults
+        options = getattr(self, "score_options", None)
+        return tuple(sorted(check_score_options(options).items()))
 
     def _removal_effects(self, engine, X_train, y_train, queries, removed, target, dampings):
         """Predicted (one array per damping) and actual mean changes over the queries.

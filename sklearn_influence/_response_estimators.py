@@ -301,16 +301,20 @@ _OPTIMIZER_DOC = """
         ``"newton"`` minimises the (convex) objectives exactly — only for models linear in
         their parameters; ``"optimizer"`` runs ``optimizer`` from θˢ; ``"auto"`` picks
         Newton for linear models and the optimizer otherwise.
-    optimizer : {"auto", "lbfgs", "sgd", "adam"}, default="<<optimizer>>"
-        First-order optimizer of the objectives. ``"auto"``: L-BFGS for the PRF with full
-        batches, SGD otherwise. SGD uses Nesterov momentum; with full batches each removed
-        point's step is halved whenever its objective rises and its momentum is dropped
-        when it overshoots (adaptive restart), which keeps SGD stable where the objective
-        is far from quadratic. SGD's automatic step and momentum come from the curvature
-        at θˢ, which suits the PBRF (nearly quadratic around θˢ) but not the PRF of a
-        network that did not converge: that one finishes the training, far from θˢ. L-BFGS
-        (full batches only) keeps each point's own curvature pairs (``history``, default
-        30) and line search, so it needs no step size beyond its first step.
+    optimizer : {"auto", "lbfgs", "gauss_newton", "sgd", "adam"}, default="<<optimizer>>"
+        Optimizer of the objectives (one object per method behind one registry, each
+        with its declared ``optimizer_options``). ``"auto"``: L-BFGS for the PRF with full
+        batches, SGD otherwise (the PBRF is nearly quadratic around θˢ, where SGD's
+        automatic step and momentum come from). L-BFGS (full batches only)
+        keeps each point's own curvature pairs and line search, so it needs no step size
+        beyond its first step. ``"gauss_newton"``: damped Gauss-Newton steps whose linear
+        systems are solved by conjugate gradient on the Gauss-Newton matrix at each point's
+        own iterate (the engine's products; the removed row's own Hessian exactly), with a
+        K-FAC preconditioner and a line search; its first PBRF step is the linearized PBRF.
+        SGD uses Nesterov momentum with step and momentum from the curvature at θˢ; with
+        full batches each point's step is halved whenever its objective rises. A point
+        whose iterate or objective becomes non-finite or explodes is stopped early and
+        reported with a ``ResponseDivergenceWarning``.
     learning_rate : float or "auto", default="auto"
         Step size (L-BFGS: its first, steepest-descent step). ``"auto"``: 1/L for SGD and
         L-BFGS, where L is the largest eigenvalue of G + λI (estimated by power iteration
@@ -322,14 +326,26 @@ _OPTIMIZER_DOC = """
     batch_size : int, default=None
         Training rows per step (mini-batches in a seeded order); None uses all rows.
     tol : float, default=1e-4
-        A removed point's optimisation stops when its full-batch gradient norm falls below
-        ``tol`` times its value at θˢ; ``converged_`` records which did, and a
-        ``ConvergenceWarning`` says how many did not and what to raise.
+        A removed point's optimisation stops when the norm of the full-batch gradient of
+        its objective falls below ``tol`` times its value at θˢ (for the PBRF that is
+        ε‖∇L_m(θˢ)‖, the size of the force that removes the point). Where the objective is
+        not differentiable at the minimiser (a ReLU or max-pool kink), a point whose line
+        search can no longer decrease the objective is certified instead by the smallest
+        norm of a convex combination of gradients sampled within 0.1% of its move around
+        it (gradient sampling: a measure of Clarke stationarity), against the same
+        threshold. A PBRF minimiser more than 10 times farther from θˢ than the influence
+        step is reported as not converged (it is not the local response influence
+        estimates approximate; raise ``damping``). ``converged_`` records which points
+        passed, and a ``ResponseConvergenceWarning`` says how many did not and what to raise.
     optimizer_options : dict, default=None
         SGD: ``momentum`` (default ``"auto"``: (√κ − 1)/(√κ + 1) for the condition number
         κ = L/(λ + min r) of the damped objective, at most 0.99) and ``nesterov`` (True);
-        Adam: ``betas`` and ``eps``; L-BFGS: ``history`` (30 curvature pairs, 2 × 30
-        parameter vectors per removed point) and ``max_halvings`` (30) of its line search.
+        Adam: ``betas`` (two numbers in [0, 1)) and ``eps``; L-BFGS: ``history`` (≥ 1, 30
+        curvature pairs, 2 × 30 parameter vectors per removed point) and
+        ``max_halvings`` (30) of its line search; Gauss-Newton: ``cg_maxiter`` (100),
+        ``cg_tol`` (0.1, the loosest relative residual of a step), ``max_halvings`` and
+        ``preconditioner`` ("kfac", "ekfac" or None). Unknown names and values outside
+        these ranges raise ``InvalidParameterError`` before any work.
 """
 
 
@@ -499,7 +515,7 @@ class ProximalResponse(_ProximalBase):
     with ε = 1/N: leave-one-out training kept close to the fitted parameters.
 
 """
-        + _proximal_parameters_doc("auto", 3000)
+        + _proximal_parameters_doc("sgd", 1000)
         + """    See Also
     --------
     PBRF : The same with the training loss replaced by its Bregman divergence from θˢ.

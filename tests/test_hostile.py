@@ -85,6 +85,7 @@ HOSTILE = {
     "solver": ["newton", None],
     "solver_options": ["fast", [("tol", 1e-3)]],
     "curvature_options": ["fast", [("n_samples", 10)]],
+    "score_options": ["fast", [("n_iter", 10)]],
     "device": ["tpu", "cuda:x", 0],
     "batch_size": [0, 2.5, "big"],
     "n_score_points": [1, 2.5],

@@ -304,7 +304,10 @@ def test_converged_logistic_cold_and_warm_loo_agree(logistic_problem):
 @pytest.mark.parametrize("batch_size", [None, 32])
 def test_batched_optimisation_equals_one_at_a_time(net_problem, batch_size):
     indices = [1, 4, 9, 30]
-    settings = {"damping": 0.01, "n_iter": 150, "batch_size": batch_size, "seed": 3}
+    # SGD pinned (the PBRF's default is now L-BFGS, whose copies' invariance is tested, to
+    # round-off, in test_prf_convergence.py)
+    settings = {"damping": 0.01, "n_iter": 150, "batch_size": batch_size, "seed": 3,
+                "optimizer": "sgd"}  # fmt: skip
     if batch_size is not None:  # fixed settings: the automatic ones are covered above
         settings.update(n_iter=60, learning_rate=0.1, optimizer_options={"momentum": 0.9})
     batched = proximal_response(net_problem, "pbrf", indices, **settings)
@@ -384,7 +387,7 @@ def test_non_convergence_is_reported(net_problem):
 
 
 def test_optimizer_options_are_checked(net_problem):
-    with pytest.raises(ValueError, match="Unknown option"):
+    with pytest.raises(ValueError, match="Unknown optimizer_options"):
         proximal_response(
             net_problem, "pbrf", [0], damping=0.01, optimizer="adam",
             optimizer_options={"momentum": 0.9},

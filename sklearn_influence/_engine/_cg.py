@@ -276,3 +276,78 @@ class CGSolver(IterativeSolver):
                 SolverConvergenceWarning,
                 stacklevel=5,
             )
+
+
+def batched_conjugate_gradient(apply, rhs, *, precondition=None, tol, maxiter):
+    """Preconditioned CG on k independent systems A_j x_j = b_j, one per row, at once.
+
+    Unlike :func:`block_conjugate_gradient` (one operator, many right-hand sides) every row
+    has its own operator: ``apply(V, rows)`` returns the rows of A_j v_j for the copies
+    ``rows`` (a LongTensor into the k rows) and their vectors V. Each row stops on its own
+    relative residual ‖b_j − A_j x_j‖ ≤ tol_j ‖b_j‖ (``tol`` a number or a tensor (k,)),
+    and only the rows still running are multiplied. A row that meets a direction of
+    non-positive curvature stops with its current iterate (the steepest-descent direction
+    when that is the first one), as in truncated (Steihaug) CG. ``precondition(R, rows)``
+    returns the rows of P⁻¹ r_j (None: no preconditioner).
+
+    Returns ``(X, relative_residuals, n_products)``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_influence._engine._cg import batched_conjugate_gradient
+    >>> A = torch.stack([torch.diag(torch.tensor([1.0, 2.0, 3.0])),
+    ...                  torch.tensor([[4.0, 1.0, 0.0], [1.0, 3.0, 0.0], [0.0, 0.0, 1.0]])])
+    >>> A = A.double()
+    >>> B = torch.ones(2, 3, dtype=torch.float64)
+    >>> X, residuals, _ = batched_conjugate_gradient(
+    ...     lambda V, rows: torch.einsum("kij,kj->ki", A[rows], V), B, tol=1e-12, maxiter=10)
+    >>> bool(torch.allclose(torch.einsum("kij,kj->ki", A, X), B))
+    True
+    """
+    k = len(rhs)
+    tol = torch.as_tensor(tol, dtype=rhs.dtype, device=rhs.device).expand(k)
+    norms = rhs.norm(dim=1)
+    solution = torch.zeros_like(rhs)
+    residual = rhs.clone()
+    all_rows = torch.arange(k, device=rhs.device)
+
+    def preconditioned(values, rows):
+        return values if precondition is None else precondition(values, rows)
+
+    z = preconditioned(residual, all_rows)
+    direction = z.clone()
+    rz = (residual * z).sum(1)
+    active = norms > 0
+    n_products = 0
+    for _ in range(maxiter):
+        rows = active.nonzero().squeeze(1)
+        if not len(rows):
+            break
+        curved = apply(direction[rows], rows)
+        n_products += len(rows)
+        curvature = (direction[rows] * curved).sum(1)
+        negative = curvature <= 0
+        if bool(negative.any()):  # keep the iterate; the first direction if there is none
+            stop = rows[negative]
+            first = solution[stop].abs().sum(1) == 0
+            solution[stop[first]] = direction[stop[first]] * (
+                rz[stop[first]] / (direction[stop[first]] ** 2).sum(1).clamp_min(1e-300)
+            ).unsqueeze(1)
+            active[stop] = False
+            keep = ~negative
+            rows, curved, curvature = rows[keep], curved[keep], curvature[keep]
+        alpha = rz[rows] / curvature
+        solution[rows] += alpha.unsqueeze(1) * direction[rows]
+        residual[rows] -= alpha.unsqueeze(1) * curved
+        done = residual[rows].norm(dim=1) <= tol[rows] * norms[rows]
+        active[rows[done]] = False
+        if not len(rows):
+            continue
+        z_rows = preconditioned(residual[rows], rows)
+        rz_new = (residual[rows] * z_rows).sum(1)
+        beta = rz_new / rz[rows].clamp_min(1e-300)
+        direction[rows] = z_rows + beta.unsqueeze(1) * direction[rows]
+        rz[rows] = rz_new
+    relative = residual.norm(dim=1) / norms.clamp_min(1e-300)
+    return solution, torch.where(norms > 0, relative, torch.zeros_like(relative)), n_products

@@ -22,6 +22,7 @@ from sklearn import get_config
 from sklearn.utils._param_validation import StrOptions
 from torch.func import jacrev, jvp, vjp, vmap
 
+from .._torch_utils import FORWARD_AD_LOCK
 from ._curvature_base import Curvature
 from ._gradients import batch_slices
 
@@ -304,3 +305,70 @@ def _jacobian_rows(curvature, limit_bytes=256 * 1024**2):
     itemsize = curvature.theta.element_size()
     per_row = max(1, curvature.adapter.n_outputs * curvature.n_params * itemsize)
     return max(1, min(curvature.batch_size, limit_bytes // per_row))
+
+
+def gauss_newton_products_at(adapter, thetas, vectors, inputs, *, row_weights=None,
+                             rows_per_batch=None, inputs_per_copy=False):  # fmt: skip
+    """Σ_i w_i J_iᵀ H_h,i J_i v_j at a different θ_j for each copy j, shape (k, p).
+
+    The data term of the Gauss-Newton product of :class:`GaussNewton`, but batched over k
+    parameter copies, each with its own θ_j and vector v_j (one forward-mode pass for J v,
+    the output Hessian at h(θ_j, x_i), one reverse-mode pass for Jᵀ), vmapped over the
+    copies: the second-order response solvers take one Gauss-Newton step per copy at its
+    own iterate. The sum over rows is returned (callers divide by their normaliser) without
+    the regularizer.
+
+    Parameters
+    ----------
+    adapter : ModelAdapter
+    thetas, vectors : Tensor of shape (k, p)
+    inputs : Tensor
+        Rows shared by every copy, or one set of rows per copy (leading axis k) with
+        ``inputs_per_copy=True``.
+    row_weights : Tensor or None
+        w_i per row (shape (N,), or (k, n) per copy); None means ones.
+    rows_per_batch : int or None
+        Rows per vectorised batch (None: all at once).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn.linear_model import Ridge
+    >>> from sklearn_influence._adapters import make_adapter
+    >>> from sklearn_influence._engine._curvature import make_curvature
+    >>> X, y = torch.randn(20, 3).numpy(), torch.randn(20).numpy()
+    >>> adapter = make_adapter(Ridge().fit(X, y), 20, torch.device("cpu"))
+    >>> theta, inputs = adapter.parameters(), adapter.inputs(X)
+    >>> V = torch.randn(2, theta.numel(), dtype=theta.dtype)
+    >>> G = make_curvature("gauss_newton", adapter, theta, inputs, None).dense()
+    >>> data = gauss_newton_products_at(adapter, theta.repeat(2, 1), V, inputs) / 20
+    >>> bool(torch.allclose(data + V * adapter.regularizer_diagonal(), V @ G))
+    True
+    """
+    n_rows = inputs.shape[1] if inputs_per_copy else len(inputs)
+    step = n_rows if rows_per_batch is None else max(1, int(rows_per_batch))
+    loss = adapter.loss
+
+    def one(theta, vector, batch, weights):
+        def outputs(theta_):
+            return adapter.outputs(theta_, batch)
+
+        values, pushed = jvp(outputs, (theta,), (vector,))
+        hessian = loss.output_hessian(values.detach())
+        if weights is not None:
+            hessian = hessian * weights.reshape(-1, 1, 1)
+        _, pullback = vjp(outputs, theta)
+        return pullback(torch.einsum("bkl,bl->bk", hessian, pushed))[0]
+
+    data_dim = 0 if inputs_per_copy else None
+    weight_dim = None if row_weights is None else (0 if row_weights.dim() == 2 else None)
+    batched = vmap(one, in_dims=(0, 0, data_dim, weight_dim))
+    total = torch.zeros_like(vectors)
+    with FORWARD_AD_LOCK:  # forward-mode AD is not thread-safe in torch
+        for rows in batch_slices(n_rows, step):
+            batch = inputs[:, rows] if inputs_per_copy else inputs[rows]
+            weights = None
+            if row_weights is not None:
+                weights = row_weights[..., rows]
+            total += batched(thetas, vectors, batch, weights).detach()
+    return total

@@ -22,23 +22,31 @@ import warnings
 import numpy as np
 import torch
 from joblib import effective_n_jobs
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import Bunch
-from torch.func import grad, vmap
+from torch.func import grad, jvp, vmap
 
+from .._engine._cg import FactoredPreconditioner
 from .._engine._curvature import make_curvature
-from .._engine._gradients import measure, per_example_gradients
-from .._engine._solvers import make_solver
+from .._engine._gradients import measure
+from .._engine._shifts import gauss_newton_shifts
+from .._torch_utils import FORWARD_AD_LOCK
 from ..exceptions import NumericalWarning
 from ._checkpoint import ChunkStore, checkpoint_chunks, problem_fingerprint
 from ._newton import CONVEX_TOL, minimize_convex_batched
 from ._optimizers import (
+    AUTO_STEPS,
+    OPTIMIZER_CLASSES,
     auto_settings,
     bregman_divergence,
+    make_optimizer,
     optimize_responses,
+    own_names,
     resolve_optimizer,
     response_objective,
     warn_not_converged,
 )
+from ._second_order import GaussNewtonModel
 
 #: response methods: exact Newton (models linear in θ) or a first-order optimizer
 METHODS = ("auto", "newton", "optimizer")
@@ -234,6 +242,7 @@ def proximal_response(
     name=None,
     memory=None,
     key=None,
+    names=own_names,
     **optimizer_settings,
 ):
     """Minimisers of the PRF (``kind="prf"``) or PBRF (``kind="pbrf"``) objectives.
@@ -269,6 +278,11 @@ def proximal_response(
     label = name or kind.upper()
     if method == "optimizer":
         optimizer_settings = _resolve_auto(problem, kind, damping, epsilon, optimizer_settings)
+        # the options are checked before any numerical work (InvalidParameterError)
+        make_optimizer(
+            optimizer_settings["optimizer"], optimizer_settings.get("optimizer_options"),
+            channel=names("optimizer_options"),
+        )  # fmt: skip
     store = ChunkStore(
         memory, None, kind, {"method": method, "damping": float(damping),
                              "epsilon": "weighted" if weighted else epsilon,
@@ -307,6 +321,10 @@ def proximal_response(
         relative_gradient_norm=np.concatenate([part.relative_gradient_norm for part in parts]),
         n_iter=np.concatenate([part.n_iter for part in parts]),
     )
+    for field in ("diverged", "far", "certified"):
+        result[field] = np.concatenate(
+            [part.get(field, np.zeros(len(part.converged), bool)) for part in parts]
+        )
     if method == "optimizer":
         warn_not_converged(
             name or kind.upper(),
@@ -314,6 +332,9 @@ def proximal_response(
             result.relative_gradient_norm,
             optimizer_settings.get("n_iter"),
             optimizer_settings.get("optimizer"),
+            diverged=result.diverged,
+            far=result.far,
+            names=names,
         )
     return result
 
@@ -334,8 +355,9 @@ def _copies_per_chunk(problem, settings=None):
     itemsize = torch.empty((), dtype=problem.dtype).element_size()
     settings = settings or {}
     vectors = 6
-    if settings.get("optimizer") == "lbfgs":
-        vectors = 8 + 2 * (settings.get("optimizer_options") or {}).get("history", 30)
+    if settings.get("optimizer") in OPTIMIZER_CLASSES:
+        optimizer = make_optimizer(settings["optimizer"], settings.get("optimizer_options"))
+        vectors = optimizer.vectors_per_copy
     per_copy = itemsize * (vectors * problem.theta.numel() + 4 * problem.reference_outputs.numel())
     return max(1, RESPONSE_MEMORY_BYTES // per_copy)
 
@@ -345,6 +367,11 @@ def _resolve_auto(problem, kind, damping, epsilon, settings):
     settings["optimizer"] = resolve_optimizer(
         kind, settings.get("optimizer", "auto"), settings.get("batch_size"), problem.n_train
     )
+    if settings.get("n_iter", "auto") == "auto":
+        settings["n_iter"] = AUTO_STEPS[settings["optimizer"]]
+    if OPTIMIZER_CLASSES[settings["optimizer"]].needs_model:  # no step size to set
+        settings["learning_rate"] = 1.0
+        return settings
     settings["learning_rate"], settings["optimizer_options"] = auto_settings(
         problem.adapter,
         problem.theta,
@@ -382,7 +409,15 @@ def _optimizer_chunk(problem, kind, chunk, damping, epsilon, settings, progress)
         problem.adapter, kind, problem.theta, damping=damping, epsilon=epsilon
     )
     removed_inputs, removed_targets = _removed_points(problem, chunk)
-    thetas, converged, relative, n_steps = optimize_responses(
+    settings = dict(settings)
+    optimizer = make_optimizer(settings.pop("optimizer"), settings.pop("optimizer_options"))
+    model = None
+    if optimizer.needs_model:
+        model = gauss_newton_model(problem, chunk, damping, epsilon, optimizer, kind)
+    influence_steps = None
+    if kind == "pbrf":  # the PBRF is sought near θˢ: within FAR_FACTOR influence steps
+        influence_steps = _influence_steps(problem, chunk, damping, epsilon)
+    thetas, converged, relative, n_steps, info = optimize_responses(
         objective,
         problem.theta,
         removed_inputs,
@@ -391,14 +426,121 @@ def _optimizer_chunk(problem, kind, chunk, damping, epsilon, settings, progress)
         problem.targets,
         problem.reference_outputs,
         progress=progress,
+        optimizer=optimizer,
+        model=model,
+        return_info=True,
+        influence_steps=influence_steps,
         **settings,
     )
+    far = info.far.cpu().numpy()
     return Bunch(
         parameters=thetas.detach(),
         converged=converged.cpu().numpy(),
         relative_gradient_norm=relative.detach().cpu().numpy(),
         n_iter=n_steps.cpu().numpy(),
+        diverged=info.diverged.cpu().numpy(),
+        certified=info.certified.cpu().numpy(),
+        far=far,
     )
+
+
+def gauss_newton_model(problem, chunk, damping, epsilon, optimizer=None, kind_of_model="pbrf"):
+    """The Gauss-Newton model of the chunk's objectives: products at any θ and the
+    preconditioner (a K-FAC inverse of G + λI at θˢ, built once per chunk).
+
+    Products run in float32 when the model is float32 (the linear systems are solved to a
+    relative residual of 1e-1 … 1e-4, far above float32's rounding; the gradients and the
+    objective, which decide convergence, stay in the working dtype).
+    """
+    adapter = problem.adapter
+    kind = "kfac"
+    if optimizer is not None and "preconditioner" in optimizer.settings:
+        kind = optimizer.settings["preconditioner"]
+    product_dtype = adapter.dtype if adapter.dtype == torch.float32 else problem.dtype
+    preconditioner = None
+    if kind is not None and _has_layers(adapter):
+        curvature = make_curvature(
+            "gauss_newton", adapter, problem.theta.to(product_dtype),
+            problem.inputs.to(product_dtype), problem.targets, weights=problem.weights,
+        )  # fmt: skip
+        preconditioner = FactoredPreconditioner(curvature, kind).for_damping(damping)
+    removed_inputs, removed_targets = _removed_points(problem, chunk)
+    shares = problem.epsilons(chunk).unsqueeze(1)  # w_m / W: the data term's share of m
+    epsilons = problem.epsilons(chunk, epsilon)
+    index = torch.as_tensor(np.asarray(chunk, dtype=int), device=problem.inputs.device)
+    removed_term = _removed_hessian(
+        problem, kind_of_model, removed_inputs, removed_targets,
+        problem.reference_outputs[index], shares[:, 0], epsilons,
+    )  # fmt: skip
+    return GaussNewtonModel(
+        adapter, problem.inputs, removed_inputs.unsqueeze(1), shares, damping,
+        problem.weights, dtype=product_dtype, preconditioner=preconditioner,
+        removed_term=removed_term,
+    )  # fmt: skip
+
+
+def _has_layers(adapter):
+    """Whether the adapter describes its layers (K-FAC needs them; some adapters do not)."""
+    try:
+        adapter.layer_structure()
+    except NotImplementedError:
+        return False
+    return True
+
+
+def _removed_hessian(problem, kind, inputs, targets, reference_outputs, shares, epsilons):
+    """Exact Hessian-vector products of each copy's removed-row terms (see GaussNewtonModel).
+
+    φ_m(θ) = (w_m/W) ℓ_m(θ) − ε_m L_m(θ), with ℓ the row's data term (PBRF: its Bregman
+    divergence from θˢ; PRF: its loss, so that φ_m = 0 for an unweighted removal).
+    """
+    adapter = problem.adapter
+    loss = adapter.loss
+
+    def phi(theta, x, t, reference, share, epsilon):
+        outputs = adapter.outputs(theta, x.unsqueeze(0))
+        t = t.unsqueeze(0)
+        if kind == "pbrf":
+            data = bregman_divergence(loss, outputs, reference.unsqueeze(0), t)[0]
+        else:
+            data = loss(outputs, t)[0]
+        return share * data - epsilon * loss(outputs, t)[0]
+
+    def hvp(theta, vector, x, t, reference, share, epsilon):
+        def gradient(theta_):
+            return grad(phi)(theta_, x, t, reference, share, epsilon)
+
+        return jvp(gradient, (theta,), (vector,))[1]
+
+    batched = vmap(hvp)
+
+    def product(thetas, vectors, copies):
+        thetas, vectors = thetas.to(problem.dtype), vectors.to(problem.dtype)
+        with FORWARD_AD_LOCK:
+            return batched(
+                thetas, vectors, inputs[copies], targets[copies], reference_outputs[copies],
+                shares[copies], epsilons[copies],
+            ).detach()  # fmt: skip
+
+    return product
+
+
+def _influence_steps(problem, chunk, damping, epsilon):
+    """‖ε(G + λI)⁻¹∇L_m‖ per removed point, by the engine's CG to 1%: the length of the
+    influence step, which scales the PBRF's trust region (only the length is needed; a CG
+    that stops short of 1% still gives the right order of magnitude)."""
+    try:  # a loss without an output-Hessian factor has no Gauss-Newton products
+        problem.adapter.loss.hessian_factor(problem.reference_outputs[:1])
+    except NotImplementedError:
+        return None  # then no trust region (the optimisation runs as before)
+    with warnings.catch_warnings():  # an internal length estimate, not a result
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        linear = linearized_pbrf(
+            problem, chunk, damping=damping, solver="cg",
+            solver_options={"tol": 1e-2, "maxiter": 50, "preconditioner": None},
+            epsilon=epsilon,
+        )  # fmt: skip
+    return (linear.parameters - problem.theta).norm(dim=1)
 
 
 def _weighted_objective(problem, kind, damping):
@@ -485,19 +627,13 @@ def linearized_pbrf(
     while the dense matrix is small), reusing the package's solvers and curvature products.
     A weighted model uses its weighted Gauss-Newton matrix and each point's ε_m = w_m / W.
     """
-    adapter, theta = problem.adapter, problem.theta
     if problem.weights is not None and epsilon is None:
-        epsilon = problem.epsilons(indices).unsqueeze(1)
+        epsilon = problem.epsilons(indices)
     else:
         epsilon = problem.epsilon if epsilon is None else float(epsilon)
-    index = torch.as_tensor(np.asarray(indices, dtype=int), device=problem.inputs.device)
-    gradients = per_example_gradients(
-        adapter, theta, problem.inputs[index], problem.targets[index], batch_size
-    )
-    curvature = make_curvature(
-        "gauss_newton", adapter, theta, problem.inputs, problem.targets, batch_size=batch_size,
-        weights=problem.weights,
+    shift, name = gauss_newton_shifts(
+        problem.adapter, problem.theta, problem.inputs, problem.targets,
+        np.asarray(indices, dtype=int), damping, epsilon, solver=solver,
+        solver_options=solver_options, batch_size=batch_size, weights=problem.weights,
     )  # fmt: skip
-    solver_object = make_solver(solver, curvature, solver_options)
-    shift = solver_object.solve(gradients, damping) if len(gradients) else gradients
-    return Bunch(parameters=theta + epsilon * shift, converged=None, solver=solver_object.name)
+    return Bunch(parameters=problem.theta + shift, converged=None, solver=name)

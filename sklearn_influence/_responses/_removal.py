@@ -29,11 +29,15 @@ How the optima are found lives below: Newton's method in :mod:`._newton`, the PR
 optimisation in :mod:`._functions` and :mod:`._optimizers`.
 """
 
+from numbers import Integral, Real
+
 import numpy as np
 import torch
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.parallel import Parallel, delayed
 
 from .._engine._gradients import measure
+from .._options import check_options
 from .._torch_utils import to_numpy
 from ._functions import (
     ResponseProblem,
@@ -43,13 +47,45 @@ from ._functions import (
 )
 from ._linear_loo import leave_one_out_all_rows
 from ._newton import leave_one_out_optima, minimize_convex
+from ._optimizers import OPTIMIZERS
 
 SCORE_TARGETS = ("loo", "warm_loo", "pbrf")
+
+#: the settings of the "pbrf" score target (``InfluenceFunction(score_options=...)``)
+PBRF_SCORE_OPTIONS = {
+    "optimizer": "auto",
+    "n_iter": "auto",
+    "tol": 1e-4,
+    "learning_rate": "auto",
+    "optimizer_options": None,
+}
+PBRF_SCORE_CONSTRAINTS = {
+    "optimizer": [StrOptions(set(OPTIMIZERS))],
+    "n_iter": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
+    "tol": [Interval(Real, 0, None, closed="neither")],
+    "learning_rate": [Interval(Real, 0, None, closed="neither"), StrOptions({"auto"})],
+    "optimizer_options": [dict, None],
+}
+
+
+def check_score_options(options):
+    """``score_options`` with its defaults, checked (InvalidParameterError)."""
+    return check_options(
+        options, PBRF_SCORE_OPTIONS, PBRF_SCORE_CONSTRAINTS, channel="score_options",
+        owner="score_target='pbrf'",
+    )  # fmt: skip
+
+
+def score_names(setting):
+    """How ``InfluenceFunction`` spells a response setting (for the warnings' advice)."""
+    if setting == "damping":
+        return "score_damping"
+    return f"score_options['{setting}']"
 
 
 def removal_parameters(
     adapter, theta, X, y, removed, *, kind="loo", pbrf_damping=1e-3, n_jobs=None, memory=None,
-    key=None, verbose=0,
+    key=None, verbose=0, pbrf_options=None,
 ):  # fmt: skip
     """``(reference, thetas)`` for the removal of each training point in ``removed``.
 
@@ -71,14 +107,19 @@ def removal_parameters(
         estimator and its seed) in the saved chunks' keys.
     verbose : int
         Progress (removed points done of the total, time left) on stderr.
+    pbrf_options : dict or None
+        ``score_options`` of the PBRF target (:data:`PBRF_SCORE_OPTIONS`); its warnings
+        name them as ``InfluenceFunction`` spells them.
     """
     if kind not in SCORE_TARGETS:
         raise ValueError(f"Unknown score target {kind!r}; choose one of {SCORE_TARGETS}.")
     if kind == "pbrf":
+        settings = check_score_options(pbrf_options)
         problem = ResponseProblem(adapter, X, y)
         result = proximal_response(
             problem, "pbrf", removed, damping=pbrf_damping, n_jobs=n_jobs, memory=memory, key=key,
-            verbose=verbose,
+            verbose=verbose, names=score_names, name="InfluenceFunction(score_target='pbrf')",
+            **settings,
         )  # fmt: skip
         return problem.theta, result.parameters
     if adapter.linear_layout:
@@ -102,7 +143,7 @@ def removal_parameters(
 
 def removal_changes(
     adapter, theta, X, y, removed, X_query, y_query, *, kind="loo", pbrf_damping=1e-3, n_jobs=None,
-    memory=None, key=None, verbose=0,
+    memory=None, key=None, verbose=0, pbrf_options=None,
 ):  # fmt: skip
     """Actual change of the mean query measurement for each removed point, ndarray (k,).
 
@@ -111,7 +152,7 @@ def removal_changes(
     """
     reference, thetas = removal_parameters(
         adapter, theta, X, y, removed, kind=kind, pbrf_damping=pbrf_damping, n_jobs=n_jobs,
-        memory=memory, key=key, verbose=verbose,
+        memory=memory, key=key, verbose=verbose, pbrf_options=pbrf_options,
     )  # fmt: skip
     # responses may be computed in a wider dtype than the model's (see ResponseProblem)
     inputs = adapter.inputs(X_query).to(reference.dtype)
