@@ -327,7 +327,8 @@ class KroneckerFactoredCurvature(Curvature):
         warnings.warn(
             f"curvature={self.name!r} factors only nn.Linear and nn.Conv2d (groups=1) layers; "
             f"the parameters {list(self.fallback_parameters)} get their exact diagonal "
-            "Gauss-Newton block instead.",
+            "Gauss-Newton block instead. For exact answers on these layers use "
+            "curvature='gauss_newton' with solver='cg' (or solver='near_exact').",
             ApproximationWarning,
             stacklevel=4,
         )

@@ -12,9 +12,17 @@ from torch.func import grad, vmap
 
 from .._engine._curvature import make_curvature
 from .._engine._direct import DirectSolver
+from ..exceptions import ResponseConvergenceWarning
 
 #: gradient-norm tolerance of the convex solves
 CONVEX_TOL = 1e-12
+
+#: what a user can do when a convex refit does not reach CONVEX_TOL
+_CONVEX_FIX = (
+    "The minimum may not exist or be badly conditioned (separable classes, collinear "
+    "features): regularise the model more (a larger alpha, a smaller C) or standardise the "
+    "features, then refit."
+)
 
 
 def _check_convex(adapter):
@@ -58,8 +66,8 @@ def minimize_convex(adapter, theta, inputs, targets, weights=None, *, tol=CONVEX
         theta = theta - size * step
     warnings.warn(
         f"Newton's method stopped after {max_iter} iterations with gradient norm "
-        f"{float(grad(objective)(theta).norm()):.3g} > {tol:g}.",
-        UserWarning,
+        f"{float(grad(objective)(theta).norm()):.3g} > {tol:g}. " + _CONVEX_FIX,
+        ResponseConvergenceWarning,
         stacklevel=2,
     )
     return theta
@@ -114,8 +122,8 @@ def leave_one_out_optima(
         thetas = thetas - preconditioner.solve(step_gradients, 0.0)
     warnings.warn(
         f"Leave-one-out refits stopped after {max_iter} iterations with gradient norm "
-        f"{float(step_gradients.norm(dim=1).max()):.3g} > {tol:g}.",
-        UserWarning,
+        f"{float(step_gradients.norm(dim=1).max()):.3g} > {tol:g}. " + _CONVEX_FIX,
+        ResponseConvergenceWarning,
         stacklevel=2,
     )
     return thetas
@@ -173,8 +181,8 @@ def minimize_convex_batched(
     if largest > tol:
         warnings.warn(
             f"Batched Newton minimisation stopped after {max_iter} iterations with gradient "
-            f"norm {largest:.3g} > {tol:g}.",
-            UserWarning,
+            f"norm {largest:.3g} > {tol:g}. " + _CONVEX_FIX,
+            ResponseConvergenceWarning,
             stacklevel=2,
         )
     return thetas, norms, iteration
