@@ -235,9 +235,10 @@ class InfluenceFunction(
     score_options : dict, default=None
         Settings of the ``"pbrf"`` target's optimisation: ``optimizer`` (``"auto"``: SGD with
         the step and momentum of the curvature at the fitted parameters, as
-        :class:`~sklearn_influence.PBRF`; ``"lbfgs"``, ``"gauss_newton"``, ``"adam"``), ``n_iter`` (``"auto"``: the optimizer's step budget), ``tol`` (1e-4:
-        each point stops when its gradient norm is below ``tol`` times its value at the
-        fitted parameters; see :class:`~sklearn_influence.PBRF`), ``learning_rate`` and
+        :class:`~sklearn_influence.PBRF`; ``"lbfgs"``, ``"gauss_newton"``, ``"adam"``),
+        ``n_iter`` (``"auto"``: the optimizer's step budget), ``tol`` (1e-4: each point
+        stops when its gradient norm is below ``tol`` times its value at the fitted
+        parameters; see :class:`~sklearn_influence.PBRF`), ``learning_rate`` and
         ``optimizer_options``. A point that misses the tolerance or diverges raises a
         warning naming these options. Checked when :meth:`score` runs.
     memory : str or object with the joblib.Memory interface, default=None

@@ -214,6 +214,7 @@ def test_singular_factored_curvature_at_damping_zero_is_a_pseudo_inverse():
     np.testing.assert_allclose(curvature.inverse_matmul(ones, 0.0).numpy(), expected, rtol=1e-12)
 
 
+@pytest.mark.filterwarnings("ignore::sklearn_influence.exceptions.ApproximationWarning")
 @pytest.mark.parametrize("name", ["kfac", "ekfac"])
 def test_damping_sweep_does_not_refactor(name):
     X, y = _digits()
@@ -247,6 +248,8 @@ FLOORS = {
 }
 
 
+# this test measures the agreement the fit-time check warns about
+@pytest.mark.filterwarnings("ignore::sklearn_influence.exceptions.ApproximationWarning")
 @pytest.mark.parametrize("name", ["kfac", "ekfac"])
 def test_influence_correlates_with_exact_gauss_newton(name, fitted):
     net_name, net, *_ = fitted

@@ -60,6 +60,7 @@ def test_verbose_2_reports_every_streamed_block_with_the_time_left(regression, c
     assert "s left)" in blocks[0] and "left" not in blocks[-1]
 
 
+@pytest.mark.filterwarnings("ignore::sklearn_influence.exceptions.ApproximationWarning")
 def test_curvature_passes_and_bar(capsys):
     """EK-FAC's factor passes over the training batches are reported at verbose=2; at
     verbose=3 a tqdm bar (stderr) replaces the lines."""

@@ -31,6 +31,8 @@ def _stationarity_warnings(records):
 # -- 1. stationarity ---------------------------------------------------------------------------
 
 
+# the model is stopped early on purpose
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 def test_unconverged_frozen_model_warns_with_figure(digits):
     model = LogisticRegression(max_iter=2).fit(digits.X_train, digits.y_train)
     with pytest.warns(ConvergenceWarning, match="stationarity_ = ") as records:
@@ -56,12 +58,15 @@ def test_converged_model_does_not_warn(digits):
     assert not _stationarity_warnings(records)
 
 
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 def test_frozen_model_fitted_on_other_data_warns(digits):
     model = LogisticRegression(tol=1e-10).fit(digits.X_test, digits.y_test)
     with pytest.warns(ConvergenceWarning, match="not at an optimum"):
         InfluenceFunction(FrozenEstimator(model)).fit(digits.X_train, digits.y_train)
 
 
+# the model is stopped early on purpose
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 def test_stationarity_on_response_estimators_and_detector(digits):
     model = FrozenEstimator(LogisticRegression(max_iter=3).fit(digits.X_train, digits.y_train))
     X, y = digits.X_train, digits.y_train
@@ -107,6 +112,8 @@ def test_stationarity_definition_is_bounded_and_zero_at_the_optimum():
     assert 0.01 < figure <= 1
 
 
+# scikit-learn's own solver fails on these features first
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 def test_huge_features_stop_with_the_cause(digits):
     with pytest.raises(ValueError, match="unscaled or huge features"):
         InfluenceFunction(LogisticRegression()).fit(digits.X_train * 1e200, digits.y_train)

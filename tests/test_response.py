@@ -243,6 +243,8 @@ def test_zero_epsilon_keeps_every_warm_response_at_reference(net_problem, logist
     assert torch.equal(linear.parameters, net_problem.theta.expand(3, -1))
 
 
+# unconverged on purpose
+@pytest.mark.filterwarnings("ignore::sklearn_influence.exceptions.ResponseConvergenceWarning")
 def test_unconverged_network_prf_moves_at_zero_epsilon(net_problem):
     """Contrast: the PRF's objective is J itself, which θˢ does not minimise."""
     result = proximal_response(
@@ -301,6 +303,8 @@ def test_converged_logistic_cold_and_warm_loo_agree(logistic_problem):
 
 
 # -- the batched optimiser ----------------------------------------------------------------
+# a fixed number of steps: batched and one-at-a-time must take the same ones
+@pytest.mark.filterwarnings("ignore::sklearn_influence.exceptions.ResponseConvergenceWarning")
 @pytest.mark.parametrize("batch_size", [None, 32])
 def test_batched_optimisation_equals_one_at_a_time(net_problem, batch_size):
     indices = [1, 4, 9, 30]
@@ -321,6 +325,8 @@ def test_batched_optimisation_equals_one_at_a_time(net_problem, batch_size):
     torch.testing.assert_close(chunked.parameters, batched.parameters, rtol=0, atol=1e-12)
 
 
+# a fixed number of steps: the split and the whole batch must take the same ones
+@pytest.mark.filterwarnings("ignore::sklearn_influence.exceptions.ResponseConvergenceWarning")
 def test_large_batches_of_copies_are_split_to_fit_memory(net_problem, monkeypatch):
     from sklearn_influence._responses import _functions as _response
 

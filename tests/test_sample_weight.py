@@ -524,6 +524,8 @@ def _network(name):
 NETWORKS = ["mlp_classifier", "mlp_regressor", "skorch_classifier", "skorch_regressor"]
 
 
+# the weights-versus-repeated-rows identity holds for any curvature, EK-FAC included
+@pytest.mark.filterwarnings("ignore::sklearn_influence.exceptions.ApproximationWarning")
 @pytest.mark.parametrize("name", NETWORKS)
 def test_network_integer_weight_equals_repeated_rows(name):
     """A network fitted with weights, frozen: a point of integer weight w has the summed

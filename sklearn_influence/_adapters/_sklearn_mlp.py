@@ -178,7 +178,7 @@ class SklearnMLPAdapter(ModelAdapter):
     >>> from sklearn_influence._adapters._sklearn_mlp import SklearnMLPAdapter
     >>> rng = np.random.default_rng(0)
     >>> X, y = rng.normal(size=(30, 4)), rng.integers(0, 3, 30)
-    >>> net = MLPClassifier((5,), solver="lbfgs", max_iter=20, random_state=0).fit(X, y)
+    >>> net = MLPClassifier((5,), solver="lbfgs", max_iter=1000, random_state=0).fit(X, y)
     >>> adapter = SklearnMLPAdapter(net, 30)
     >>> adapter.parameters().shape  # 4·5 + 5·3 weights, 5 + 3 biases
     torch.Size([43])
