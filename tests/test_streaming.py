@@ -24,7 +24,8 @@ from sklearn_influence._engine._solvers import SOLVERS
 SOLVER_SETTINGS = {
     "cg": ({"tol": 1e-9, "maxiter": 200, "block_size": 8}, 1e-7),
     "near_exact": ({"tol": 1e-9, "maxiter": 200, "block_size": 8}, 1e-7),
-    "lissa": ({"depth": 60}, 1e-2),  # full-batch Neumann series at λ = 0.1
+    # full-batch Neumann series at λ = 0.1; its own residual check at the accuracy asked
+    "lissa": ({"depth": 60, "tol": 1e-2}, 1e-2),
 }
 DAMPING = 0.1
 #: MiB: a few training points (p = 18, 9 queries → ~230 bytes a row) per block
@@ -298,6 +299,8 @@ def test_transform_peak_is_one_output():
 
 # -- thread safety (concurrent transform on one fitted object) ------------------------------
 @pytest.mark.parametrize("solver", ["cg", "direct", "cholesky", "lissa"])
+# a shallow LiSSA series on purpose: the test is about bitwise equality, not accuracy
+@pytest.mark.filterwarnings("ignore::sklearn_influence.exceptions.SolverConvergenceWarning")
 def test_concurrent_transform_gives_the_serial_answer_bitwise(solver):
     """8 transforms from 4 threads on a fresh fitted object that never transformed before.
 
