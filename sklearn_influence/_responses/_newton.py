@@ -17,12 +17,17 @@ from ..exceptions import ResponseConvergenceWarning
 #: gradient-norm tolerance of the convex solves
 CONVEX_TOL = 1e-12
 
-#: what a user can do when a convex refit does not reach CONVEX_TOL
-_CONVEX_FIX = (
-    "The minimum may not exist or be badly conditioned (separable classes, collinear "
-    "features): regularise the model more (a larger alpha, a smaller C) or standardise the "
-    "features, then refit."
-)
+
+def _warn_not_converged(what, max_iter, gradient_norm, tol):
+    """The one warning of the convex solves that missed ``tol``, with what a user can do."""
+    warnings.warn(
+        f"{what} stopped after {max_iter} iterations with gradient norm {gradient_norm:.3g} > "
+        f"{tol:g}. The minimum may not exist or be badly conditioned (separable classes, "
+        "collinear features): regularise the model more (a larger alpha, a smaller C) or "
+        "standardise the features, then refit.",
+        ResponseConvergenceWarning,
+        stacklevel=3,
+    )
 
 
 def _check_convex(adapter):
@@ -64,12 +69,7 @@ def minimize_convex(adapter, theta, inputs, targets, weights=None, *, tol=CONVEX
         while size > 1e-10 and float(objective(theta - size * step)) > value - 1e-4 * size * slope:
             size *= 0.5
         theta = theta - size * step
-    warnings.warn(
-        f"Newton's method stopped after {max_iter} iterations with gradient norm "
-        f"{float(grad(objective)(theta).norm()):.3g} > {tol:g}. " + _CONVEX_FIX,
-        ResponseConvergenceWarning,
-        stacklevel=2,
-    )
+    _warn_not_converged("Newton's method", max_iter, float(grad(objective)(theta).norm()), tol)
     return theta
 
 
@@ -120,11 +120,8 @@ def leave_one_out_optima(
         if float(step_gradients.norm(dim=1).max()) <= tol:
             return thetas
         thetas = thetas - preconditioner.solve(step_gradients, 0.0)
-    warnings.warn(
-        f"Leave-one-out refits stopped after {max_iter} iterations with gradient norm "
-        f"{float(step_gradients.norm(dim=1).max()):.3g} > {tol:g}. " + _CONVEX_FIX,
-        ResponseConvergenceWarning,
-        stacklevel=2,
+    _warn_not_converged(
+        "Leave-one-out refits", max_iter, float(step_gradients.norm(dim=1).max()), tol
     )
     return thetas
 
@@ -179,12 +176,7 @@ def minimize_convex_batched(
         steps = preconditioner.solve(step_gradients, 0.0)
         thetas = _backtrack(values, thetas, steps, step_gradients, per_copy)
     if largest > tol:
-        warnings.warn(
-            f"Batched Newton minimisation stopped after {max_iter} iterations with gradient "
-            f"norm {largest:.3g} > {tol:g}. " + _CONVEX_FIX,
-            ResponseConvergenceWarning,
-            stacklevel=2,
-        )
+        _warn_not_converged("Batched Newton minimisation", max_iter, largest, tol)
     return thetas, norms, iteration
 
 
