@@ -55,7 +55,16 @@ UNDEFINED_AGREEMENT = (
 
 
 def _fit_engine(
-    estimator, X, y, *, device, random_state, fit_params=None, progress=None, **engine_settings
+    estimator,
+    X,
+    y,
+    *,
+    device,
+    random_state,
+    fit_params=None,
+    progress=None,
+    n_jobs=None,
+    **engine_settings,
 ):
     """Fit (a clone of) the model and build its influence engine, factorization included.
 
@@ -63,7 +72,8 @@ def _fit_engine(
     clones that ``GridSearchCV`` makes: damping is not an argument, so every damping value
     reuses the same fit, gradients and factorization. ``fit_params`` (the routed
     ``sample_weight``) go to the model's ``fit``. ``progress`` (a :class:`~._progress.Progress`,
-    not part of the cache key) reports the stages.
+    not part of the cache key) reports the stages; ``n_jobs`` (not part of it either: the
+    result does not depend on it) spreads the curvature's one-time passes.
     """
     progress = progress or Progress(0)
     check_influence_choices(estimator, **engine_settings)  # named errors before any fitting
@@ -77,6 +87,7 @@ def _fit_engine(
                 adapter.inputs(X),
                 adapter.targets(y),
                 solver_options=options,
+                n_jobs=n_jobs,
                 **engine_settings,
             )
             engine.progress = engine.curvature.progress = progress
@@ -247,7 +258,8 @@ class InfluenceFunction(
         each damping value share all of that work, so a damping sweep costs little more than
         one value. None: no caching.
     n_jobs : int, default=None
-        Workers for the blocks of :meth:`transform` and the refits of :meth:`score`, through
+        Workers for the blocks of :meth:`transform`, the refits of :meth:`score` and, in
+        :meth:`fit`, the passes over training batches that build K-FAC/EK-FAC factors, through
         :mod:`sklearn.utils.parallel`; a joblib backend such as Dask is chosen by the caller
         with ``joblib.parallel_config``. Results do not depend on it.
     verbose : int, default=0
@@ -563,7 +575,7 @@ class InfluenceFunction(
 
     def _fit_engine(self, X, y, fit_params=None):
         """``(fitted model, engine)`` on (X, y), cached by ``memory`` across clones."""
-        return check_memory(self.memory).cache(_fit_engine, ignore=["progress"])(
+        return check_memory(self.memory).cache(_fit_engine, ignore=["progress", "n_jobs"])(
             self.estimator,
             X,
             y,
@@ -571,6 +583,7 @@ class InfluenceFunction(
             random_state=self.random_state,
             fit_params=fit_params or {},
             progress=self._progress(),
+            n_jobs=self.n_jobs,
             curvature=self.curvature,
             solver=self.solver,
             batch_size=self.batch_size,

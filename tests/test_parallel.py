@@ -104,3 +104,59 @@ def test_dask_local_cluster_gives_identical_pbrf_responses(digits, dask_client):
     np.testing.assert_allclose(
         spread.transform(X_test, y_test), serial.transform(X_test, y_test), rtol=0, atol=1e-12
     )
+
+
+def _tanh_net(max_epochs=5):
+    from skorch import NeuralNetClassifier
+
+    return NeuralNetClassifier(
+        TanhMLP,
+        criterion=torch.nn.CrossEntropyLoss,
+        optimizer=torch.optim.SGD,
+        lr=0.1,
+        optimizer__weight_decay=1e-3,
+        max_epochs=max_epochs,
+        batch_size=64,
+        train_split=None,
+        verbose=0,
+    )
+
+
+def _factors(influence):
+    layers = influence.engine_.curvature.layers
+    return [(f.A, f.S, f.eigenvalues) for f in layers]
+
+
+@pytest.mark.parametrize("curvature", ["kfac", "ekfac"])
+def test_factor_fitting_identical_across_n_jobs(digits, one_torch_thread, curvature):
+    """The K-FAC factors and EK-FAC eigenvalues are sums over fixed training batches taken in
+    batch order, so spreading the batches over workers changes nothing (one BLAS thread)."""
+    X, y, X_test, y_test = digits
+    settings = {"curvature": curvature, "batch_size": 50, "random_state": 0}
+    serial = InfluenceFunction(_tanh_net(), **settings).fit(X, y)
+    spread = InfluenceFunction(_tanh_net(), n_jobs=2, **settings).fit(X, y)
+    for left, right in zip(_factors(serial), _factors(spread), strict=True):
+        for a, b in zip(left, right, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    np.testing.assert_array_equal(
+        serial.transform(X_test, y_test), spread.transform(X_test, y_test)
+    )
+
+
+def test_dask_local_cluster_fits_the_factors(digits, dask_client):
+    X, y, X_test, y_test = digits
+    settings = {"curvature": "ekfac", "batch_size": 50, "random_state": 0}
+    serial = InfluenceFunction(_tanh_net(), **settings).fit(X, y)
+    spread, keys = _keys_run_on(
+        dask_client, lambda: InfluenceFunction(_tanh_net(), n_jobs=-1, **settings).fit(X, y)
+    )
+    # the factor batches and the eigenvalue refit batches ran as tasks on the workers
+    assert any("_factor_sums" in key for key in keys)
+    assert any("_eigenvalue_sums" in key for key in keys)
+    for left, right in zip(_factors(serial), _factors(spread), strict=True):
+        for a, b in zip(left, right, strict=True):
+            # round-off only (a worker process may use another BLAS thread count)
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(
+        spread.transform(X_test, y_test), serial.transform(X_test, y_test), rtol=1e-9, atol=1e-15
+    )

@@ -42,7 +42,7 @@ CURVATURES = {
 
 def make_curvature(
     name, adapter, theta, inputs, targets=None, *, batch_size=1024, weights=None, options=None,
-    seed=0,
+    seed=0, n_jobs=None,
 ):  # fmt: skip
     """The curvature object ``name`` at ``theta`` on the training rows (inputs, targets).
 
@@ -64,6 +64,9 @@ def make_curvature(
         (:func:`sample_rows`, seeded by ``seed``).
     seed : int, default=0
         Seeds the row sample.
+    n_jobs : int or None, default=None
+        Workers for the curvature's one-time passes over the training batches (the
+        Kronecker factors); results do not depend on it.
 
     Returns
     -------
@@ -89,7 +92,7 @@ def make_curvature(
         weights = None if weights is None else weights[rows]
     settings = {**settings, "n_samples": None}
     curvature = cls(adapter, theta, inputs, targets, batch_size=batch_size, weights=weights,
-                    **settings)  # fmt: skip
+                    n_jobs=n_jobs, **settings)  # fmt: skip
     curvature.rows = rows
     return curvature
 

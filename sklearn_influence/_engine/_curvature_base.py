@@ -66,6 +66,11 @@ class Curvature:
         Training rows per vectorised batch of a product.
     weights : Tensor of shape (N,) or None
         Per-row weights w_i of the data term (1/N) Σ w_i L_i; None means all ones.
+    n_jobs : int or None, default=None
+        Workers for the passes over training batches that build a curvature once (the
+        Kronecker factors and EK-FAC's eigenvalues), through
+        :class:`~sklearn.utils.parallel.Parallel` (a Dask backend shares them). The batches
+        and their order do not depend on it.
 
     **options
         Keys of ``options`` (``curvature_options``), checked against ``option_constraints``
@@ -114,9 +119,19 @@ class Curvature:
     }
 
     def __init__(
-        self, adapter, theta, inputs, targets=None, *, batch_size=1024, weights=None, **options
+        self,
+        adapter,
+        theta,
+        inputs,
+        targets=None,
+        *,
+        batch_size=1024,
+        weights=None,
+        n_jobs=None,
+        **options,
     ):
         self.settings = self.check_options(options)
+        self.n_jobs = n_jobs
         self.adapter = adapter
         self.theta = theta
         self.inputs = inputs
@@ -200,6 +215,7 @@ class Curvature:
             None if self.targets is None else self.targets[rows],
             batch_size=self.batch_size,
             weights=None if self.weights is None else self.weights[rows],
+            n_jobs=self.n_jobs,
             **{**self.settings, "n_samples": None},
         )
 

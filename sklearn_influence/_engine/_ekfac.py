@@ -40,12 +40,18 @@ class EKFAC(KroneckerFactoredCurvature):
 
     def _eigenvalues(self, layers, kept):
         totals = [factors.A.new_zeros(factors.shape) for factors in layers]
-        for _, pairs in self._passes(kept):
-            for total, factors, (a, g) in zip(totals, layers, pairs, strict=True):
-                total += _rotated_squares(factors, a, g)
+        for squares in self._over_blocks(_eigenvalue_sums, kept, layers):
+            for total, square in zip(totals, squares, strict=True):
+                total += square
         for total, factors in zip(totals, layers, strict=True):
             factors.data_eigenvalues = total / max(self.n_train, 1)
             factors.eigenvalues = factors.data_eigenvalues + self.regularizer_in_eigenbasis(factors)
+
+
+def _eigenvalue_sums(curvature, rows, kept, layers):
+    """[Σ (Q_Sᵀ G Q_A)² per layer] of one training batch (a parallel task)."""
+    pairs = curvature._block_pairs(rows, kept)
+    return [_rotated_squares(factors, a, g) for factors, (a, g) in zip(layers, pairs, strict=True)]
 
 
 def _rotated_squares(factors, a, g):

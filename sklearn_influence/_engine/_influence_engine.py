@@ -322,6 +322,7 @@ class InfluenceEngine:
         solver_options=None,
         cache_gradients="auto",
         curvature_options=None,
+        n_jobs=None,
     ):
         self.adapter = adapter
         self.batch_size = int(batch_size)
@@ -333,7 +334,7 @@ class InfluenceEngine:
         self.curvature = make_curvature(
             curvature, adapter, self.theta, inputs, targets, batch_size=batch_size,
             weights=adapter.row_weights, options=curvature_options,
-            seed=0 if seed is None else int(seed),
+            seed=0 if seed is None else int(seed), n_jobs=n_jobs,
         )  # fmt: skip
         self.solver = make_solver(solver, self.curvature, solver_options)
         self.solver_name = self.solver.name

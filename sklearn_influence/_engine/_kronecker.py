@@ -54,6 +54,7 @@ from dataclasses import dataclass
 
 import torch
 from sklearn.utils._param_validation import StrOptions
+from sklearn.utils.parallel import Parallel, delayed
 from torch.func import jacrev, vmap
 
 from .._progress import get_progress
@@ -221,22 +222,31 @@ class KroneckerFactoredCurvature(Curvature):
         # one forward pass over the batch, one backward pass per factor row
         return layer_inputs_and_output_gradients(adapter, theta, batch, factor), factor.shape[1]
 
-    def _passes(self, kept):
-        """Yield (rows, [(ā, g) per kept layer]) over the training rows, in batches.
+    def _block_pairs(self, rows, kept):
+        """[(ā, g) per kept layer] of one batch of training rows.
 
         ``kept`` holds (position in ``layer_structure().layers``, layer) pairs; g carries the
         row weights' square roots, ā does not.
         """
+        tapes, repeats = self._expanded_tapes(rows)
+        return [
+            layer_activations_and_gradients(layer, tapes[position], repeats)
+            for position, layer in kept
+        ]
+
+    def _over_blocks(self, task, *arguments):
+        """Yield ``task(self, rows, *arguments)`` over the training batches, in order.
+
+        The batches run through :class:`~sklearn.utils.parallel.Parallel` with the
+        curvature's ``n_jobs`` (so a Dask backend shares them); the batches themselves never
+        depend on ``n_jobs``, and the caller sums the results in batch order, so the factors
+        are the same for every ``n_jobs`` (bitwise with one BLAS thread per worker).
+        """
         slices = batch_slices(self.n_train, self._rows_per_batch(self._n_factor_rows()))
-        for rows in get_progress(self).blocks(slices, len(slices), f"{self.name} factor batch"):
-            tapes, repeats = self._expanded_tapes(rows)
-            yield (
-                rows,
-                [
-                    layer_activations_and_gradients(layer, tapes[position], repeats)
-                    for position, layer in kept
-                ],
-            )
+        results = Parallel(n_jobs=self.n_jobs, return_as="generator")(
+            delayed(task)(self, rows, *arguments) for rows in slices
+        )
+        yield from get_progress(self).blocks(results, len(slices), f"{self.name} factor batch")
 
     def _n_factor_rows(self):
         """r, the rows of one example's output-Hessian factor."""
@@ -253,15 +263,11 @@ class KroneckerFactoredCurvature(Curvature):
         A = [theta.new_zeros((shape[1], shape[1])) for _, shape in grids]
         S = [theta.new_zeros((shape[0], shape[0])) for _, shape in grids]
         positions = [None] * len(kept)
-        for rows, pairs in self._passes(kept):
-            for j, (a, g) in enumerate(pairs):
-                positions[j] = a.shape[1]
-                if self.weights is not None:
-                    a = a * self.weights[rows].sqrt().reshape(-1, 1, 1)
-                flat_a = a.reshape(-1, a.shape[-1])
-                flat_g = g.reshape(-1, g.shape[-1])
-                A[j] += flat_a.T @ flat_a
-                S[j] += flat_g.T @ flat_g
+        for sums in self._over_blocks(_factor_sums, kept):
+            for j, (n_positions, a_sum, s_sum) in enumerate(sums):
+                positions[j] = n_positions
+                A[j] += a_sum
+                S[j] += s_sum
         total_weight = float(self.n_train if self.weights is None else self.weights.sum())
         layers = []
         for j, (_, layer) in enumerate(kept):
@@ -416,6 +422,18 @@ class KroneckerFactoredCurvature(Curvature):
         if self._fallback_index is not None:
             total[self._fallback_index] = self._fallback_diagonal
         return total
+
+
+def _factor_sums(curvature, rows, kept):
+    """[(T, Σ āāᵀ, Σ ggᵀ) per kept layer] of one training batch (a parallel task)."""
+    sums = []
+    for a, g in curvature._block_pairs(rows, kept):
+        if curvature.weights is not None:
+            a = a * curvature.weights[rows].sqrt().reshape(-1, 1, 1)
+        flat_a = a.reshape(-1, a.shape[-1])
+        flat_g = g.reshape(-1, g.shape[-1])
+        sums.append((a.shape[1], flat_a.T @ flat_a, flat_g.T @ flat_g))
+    return sums
 
 
 def diagonal_gauss_newton(curvature, index, limit_bytes=256 * 1024**2):
