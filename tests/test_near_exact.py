@@ -79,6 +79,68 @@ def test_stored_jacobian_products_equal_the_matrix_free_ones(fitted):
     assert "_jacobians" not in stored.__getstate__()
 
 
+def _flops_per_row(adapter, theta, inputs):
+    """Forward flops of one row counted by hand from the modules (independent of the rule)."""
+    total, shape = 0, inputs.shape[1:]
+    for module in adapter._module.modules():  # one conv layer at most: the input size
+        if isinstance(module, torch.nn.Linear):
+            total += 2 * module.in_features * module.out_features
+        elif isinstance(module, torch.nn.Conv2d):
+            height, width = shape[-2:]
+            out_h = (height + 2 * module.padding[0] - module.kernel_size[0]) // module.stride[0] + 1
+            out_w = (width + 2 * module.padding[1] - module.kernel_size[1]) // module.stride[1] + 1
+            total += 2 * module.weight[0].numel() * module.out_channels * out_h * out_w
+    return total
+
+
+def test_auto_products_follow_the_flop_count(fitted):
+    """"auto" stores the Jacobians for a network that reuses its weights (a conv net: many
+    flops per parameter) and not for a dense MLP (2 flops per weight and row), whose
+    matrix-free products are the cheaper ones; the rule's flop count equals a hand count."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from sklearn_influence._engine._gauss_newton import (
+        STORED_FLOPS_PER_JACOBIAN_ENTRY,
+        stored_products_are_cheaper,
+    )
+
+    _, engine, _ = fitted
+    mlp = make_curvature("gauss_newton", engine.adapter, engine.theta, engine.inputs)
+    assert not mlp.uses_stored_jacobians()
+    r, p = 4, engine.n_params  # 4 classes: a softmax's factor has k rows
+    assert _flops_per_row(engine.adapter, engine.theta, engine.inputs) < (
+        STORED_FLOPS_PER_JACOBIAN_ENTRY * r * p
+    )
+
+    class SmallConv(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+            self.out = torch.nn.Linear(4 * 16, 4)
+
+        def forward(self, x):
+            x = torch.nn.functional.max_pool2d(torch.relu(self.conv(x)), 2)
+            return self.out(x.flatten(1))
+
+    X, y = _data()
+    X = X.astype(np.float32).reshape(-1, 1, 8, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        net = NeuralNetClassifier(
+            SmallConv, criterion=torch.nn.CrossEntropyLoss, train_split=None, max_epochs=2,
+            lr=0.1, batch_size=20, verbose=0,
+        )  # fmt: skip
+        conv = InfluenceFunction(net, solver="cg", random_state=0).fit(X, y)
+    adapter, theta, inputs = conv.engine_.adapter, conv.engine_.theta, conv.engine_.inputs
+    hand = _flops_per_row(adapter, theta, inputs)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        adapter.outputs(theta, inputs[:1])
+    assert counter.get_total_flops() == hand
+    assert hand >= STORED_FLOPS_PER_JACOBIAN_ENTRY * r * theta.numel()
+    assert stored_products_are_cheaper(adapter, theta, inputs, r)
+    assert make_curvature("gauss_newton", adapter, theta, inputs).uses_stored_jacobians()
+
+
 @pytest.mark.parametrize("damping", DAMPINGS)
 @pytest.mark.parametrize("curvature", ["gauss_newton", "kfac", "ekfac"])
 def test_near_exact_solves_the_exact_gauss_newton_system(curvature, damping, fitted):

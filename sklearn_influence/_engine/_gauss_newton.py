@@ -10,7 +10,14 @@ Products come one of two ways, whichever is cheaper (option ``jacobian_products`
   fits: on the 8×8-digits LeNet (N = 1,500, r = 10, p = 2,618, 157 MB) CG took 4× less
   time (see ``benchmarks/results/bench_scale.md``);
 * **matrix-free**: forward then reverse mode, vmapped over a block of vectors, in batches
-  of rows sized from ``working_memory`` — when W does not fit.
+  of rows sized from ``working_memory`` — when W does not fit, or when the network's
+  forward pass is so cheap per parameter that the passes cost fewer flops than the two
+  multiplies with W's N·r rows (:func:`stored_products_are_cheaper`). A dense MLP is that
+  case: its forward pass is 2p flops per row against 4rp per vector for W, and its
+  forward/reverse products ran 2.8× faster than the stored ones (r = 10, p = 2,410), while
+  on convolutional, residual and attention nets, whose forward pass reuses each weight at
+  many positions, the stored products ran 6–60× faster
+  (``benchmarks/results/bench_products.md``).
 
 The diagonal and the dense matrix come from the whitened Jacobians too, and for linear
 models (``adapter.linear_layout``) the dense matrix uses the Kronecker structure
@@ -21,6 +28,7 @@ import torch
 from sklearn import get_config
 from sklearn.utils._param_validation import StrOptions
 from torch.func import jacrev, jvp, vjp, vmap
+from torch.utils.flop_counter import FlopCounterMode
 
 from .._torch_utils import FORWARD_AD_LOCK
 from ._curvature_base import Curvature
@@ -42,7 +50,9 @@ class GaussNewton(Curvature):
     jacobian_products : "auto" or bool, default="auto"
         Products from the stored whitened Jacobians (module docstring). ``"auto"``: when the
         N·r·p numbers take at most ``JACOBIAN_FRACTION`` (half) of scikit-learn's
-        ``working_memory``; True: always; False: never (matrix-free products).
+        ``working_memory`` and the stored products are the cheaper ones
+        (:func:`stored_products_are_cheaper`: convolutional, residual and attention nets,
+        not dense MLPs); True: always; False: never (matrix-free products).
     n_samples
         See :class:`~sklearn_influence._engine._curvature_base.Curvature`.
 
@@ -77,14 +87,17 @@ class GaussNewton(Curvature):
         state.pop("_jacobians", None)
         return state
 
+    def _factor_rows(self):
+        """r, the rows of one example's output-Hessian factor (its whitened Jacobian)."""
+        with torch.no_grad():
+            outputs = self.adapter.outputs(self.theta, self.inputs[:1])
+            return self.adapter.loss.hessian_factor(outputs, self.targets_of(slice(0, 1))).shape[-2]
+
     def jacobian_bytes(self):
         """Bytes of the stacked whitened Jacobians W (N·r rows of p numbers)."""
         if self.n_train == 0:
             return 0
-        with torch.no_grad():
-            outputs = self.adapter.outputs(self.theta, self.inputs[:1])
-            r = self.adapter.loss.hessian_factor(outputs, self.targets_of(slice(0, 1))).shape[-2]
-        return self.n_train * r * self.n_params * self.theta.element_size()
+        return self.n_train * self._factor_rows() * self.n_params * self.theta.element_size()
 
     def uses_stored_jacobians(self):
         """Whether products go through the stored Jacobians (option ``jacobian_products``)."""
@@ -95,7 +108,9 @@ class GaussNewton(Curvature):
             return False
         if self._fits is None:  # decided once: the working memory in force at the first product
             budget = JACOBIAN_FRACTION * get_config()["working_memory"] * 2**20
-            self._fits = self.jacobian_bytes() <= budget
+            self._fits = self.jacobian_bytes() <= budget and stored_products_are_cheaper(
+                self.adapter, self.theta, self.inputs, self._factor_rows()
+            )
         return self._fits
 
     def stored_jacobians(self):
@@ -254,6 +269,43 @@ class GaussNewton(Curvature):
         if not blocks:
             return theta.new_zeros((0, k, k))
         return torch.cat(blocks) if len(blocks) > 1 else blocks[0]
+
+
+#: the stored products win when a row's forward pass costs at least this many flops per
+#: number of its whitened Jacobian (r·p). Measured (100 vectors, 1,000 digits, one thread):
+#: 0.20 for a tanh MLP, where the matrix-free products were 2.8× faster, and 1.2–12 for
+#: LeNet, VGG, a Transformer and a ResNet, where the stored ones were 7–78× faster; the
+#: threshold sits between (a linear model with k outputs has 2/k)
+STORED_FLOPS_PER_JACOBIAN_ENTRY = 0.5
+
+
+def stored_products_are_cheaper(adapter, theta, inputs, factor_rows):
+    """Whether products from the stored whitened Jacobians beat the forward/reverse ones.
+
+    A stored product costs 4·r·p flops per row and vector in two large matrix multiplies
+    (BLAS at full speed); a forward/reverse product costs a few forward passes per row and
+    vector, F flops each, run as many small vmapped operations (far from full speed). The
+    rule compares F, counted by :class:`torch.utils.flop_counter.FlopCounterMode` on one
+    row (deterministic: the choice never depends on timing), with r·p times
+    :data:`STORED_FLOPS_PER_JACOBIAN_ENTRY`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn.linear_model import Ridge
+    >>> from sklearn_influence._adapters import make_adapter
+    >>> from sklearn_influence._engine._gauss_newton import stored_products_are_cheaper
+    >>> X, y = torch.randn(20, 3).numpy(), torch.randn(20).numpy()
+    >>> adapter = make_adapter(Ridge().fit(X, y), 20, torch.device("cpu"))
+    >>> stored_products_are_cheaper(adapter, adapter.parameters(), adapter.inputs(X), 1)
+    True
+    """
+    if len(inputs) == 0:
+        return False
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        adapter.outputs(theta, inputs[:1])
+    forward_flops = counter.get_total_flops()
+    return forward_flops >= STORED_FLOPS_PER_JACOBIAN_ENTRY * factor_rows * theta.numel()
 
 
 def activation_bytes_per_row(adapter, theta, inputs):
