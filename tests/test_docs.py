@@ -7,7 +7,9 @@ are run by ``test_gallery_example_runs`` instead. The full build that executes t
 
 import importlib.util
 import inspect
+import json
 import os
+import re
 import runpy
 import shutil
 import subprocess
@@ -129,3 +131,60 @@ def test_install_page_states_the_one_torch_requirement():
     text = (ROOT / "doc" / "install.rst").read_text()
     assert "PyTorch ≥ 2.1" in text and "≤ 2.13" not in text
     assert "project's machines" not in text and "these machines" not in text
+
+
+def _paper_table2():
+    """benchmarks/paper_table2.py as a module (it imports its neighbour ``_shared``)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        spec = importlib.util.spec_from_file_location(
+            "paper_table2", ROOT / "benchmarks" / "paper_table2.py"
+        )
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    return module
+
+
+def _json_numbers(value):
+    """Every float of a JSON document, recursively."""
+    if isinstance(value, dict):
+        return [n for item in value.values() for n in _json_numbers(item)]
+    if isinstance(value, list):
+        return [n for item in value for n in _json_numbers(item)]
+    return [float(value)] if isinstance(value, (int, float)) and not isinstance(value, bool) else []
+
+
+def _renderings(number):
+    """The ways the page may print ``number``: fixed 1–3 decimals, 1–2 significant digits,
+    or the mantissa of a×10ⁿ."""
+    forms = {f"{number:.{d}f}" for d in (1, 2, 3)} | {f"{number:.{d}g}" for d in (1, 2)}
+    forms.add(f"{number:.1e}".split("e")[0])
+    return {form.replace("-", "−") for form in forms} | forms
+
+
+def test_paper_comparison_tables_are_rendered_from_the_committed_json():
+    module = _paper_table2()
+    saved = json.loads((ROOT / "benchmarks" / "results" / "paper_table2.json").read_text())
+    for name, table in module.docs_tables(saved).items():
+        assert (ROOT / "doc" / "generated" / name).read_text() == table, (
+            f"doc/generated/{name} is stale: rerun benchmarks/paper_table2.py "
+            "(--from-json benchmarks/results/paper_table2.json re-renders without computing)"
+        )
+        assert f"generated/{name}" in (ROOT / "doc" / "paper_comparison.rst").read_text()
+
+
+def test_paper_comparison_prose_quotes_only_numbers_of_the_json():
+    """Every decimal number in the page's own text is a value of the committed results (or
+    one of the paper's figures): no number copied by hand can go stale unnoticed."""
+    results = ROOT / "benchmarks" / "results"
+    numbers = _json_numbers(json.loads((results / "paper_table2.json").read_text()))
+    numbers += _json_numbers(json.loads((results / "paper_trends.json").read_text()))
+    allowed = {form for number in numbers for form in _renderings(number)}
+    allowed |= {"0.52", "0.99", "−0.08", "0.12"}  # the paper's Table 2 ranges
+    text = (ROOT / "doc" / "paper_comparison.rst").read_text()
+    quoted = re.findall(r"[−-]?\d+\.\d+", text)
+    assert quoted, "the page quotes no figures"
+    missing = sorted({number for number in quoted if number not in allowed})
+    assert not missing, f"numbers in doc/paper_comparison.rst not in the results: {missing}"
