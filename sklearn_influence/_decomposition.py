@@ -131,7 +131,9 @@ class InfluenceDecomposition(FittedModelMixin, BaseEstimator):
         Saves the finished refits and chunks of PRF/PBRF optimisations as they complete (a
         folder, or a ``joblib.Memory``): an interrupted ``fit`` started again with the same
         ``memory`` computes only what was not finished, with a bitwise identical result.
-        None: nothing is saved.
+        The model's fit (when ``random_state`` is set) and the automatic optimizer settings
+        are saved too, and each chunk is at most ~30 s of work by a cost model (see
+        :class:`~sklearn_influence.PBRF`). None: nothing is saved.
     random_state : int, RandomState instance or None, default=None
         Draws the removed points; seeds torch in a forked RNG.
     verbose : int, default=0

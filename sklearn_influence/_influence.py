@@ -256,7 +256,10 @@ class InfluenceFunction(
         Caches the model fit, gradients, factorization and retraining targets, as in
         :class:`~sklearn.pipeline.Pipeline`. With it, the clones that ``GridSearchCV`` makes for
         each damping value share all of that work, so a damping sweep costs little more than
-        one value. None: no caching.
+        one value. The retraining of :meth:`score` saves its finished chunks (and a PBRF
+        target its automatic optimizer settings) as they complete, each chunk at most ~30 s
+        of work by a cost model, so an interrupted ``score`` resumes where it stopped.
+        None: no caching.
     n_jobs : int, default=None
         Workers for the blocks of :meth:`transform`, the refits of :meth:`score` and, in
         :meth:`fit`, the passes over training batches that build K-FAC/EK-FAC factors, through

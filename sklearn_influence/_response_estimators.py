@@ -204,8 +204,9 @@ class LeaveOneOut(_BaseResponse):
     memory : str or object with the joblib.Memory interface, default=None
         Saves each finished refit as it completes (a folder, or a ``joblib.Memory``): a
         long run that is interrupted (Ctrl-C, a killed job) and started again with the same
-        ``memory`` refits only the points not yet done, with the same result. None: nothing
-        is saved.
+        ``memory`` refits only the points not yet done, with the same result. The fit on all
+        points is saved too (when ``random_state`` is set and no ``random_state`` of the
+        model is None), so a resumed run does not refit it. None: nothing is saved.
     random_state : int, RandomState instance or None, default=None
         Draws the removed points; seeds torch inside a forked RNG.
     verbose : int, default=0

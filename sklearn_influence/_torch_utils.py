@@ -89,6 +89,22 @@ def draw_seed():
     return int(torch.randint(0, 2**31 - 1, (), generator=generator).item())
 
 
+def seeded_state():
+    """The state of this thread's innermost :func:`seeded_torch` generator, or None outside
+    any block: with it, a cached fit can leave the generator where the fit itself would have
+    (:func:`restore_seeded_state`), so the draws that follow are those of an uncached run."""
+    stack = getattr(_SEEDED, "stack", None)
+    return stack[-1].get_state() if stack else None
+
+
+def restore_seeded_state(state):
+    """Set this thread's innermost :func:`seeded_torch` generator to ``state`` (from
+    :func:`seeded_state`; None: nothing to restore)."""
+    stack = getattr(_SEEDED, "stack", None)
+    if state is not None and stack:
+        stack[-1].set_state(state)
+
+
 @contextlib.contextmanager
 def forked_torch_rng(seed):
     """torch's global RNG seeded with ``seed`` for the block, restored after; one thread at

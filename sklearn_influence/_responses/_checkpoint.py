@@ -18,10 +18,20 @@ import numpy as np
 import torch
 from sklearn.utils.parallel import Parallel, delayed
 from sklearn.utils.validation import check_memory
+from torch.utils.flop_counter import FlopCounterMode
 
 #: with ``memory``, the removed points are split into at least this many chunks (fewer only
 #: when there are fewer points), so that an interruption loses at most ~5% of the work
 CHECKPOINT_CHUNKS = 20
+
+#: the longest a chunk may take by the cost model of :func:`copies_within` (seconds): what
+#: an interruption loses at most, however many removed points there are
+CHUNK_SECONDS = 30.0
+
+#: throughput assumed by the cost model (flop/s) of the batched products: about what a CPU
+#: core and a GPU sustain on them. The fixed overhead of each step (small models are bound by
+#: it) does not grow with the number of points in a chunk, so splitting cannot shorten it
+THROUGHPUT = {"cpu": 1e9, "cuda": 5e10}
 
 
 def checkpoint_chunks(indices, max_per_chunk):
@@ -31,6 +41,25 @@ def checkpoint_chunks(indices, max_per_chunk):
         return []
     n_chunks = max(-(-len(indices) // max_per_chunk), min(len(indices), CHECKPOINT_CHUNKS))
     return [chunk for chunk in np.array_split(indices, n_chunks) if len(chunk)]
+
+
+def forward_flops(adapter, theta, inputs, *, rows=8):
+    """Floating-point operations of one forward pass per training row, counted (not timed)
+    by torch's flop counter on a few rows, so that it is the same on every run; at least
+    2p (a layer-free model's products are not counted)."""
+    index = torch.arange(min(rows, len(inputs)), device=theta.device)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        adapter.outputs(theta, inputs[index])
+    return max(counter.get_total_flops() / max(len(index), 1), 2.0 * theta.numel())
+
+
+def copies_within(seconds, steps, passes_per_step, flops_per_pass, device):
+    """How many removed points one chunk may hold so that it takes at most ``seconds`` by the
+    cost model: ``steps`` (the step budget: every point may use all of it) × passes over the
+    training rows per step × flops per pass, at :data:`THROUGHPUT` of the device type. Only
+    counts, never timings, so chunks do not depend on the machine's load."""
+    per_copy = max(float(steps) * float(passes_per_step) * float(flops_per_pass), 1.0)
+    return max(1, int(seconds * THROUGHPUT.get(torch.device(device).type, 1e9) // per_copy))
 
 
 def _numpy(value):
@@ -60,6 +89,12 @@ def _run_chunk(fingerprint, kind, settings, chunk, run, arguments):
     return run(*arguments)
 
 
+def _run_once(fingerprint, kind, what, run, arguments):
+    """What all chunks share (the automatic settings); ``fingerprint``, ``kind`` and ``what``
+    are the cache key."""
+    return run(*arguments)
+
+
 class ChunkStore:
     """Runs chunks through ``Parallel``, loading finished ones from ``memory`` and saving the
     others as each finishes; reports progress (done/total, time left) when ``verbose``.
@@ -84,6 +119,15 @@ class ChunkStore:
         self.enabled = getattr(self.memory, "location", None) is not None
         self.fingerprint, self.kind, self.settings = fingerprint, kind, settings
         self.name, self.verbose = name, verbose
+
+    def once(self, what, run, *arguments):
+        """``run(*arguments)``, saved in ``memory`` under (fingerprint, kind, ``what``): what
+        is computed before the first chunk (the automatic step sizes and scales) is not
+        redone by a resumed run. ``what`` must name every input beyond the fit."""
+        if not self.enabled:
+            return run(*arguments)
+        cached = self.memory.cache(_run_once, ignore=["run", "arguments"], verbose=0)
+        return cached(self.fingerprint, self.kind, what, run, arguments)
 
     def _cached(self):
         return self.memory.cache(_run_chunk, ignore=["run", "arguments"], verbose=0)

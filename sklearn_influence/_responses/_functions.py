@@ -32,7 +32,14 @@ from .._engine._gradients import measure
 from .._engine._shifts import gauss_newton_shifts
 from .._torch_utils import FORWARD_AD_LOCK
 from ..exceptions import NumericalWarning
-from ._checkpoint import ChunkStore, checkpoint_chunks, problem_fingerprint
+from ._checkpoint import (
+    CHUNK_SECONDS,
+    ChunkStore,
+    checkpoint_chunks,
+    copies_within,
+    forward_flops,
+    problem_fingerprint,
+)
 from ._newton import CONVEX_TOL, minimize_convex_batched
 from ._optimizers import (
     AUTO_STEPS,
@@ -276,23 +283,33 @@ def proximal_response(
     epsilon = problem.epsilon if epsilon is None else float(epsilon)
     indices = np.asarray(indices, dtype=int)
     label = name or kind.upper()
+    store = ChunkStore(memory, None, kind, None, name=label, verbose=verbose)
+    if store.enabled:
+        store.fingerprint = problem_fingerprint(
+            problem.adapter, problem.theta, problem.inputs, problem.targets, key
+        )
     if method == "optimizer":
-        optimizer_settings = _resolve_auto(problem, kind, damping, epsilon, optimizer_settings)
+        # saved with the chunks: a resumed run does not redo the power iterations
+        optimizer_settings = store.once(
+            ("settings", float(damping), epsilon, optimizer_settings),
+            _resolve_auto, problem, kind, damping, epsilon, optimizer_settings,
+        )  # fmt: skip
         # the options are checked before any numerical work (InvalidParameterError)
         make_optimizer(
             optimizer_settings["optimizer"], optimizer_settings.get("optimizer_options"),
             channel=names("optimizer_options"),
         )  # fmt: skip
-    store = ChunkStore(
-        memory, None, kind, {"method": method, "damping": float(damping),
-                             "epsilon": "weighted" if weighted else epsilon,
-                             **optimizer_settings}, name=label, verbose=verbose,
-    )  # fmt: skip
+    store.settings = {
+        "method": method,
+        "damping": float(damping),
+        "epsilon": "weighted" if weighted else epsilon,
+        **optimizer_settings,
+    }
     if store.enabled:
-        store.fingerprint = problem_fingerprint(
-            problem.adapter, problem.theta, problem.inputs, problem.targets, key
-        )
-        chunks = checkpoint_chunks(indices, _copies_per_chunk(problem, optimizer_settings))
+        per_chunk = _copies_per_chunk(problem, optimizer_settings)
+        if method == "optimizer":
+            per_chunk = min(per_chunk, _copies_in_time(problem, optimizer_settings))
+        chunks = checkpoint_chunks(indices, per_chunk)
     else:
         per_chunk = _copies_per_chunk(problem, optimizer_settings)
         n_chunks = max(effective_n_jobs(n_jobs), -(-len(indices) // per_chunk))
@@ -360,6 +377,19 @@ def _copies_per_chunk(problem, settings=None):
         vectors = optimizer.vectors_per_copy
     per_copy = itemsize * (vectors * problem.theta.numel() + 4 * problem.reference_outputs.numel())
     return max(1, RESPONSE_MEMORY_BYTES // per_copy)
+
+
+def _copies_in_time(problem, settings):
+    """How many removed points a checkpointed chunk may hold to take at most
+    :data:`~._checkpoint.CHUNK_SECONDS` by the cost model (the step budget, the optimizer's
+    passes per step, the counted flops of a forward and backward pass over the rows)."""
+    optimizer = make_optimizer(settings["optimizer"], settings.get("optimizer_options"))
+    batch = settings.get("batch_size") or problem.n_train
+    rows = min(batch, problem.n_train)
+    flops = 3 * rows * forward_flops(problem.adapter, problem.theta, problem.inputs)
+    return copies_within(
+        CHUNK_SECONDS, settings["n_iter"], optimizer.passes_per_step, flops, problem.theta.device
+    )
 
 
 def _resolve_auto(problem, kind, damping, epsilon, settings):

@@ -210,6 +210,8 @@ class ResponseOptimizer:
     vectors_per_copy = 6
     #: step budget of the estimators' n_iter="auto"
     default_steps = 1000
+    #: passes over the training rows per step, typically (the checkpoints' cost model)
+    passes_per_step = 1
 
     def __init__(self, options=None, *, channel="optimizer_options"):
         self.settings = check_options(
@@ -306,6 +308,7 @@ class LBFGS(ResponseOptimizer):
     }
     full_batch_only = True
     default_steps = 3000
+    passes_per_step = 2  # the gradient and, mostly, one line-search trial
 
     @property
     def vectors_per_copy(self):
@@ -335,6 +338,7 @@ class GaussNewtonOptimizer(ResponseOptimizer):
     needs_model = True
     vectors_per_copy = 10
     default_steps = 100
+    passes_per_step = 20  # CG products (each a forward and a backward pass) and the search
 
     def minimize(self, task):
         settings = dict(self.settings)
