@@ -19,7 +19,7 @@ from sklearn.model_selection import KFold, StratifiedKFold, check_cv
 from sklearn.utils import check_random_state
 from sklearn.utils.parallel import Parallel, delayed
 
-from .._base import fit_model_and_adapter, routed_fit_params
+from .._base import fit_model_and_adapter, routed_fit_params, warn_if_not_stationary
 from .._torch_utils import resolve_device, seeded_torch, to_numpy
 from ._scores import (
     class_log_probabilities,
@@ -161,6 +161,7 @@ class OutOfFoldScore:
             self.estimator, self.adapter = fit_model_and_adapter(
                 detector.estimator, X, y, device, fit_params
             )
+        warn_if_not_stationary(self.adapter, type(detector).__name__, stacklevel=4)
         adapter, self.batch_size = self.adapter, detector.batch_size
         self._training = (adapter.inputs(X), adapter.targets(y))
         if pred_probs is not None:
