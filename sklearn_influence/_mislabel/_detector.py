@@ -111,15 +111,15 @@ class MislabelDetector(WeightedFitRouterMixin, OutlierMixin, BaseEstimator):
         to first order); it needs one optimisation per training point — exact Newton for
         linear models, a first-order optimiser for networks — and is defined for training
         points only.
+    contamination : float in (0, 0.5], default=0.1
+        Expected fraction of mislabeled points: the fraction of training points with the
+        highest suspicion that :meth:`predict` flags as −1.
     cv : int, cross-validation generator, iterable or None, default=5
         The folds of the out-of-fold methods: an int k is ``StratifiedKFold(k, shuffle=True,
         random_state=random_state)`` for classifiers (``KFold`` for regressors), which needs
         k rows of every class (None: 5); a splitter must partition the rows. Each fold
         refits a clone of ``estimator`` (of a ``FrozenEstimator``'s inner model), seeded
         with ``random_state`` as the full fit is; unused by the other methods.
-    contamination : float in (0, 0.5], default=0.1
-        Expected fraction of mislabeled points: the fraction of training points with the
-        highest suspicion that :meth:`predict` flags as −1.
     damping : float, default=1e-3
         The damping λ ≥ 0 added to the curvature (and the proximity weight of the PBRF).
     curvature : {"gauss_newton", "hessian", "identity", "kfac", "ekfac"}, \
