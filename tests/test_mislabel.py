@@ -273,8 +273,8 @@ def overfit_mlp():
         train_split=None,
         verbose=0,
     )
-    detector = MislabelDetector(net, damping=1e-2, random_state=0).fit(data.X_train, y)
-    return data, y, detector
+    detector = MislabelDetector(net, method="self_influence", damping=1e-2, random_state=0)
+    return data, y, detector.fit(data.X_train, y)
 
 
 def test_mlp_fitting_the_flipped_labels_is_caught_by_self_influence(overfit_mlp):

@@ -217,7 +217,8 @@ class MislabelRecallDisplay:
             )
         check_is_fitted(estimator)
         if name is None:
-            method = getattr(estimator, "method", None)
+            # the method used (what method="auto" resolved to), else the parameter
+            method = getattr(estimator, "method_", getattr(estimator, "method", None))
             suffix = f" ({method})" if isinstance(method, str) else ""
             name = f"{type(estimator).__name__}{suffix}"
         scores = -estimator.score_samples(X, y)
