@@ -370,6 +370,7 @@ def _output_derivatives(loss, outputs, targets, degree):
         # σ' = u, σ'' = u(1 − 2σ), σ''' = u(1 − 6u), σ'''' = u(1 − 2σ)(1 − 12u), u = σ(h)σ(−h)
         u, tilt = torch.sigmoid(h) * torch.sigmoid(-h), torch.sigmoid(-h) - torch.sigmoid(h)
         series = [torch.sigmoid(h) - y, u, u * tilt, u * (1 - 6 * u), u * tilt * (1 - 12 * u)]
+        series.append(u * (1 - 30 * u + 120 * u * u))  # σ⁽⁵⁾
         return series[: degree + 1]
     if loss.link == "identity":  # p = 0: γ = h − y
         return [h - y, torch.ones_like(h)] + [torch.zeros_like(h)] * (degree - 1)
@@ -379,23 +380,22 @@ def _output_derivatives(loss, outputs, targets, degree):
     return [a**d * first - b**d * second for d in range(degree + 1)]
 
 
-def _derivative_bound_parts(loss, outputs, targets):
-    """(base βᵢ (N,), rate s): |γ⁽ⁿ⁾(hᵢ + t)| ≤ sⁿ βᵢ e^{s|t|} for n = 3 … 5.
+def _derivative_bound_parts(loss, outputs, targets, n):
+    """(βᵢ (N,), s) with |γ⁽ⁿ⁾(hᵢ + t)| ≤ βᵢ e^{s|t|} for every t, 3 ≤ n ≤ 6.
 
     Logistic: σ⁽ⁿ⁾ = σ' Pₙ(σ) with |Pₙ| ≤ 1 on [0, 1] for n ≤ 5 (1 − 6u, (1 − 2σ)(1 − 12u),
-    1 − 30u + 120u²), and σ'(h + t) ≤ σ'(h) e^{|t|} (|d log σ'/dh| = |1 − 2σ| ≤ 1). Log link:
-    |aⁿe^{a(h+t)} − y bⁿe^{b(h+t)}| ≤ (|a|ⁿe^{ah} + |y||b|ⁿe^{bh}) e^{s|t|}, s = max(|a|, |b|).
+    1 − 30u + 120u², u = σ(1 − σ) ≤ ¼) and |P₆| < 1.82, and σ'(h + t) ≤ σ'(h) e^{|t|}
+    (|d log σ'/dh| = |1 − 2σ| ≤ 1). Log link: |aⁿe^{a(h+t)} − y bⁿe^{b(h+t)}| ≤
+    (|a|ⁿe^{ah} + |y||b|ⁿe^{bh}) e^{s|t|}, s = max(|a|, |b|). Normal: γ⁽ⁿ⁾ = 0.
     """
     h, y = outputs[:, 0], targets[:, 0]
     if isinstance(loss, BinaryLogLoss):
-        return torch.sigmoid(h) * torch.sigmoid(-h), 1.0
+        return (1.0 if n <= 5 else 2.0) * torch.sigmoid(h) * torch.sigmoid(-h), 1.0
     if loss.link == "identity":
         return torch.zeros_like(h), 0.0
     a, b = 2 - loss.power, 1 - loss.power
-    rate = max(abs(a), abs(b))
-    # (|a|/s)ⁿ ≤ (|a|/s)³ for n ≥ 3: Poisson's bound is e^h alone, Gamma's |y| e^{−h}
-    first, second = (abs(a) / rate) ** 3, (abs(b) / rate) ** 3
-    return first * torch.exp(a * h) + second * y.abs() * torch.exp(b * h), rate
+    bound = abs(a) ** n * torch.exp(a * h) + abs(b) ** n * y.abs() * torch.exp(b * h)
+    return bound, max(abs(a), abs(b))
 
 
 def supports_taylor(context):
@@ -461,37 +461,39 @@ class RemainderBound:
     :class:`TaylorGradient` and the exact refit θ_m, for each removed row m.
 
     Row i's Lagrange remainder is ρᵢ = γ⁽ⁿ⁾(ξᵢ)δᵢⁿ/n!, n = d + 1, with |ξᵢ − hᵢ| ≤ |δᵢ| ≤
-    b = maxᵢ‖z̃ᵢ‖ ‖Δ‖, so |γ⁽ⁿ⁾(ξᵢ)| ≤ sⁿ βᵢ e^{sb} (:func:`_derivative_bound_parts`), and
-    R = (1/N) Σᵢ w̃ᵢ ρᵢ z̃ᵢ. The refit's error is P⁻¹R to first order, with P = H − ε_m a_m
-    z̃_m z̃_mᵀ the chord matrix (Woodbury: P⁻¹ = H⁻¹ + c u uᵀ, u = H⁻¹z̃_m,
+    b = maxᵢ‖z̃ᵢ‖ ‖Δ‖ ≤ b̄ (``reach``, one bound for every refit of the call; a refit beyond
+    it is not certified), so |γ⁽ⁿ⁾(ξᵢ)| ≤ |γ⁽ⁿ⁾(hᵢ)| + b̄ βᵢ e^{sb̄} with βᵢ, s the bound of
+    γ⁽ⁿ⁺¹⁾ (:func:`_derivative_bound_parts`), and R = (1/N) Σᵢ w̃ᵢ ρᵢ z̃ᵢ. The refit's error
+    is P⁻¹R to first order, with P = H − ε_m a_m z̃_m z̃_mᵀ the chord matrix (Woodbury:
+    P⁻¹ = H⁻¹ + c u uᵀ, u = H⁻¹z̃_m,
     c = ε_m a_m/(1 − h_m)), so
 
         ‖P⁻¹R‖_∞ ≤ S (1 + |c| ‖u‖_∞ ‖z̃_m‖_{H⁻¹} κ),    S = (1/N) Σᵢ w̃ᵢ |ρᵢ| ‖H⁻¹z̃ᵢ‖_∞,
 
     with κ = maxᵢ ‖z̃ᵢ‖_{H⁻¹}/‖H⁻¹z̃ᵢ‖_∞ (from |z̃_mᵀH⁻¹z̃ᵢ| ≤ ‖z̃_m‖_{H⁻¹}‖z̃ᵢ‖_{H⁻¹}). S is an
     even power δᵢ²ʳ summed with positive weights: the quadratic form vᵀGv in the monomials v
-    of Δ of degree r = ⌊n/2⌋ (an odd n spends one factor |δᵢ| ≤ b), G (C_r × C_r) built once
+    of Δ of degree r = ⌊n/2⌋ (an odd n spends one |δᵢ| ≤ ‖z̃ᵢ‖‖Δ‖), G (C_r × C_r) built once
     in O(N C_r²), O(C_r²) per row. The curvature of these families along the segment stays
-    within a factor e^{sb} of P's (their output curvatures change by at most e^{s|t|}),
-    which a second factor e^{sb} covers; ``BOUND_SAFETY`` covers the bound's own rounding.
-    A refit is certified when the bound is below its rounding floor.
+    within a factor e^{sb} of P's (their output curvatures are positive and change by at
+    most e^{s|t|}), which a factor e^{sb} covers; ``BOUND_SAFETY`` covers the bound's
+    rounding. A refit is certified when the bound is below its rounding floor.
     """
 
-    def __init__(self, context, order, same_gram=None):
-        z, n = context.inputs, context.n_train
-        base, self.rate = _derivative_bound_parts(
-            context.adapter.loss, context.outputs, context.targets
-        )
-        self.order, self.half = order, order // 2
+    def __init__(self, context, order, reach):
+        z, n, loss = context.inputs, context.n_train, context.adapter.loss
+        outputs, targets = context.outputs, context.targets
+        next_bound, self.rate = _derivative_bound_parts(loss, outputs, targets, order + 1)
+        derivative = _output_derivatives(loss, outputs, targets, order)[-1]
+        base = derivative.abs() + reach * next_bound * math.exp(self.rate * reach)
+        self.order, self.half, self.reach = order, order // 2, reach
         self.zmax = float(z.norm(dim=1).max())
-        if same_gram is not None:  # a bound of the same r: its G, monomials and κ
-            self.plans, self.gram, self.kappa = same_gram.plans, same_gram.gram, same_gram.kappa
-            return
         projected = z @ context.inverse
         dual_norms = (projected * z).sum(1).clamp(min=0).sqrt()
         sup_norms = projected.abs().amax(1)
         self.kappa = float((dual_norms / sup_norms).max())
         weights = context.row_weights * base * sup_norms
+        if order % 2:  # |δᵢ|ⁿ ≤ δᵢⁿ⁻¹ ‖z̃ᵢ‖ ‖Δ‖: the row's norm in G, ‖Δ‖ per refit
+            weights = weights * z.norm(dim=1)
         self.plans = _monomial_plans(context.width, self.half)
         scale = torch.tensor(self.plans[-1][1], dtype=z.dtype, device=z.device)
         power_scale = scale * math.factorial(self.half)  # (z·Δ)ʳ = Σ (r!/α!) z^α Δ^α
@@ -507,15 +509,15 @@ class RemainderBound:
         power = _monomials(shifts, self.plans)[-1]
         even = ((power @ self.gram) * power).sum(1)
         if self.order % 2:
-            even = even * reach
-        growth = self.rate**self.order * torch.exp(2 * self.rate * reach)
+            even = even * shifts.norm(dim=1)
+        growth = torch.exp(self.rate * reach)  # the curvature along the segment
         remainder = BOUND_SAFETY * growth * even / math.factorial(self.order)
         projected, _, scaled, gram = context.woodbury_parts(rows)
         leverage, room = (scaled * gram)[:, 0, 0], 1 - (scaled * gram)[:, 0, 0]
         coupling = (leverage / room).abs() * projected[:, 0].abs().amax(1) * self.kappa
         coupling = coupling / gram[:, 0, 0].clamp(min=0).sqrt()  # |c|‖u‖∞‖z‖_{H⁻¹}κ
         bound = remainder * (1 + coupling)
-        return torch.where(room > 0, bound, torch.inf)
+        return torch.where((room > 0) & (reach <= self.reach), bound, torch.inf)
 
 
 def exact_refits(context, removed, *, penalty="fixed", start=None, refinement="auto"):
@@ -612,6 +614,8 @@ def _monomial_count(width, degree):
 
 #: removed rows whose one-step bound predicts the certified fraction in _choose_taylor
 PREDICTION_ROWS = 512
+#: the predicted certified fraction a Taylor model needs to be used
+MIN_CERTIFIED = 0.5
 
 
 def _choose_taylor(context, shifts, index, refinement):
@@ -621,9 +625,10 @@ def _choose_taylor(context, shifts, index, refinement):
     row; the degree-d model 2NqC (its moments, C = :func:`_monomial_count`) + 2N C_r² (the
     bound's G) + per row 2qC·I + 2C_r² (iterations and certificate) + (1 − f)·4Nq·2 for
     the fraction 1 − f of refits that the bound, evaluated at the one-step shifts of up
-    to ``PREDICTION_ROWS`` rows, predicts uncertified (redone exactly). ``"taylor"`` takes
-    the smallest degree that certifies half the sample (else the largest that fits);
-    degrees whose moments exceed ``working_memory`` are skipped.
+    to ``PREDICTION_ROWS`` rows, predicts uncertified (redone exactly). ``"auto"`` takes the
+    cheapest, among the degrees that certify at least ``MIN_CERTIFIED`` of the sample, if
+    cheaper than the exact path; ``"taylor"`` the smallest degree that does (else the
+    largest that fits). Degrees whose moments exceed ``working_memory`` are skipped.
     """
     if refinement == "exact" or not supports_taylor(context):
         if refinement == "taylor":
@@ -640,7 +645,9 @@ def _choose_taylor(context, shifts, index, refinement):
         device=index.device,
     )
     floor = _rounding_floor(context, context.theta + shifts[sample])
-    chosen, bounds = None, {}
+    # b̄ of RemainderBound: twice the largest one-step reach (a refit is within O(h) of it)
+    reach = 2 * float(context.inputs.norm(dim=1).max() * shifts.norm(dim=1).max())
+    chosen = None
     for degree in TAYLOR_DEGREES:
         columns = _monomial_count(q, degree)
         half_columns = math.comb(q + (degree + 1) // 2 - 1, (degree + 1) // 2)
@@ -650,17 +657,15 @@ def _choose_taylor(context, shifts, index, refinement):
         per_row = 2 * q * columns * ASSUMED_ITERATIONS + 2 * half_columns**2
         if fixed + rows * per_row >= best_cost:
             break  # a higher degree costs more still
-        same_gram = bounds.get((degree + 1) // 2)  # orders 4 and 5 share G (r = 2)
-        bound = RemainderBound(context, degree + 1, same_gram)
-        bounds[bound.half] = bound
+        bound = RemainderBound(context, degree + 1, reach)
         predicted = bound(context, shifts[sample], index[sample]) <= floor
         fraction = float(predicted.double().mean())
         cost = fixed + rows * (per_row + (1 - fraction) * 8 * n * q)
         if refinement == "taylor":
             chosen = (degree, bound)
-            if fraction >= 0.5:
+            if fraction >= MIN_CERTIFIED:
                 break
-        elif cost < best_cost:
+        elif fraction >= MIN_CERTIFIED and cost < best_cost:
             best_cost, chosen = cost, (degree, bound)
     if chosen is None:
         return None
