@@ -329,6 +329,8 @@ TAYLOR_DEGREES = (2, 3, 4)
 ASSUMED_ITERATIONS = 3
 #: factor on the remainder bound for the rounding of its own evaluation (relative ~1e-13)
 BOUND_SAFETY = 1.01
+#: removed (or training) rows per block of the Taylor path: its monomials stay cache-sized
+TAYLOR_BLOCK = 1024
 
 
 def _monomial_plans(width, degree):
@@ -433,7 +435,7 @@ class TaylorGradient:
         self.base = (z.T @ (weights * derivatives[0])) / n + context.penalty * context.theta
         self.moments = [z.new_zeros((context.width, len(plan[1]))) for plan in self.plans[1:]]
         columns = sum(len(plan[1]) for plan in self.plans)
-        for block in context.block_rows(n, 2 * columns):
+        for block in context.block_rows(n, 2 * columns, max_rows=TAYLOR_BLOCK):
             powers = _monomials(z[block], self.plans)
             for moment, power, derivative in zip(
                 self.moments, powers[1:], derivatives[2:], strict=True
@@ -498,7 +500,7 @@ class RemainderBound:
         scale = torch.tensor(self.plans[-1][1], dtype=z.dtype, device=z.device)
         power_scale = scale * math.factorial(self.half)  # (z·Δ)ʳ = Σ (r!/α!) z^α Δ^α
         self.gram = z.new_zeros((len(scale), len(scale)))
-        for block in context.block_rows(n, 2 * len(scale), max_rows=4096):
+        for block in context.block_rows(n, 2 * len(scale), max_rows=TAYLOR_BLOCK):
             power = _monomials(z[block], self.plans)[-1] * power_scale
             self.gram += power.T @ (weights[block, None] * power)
         self.gram /= n
@@ -583,7 +585,7 @@ def _refine_rows(context, shifts, index, scales, gradient=_loo_gradients, degree
     n_iter = np.zeros(n, dtype=int)
     if degree:  # the model's monomials of each row, a few times over
         per_row = 4 * _monomial_count(context.width, degree) + 4 * context.theta.numel()
-        cache_rows = None
+        cache_rows = TAYLOR_BLOCK
     else:  # the exact gradients: blocks of at most ~2²¹ outputs (cache-sized products)
         per_row = context.n_train * context.n_outputs * 4 + 4 * context.theta.numel()
         cache_rows = max(16, (1 << 21) // (context.n_train * context.n_outputs))
@@ -600,7 +602,7 @@ def _refine_rows(context, shifts, index, scales, gradient=_loo_gradients, degree
 def _certify(context, bound, parameters, index):
     """Whether each refit's :class:`RemainderBound` is below its rounding floor."""
     certified = np.zeros(len(index), dtype=bool)
-    for block in context.block_rows(len(index), 4 * bound.gram.shape[0]):
+    for block in context.block_rows(len(index), 4 * bound.gram.shape[0], TAYLOR_BLOCK):
         thetas = parameters[block]
         bounds = bound(context, thetas - context.theta, index[block])
         certified[block] = (bounds <= _rounding_floor(context, thetas)).cpu().numpy()
