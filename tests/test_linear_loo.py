@@ -303,9 +303,26 @@ def _logistic_derivative(h, n):
     return vmap(function)(h)
 
 
+@pytest.mark.parametrize("name", ["gamma", "tweedie"])
+def test_taylor_refits_of_non_canonical_links_equal_the_exact_path(name):
+    """Gamma and Tweedie (log link, non-canonical): the model uses the exact Hessian; at
+    N = 80 few refits certify, so the exact redo runs too."""
+    model, kind = FAMILIES[name]
+    context, _, _ = _context(model, kind, curvature="hessian")
+    rows = np.arange(80)
+    taylor = exact_refits(context, rows, penalty="refit", refinement="taylor")
+    exact = exact_refits(context, rows, penalty="refit", refinement="exact")
+    assert taylor.taylor_degree > 0 and taylor.converged.all()
+    np.testing.assert_allclose(taylor.parameters, exact.parameters, rtol=0, atol=1e-12)
+
+
 def test_unknown_refinement_and_unsupported_taylor_are_refused():
     context, _, _ = _context(LogisticRegression(solver="newton-cholesky", **TIGHT), "multiclass")
     with pytest.raises(ValueError, match="Unknown refinement 'fast'"):
         exact_refits(context, [0, 1], refinement="fast")
     with pytest.raises(ValueError, match="refinement='taylor' needs a single-output"):
         exact_refits(context, [0, 1], refinement="taylor")
+    # the Fisher matrix of a non-canonical link is not the model's linear term
+    fisher, _, _ = _context(FAMILIES["gamma"][0], "positive", curvature="gauss_newton")
+    with pytest.raises(ValueError, match="refinement='taylor' needs a single-output"):
+        exact_refits(fisher, [0, 1], refinement="taylor")
