@@ -313,6 +313,15 @@ def main():
         "",
         *header,
         *previous,
+        *(
+            [
+                "",
+                f"Rows of the models not re-measured (not in --only {args.only}) are kept from "
+                'the previous run, whose environment lines are marked "previous run".',
+            ]
+            if kept
+            else []
+        ),
         "",
         "| model | N | what | wall s | peak MB | runs | Taylor |",
         "|---|--:|---|--:|--:|--:|---|",

@@ -36,7 +36,7 @@ refit that truly misses its tolerance.
 *Exact gradients* (``refinement="exact"``, every model): the gradients of a block of B
 removed rows are two matrix products with the N × q design (N × B·k outputs at once): an
 iteration costs 4 N B k q flops, 4 N² k q for all rows — BLAS-3 work with a small constant
-(about 1 s for N = 5,000, q = 21 on one core), but quadratic in N.
+(a few seconds for all rows at N = 5,000, q = 21 on one core), but quadratic in N.
 
 *Taylor model* (single-output GLMs: binary log-loss, Poisson, Gamma and Tweedie with the
 log link, the normal GLM; chosen by ``refinement="auto"`` when cheaper): the other rows
