@@ -28,6 +28,13 @@ from sklearn_influence import InfluenceFunction, LeaveOneOut
 from sklearn_influence._base import fit_model_and_adapter
 from sklearn_influence._responses._linear_loo import (
     LinearLOOContext,
+    RemainderBound,
+    TaylorGradient,
+    _derivative_bound_parts,
+    _loo_gradients,
+    _output_derivatives,
+    _woodbury_solve,
+    exact_refits,
     leave_one_out_all_rows,
     one_step,
 )
@@ -169,3 +176,153 @@ def test_unknown_penalty_is_refused():
 
     with pytest.raises(ValueError, match="Unknown penalty 'other'"):
         penalty_scales(None, torch.ones(2), "other")
+
+
+# -- the Taylor refinement (one-output GLMs): certified refits equal the exact path ---------
+def _taylor_problem(kind, weighted, n=3000):
+    """A one-output GLM on n × 4 rows with one far outlier (row 5): (context, adapter, X, y)."""
+    X, y = _data("binary" if kind == "logistic" else "counts", n=n, seed=2)
+    X[5] = 6.0  # a high-leverage row: its refit is far from θ*, its bound large
+    if kind == "logistic":
+        model = LogisticRegression(C=1.0, solver="newton-cholesky", **TIGHT)
+    else:
+        y[5] = 3
+        model = PoissonRegressor(alpha=0.01, solver="newton-cholesky", **TIGHT)
+    weights = np.random.RandomState(3).uniform(0.5, 2.0, n) if weighted else None
+    fit_params = None if weights is None else {"sample_weight": weights}
+    _, adapter = fit_model_and_adapter(model, X, y, torch.device("cpu"), fit_params)
+    inputs, targets = adapter.inputs(X), adapter.targets(y)
+    theta = minimize_convex(adapter, adapter.parameters(), inputs, targets, adapter.row_weights)
+    return LinearLOOContext(adapter, theta, inputs, targets), adapter, X, y
+
+
+TAYLOR_REMOVED = np.r_[5, np.arange(0, 3000, 25)]
+
+
+@pytest.mark.parametrize("kind", ["logistic", "poisson"])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_taylor_refits_equal_the_exact_path_and_scikit_learn(kind, weighted):
+    context, adapter, X, y = _taylor_problem(kind, weighted)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", InfluenceWarning)
+        taylor = exact_refits(context, TAYLOR_REMOVED, penalty="refit", refinement="taylor")
+        exact = exact_refits(context, TAYLOR_REMOVED, penalty="refit", refinement="exact")
+    assert taylor.taylor_degree > 0 and exact.taylor_degree == 0
+    # both paths run: most refits certified, the outlier's not (redone exactly)
+    assert taylor.certified.mean() > 0.5 and not taylor.certified[0]
+    assert taylor.converged.all() and exact.converged.all()
+    np.testing.assert_allclose(taylor.parameters, exact.parameters, rtol=0, atol=1e-12)
+    positions = [0, 1, int(np.flatnonzero(taylor.certified)[-1])]  # outlier, certified rows
+    expected = np.array(
+        [adapter.retrain(X, y, exclude=[TAYLOR_REMOVED[i]], warm_start=False) for i in positions]
+    )
+    np.testing.assert_allclose(taylor.parameters[positions], expected, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("kind", ["logistic", "poisson"])
+def test_certified_taylor_refits_have_rounding_level_gradients(kind):
+    """The exact gradient of J_{-m} (autograd) at the certified refits is at round-off: a
+    few √N ulps of the scale s of its N terms (s = maxⱼ (1/N) Σᵢ wᵢ|∂L/∂hᵢ||zᵢⱼ|, numpy)."""
+    context, adapter, _, _ = _taylor_problem(kind, weighted=True)
+    refits = exact_refits(context, TAYLOR_REMOVED, refinement="taylor")
+    certified = np.flatnonzero(refits.certified)
+    gradients = adapter.loss.output_gradient(context.outputs, context.targets).numpy()[:, 0]
+    weights, design = adapter.row_weights.numpy(), context.inputs.numpy()
+    scale = (weights * np.abs(gradients)) @ np.abs(design) / len(design)
+    tolerance = 4 * np.sqrt(len(design)) * np.finfo(float).eps * scale.max()
+    for position in certified[:: max(1, len(certified) // 4)]:
+        weights = adapter.row_weights.clone()
+        weights[TAYLOR_REMOVED[position]] = 0
+        gradient = torch.func.grad(adapter.objective)(
+            refits.parameters[position], context.inputs, context.targets, weights
+        )
+        assert float(gradient.abs().max()) < tolerance
+
+
+@pytest.mark.parametrize("kind", ["logistic", "poisson"])
+@pytest.mark.parametrize("degree", [2, 3, 4])
+def test_remainder_bound_covers_the_true_error(kind, degree):
+    """At N = 300 the Taylor remainders are far above round-off: the bound on their effect
+    on a chord step holds against the exact gradient, and is not vacuous (≤ 100×)."""
+    context, _, _, _ = _taylor_problem(kind, weighted=True, n=300)
+    rows = np.arange(0, 300, 7)
+    index = torch.as_tensor(rows)
+    refits = exact_refits(context, rows, refinement="exact")
+    shifts = refits.parameters - context.theta
+    scales = torch.ones(len(rows), dtype=torch.float64)
+    model = TaylorGradient(context, degree)
+    remainder = _loo_gradients(context, refits.parameters, index, scales) - model.gradients(
+        context, refits.parameters, index, scales
+    )
+    parts = context.woodbury_parts(index)
+    error = _woodbury_solve(context, parts, index, remainder).abs().amax(1)
+    reach = 2 * float(context.inputs.norm(dim=1).max() * shifts.norm(dim=1).max())
+    bound = RemainderBound(context, degree + 1, reach)(context, shifts, index)
+    meaningful = error > 1e-14  # far above the comparison's rounding (~1e-16)
+    assert meaningful.double().mean() > 0.5
+    assert bool((bound[meaningful] >= error[meaningful]).all())
+    assert float((bound / error)[meaningful].median()) < 100
+
+
+def test_taylor_output_derivatives_match_autograd():
+    """The closed-form derivatives of ∂L/∂h (logistic, Poisson, Gamma, Tweedie 1.5) equal
+    torch's nested derivatives; the logistic derivative bound |σ⁽ⁿ⁾| ≤ c σ' holds on a grid."""
+    from torch.func import grad, vmap
+
+    from sklearn_influence._adapters._glm import TweedieHalfDeviance
+    from sklearn_influence._adapters._losses import BinaryLogLoss
+
+    h = torch.linspace(-12, 12, 241, dtype=torch.float64)[:, None]
+    y = torch.rand(241, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    for loss in [BinaryLogLoss(), *(TweedieHalfDeviance(p, "log") for p in (1.0, 1.5, 2.0))]:
+        function = _scalar_gradient(loss)
+        for value in _output_derivatives(loss, h, y, 5):
+            expected = vmap(function)(h[:, 0], y[:, 0])
+            np.testing.assert_allclose(value.numpy(), expected.numpy(), rtol=1e-10, atol=1e-12)
+            function = grad(function)
+    u = torch.sigmoid(h[:, 0]) * torch.sigmoid(-h[:, 0])
+    for n in (3, 4, 5, 6):
+        bound, rate = _derivative_bound_parts(BinaryLogLoss(), h, y, n)
+        assert rate == 1.0
+        assert bool((_logistic_derivative(h[:, 0], n).abs() <= bound * (1 + 1e-12)).all())
+    assert bool((u > 0).all())
+
+
+def _scalar_gradient(loss):
+    """∂L/∂h of one output as a scalar function of (h, t), for torch.func."""
+    return lambda t, target: loss.output_gradient(t[None, None], target[None, None])[0, 0]
+
+
+def _logistic_derivative(h, n):
+    """σ⁽ⁿ⁾(h) by nested autograd (independent of the closed forms)."""
+    from torch.func import grad, vmap
+
+    function = torch.sigmoid
+    for _ in range(n):
+        function = grad(function)
+    return vmap(function)(h)
+
+
+@pytest.mark.parametrize("name", ["gamma", "tweedie"])
+def test_taylor_refits_of_non_canonical_links_equal_the_exact_path(name):
+    """Gamma and Tweedie (log link, non-canonical): the model uses the exact Hessian; at
+    N = 80 few refits certify, so the exact redo runs too."""
+    model, kind = FAMILIES[name]
+    context, _, _ = _context(model, kind, curvature="hessian")
+    rows = np.arange(80)
+    taylor = exact_refits(context, rows, penalty="refit", refinement="taylor")
+    exact = exact_refits(context, rows, penalty="refit", refinement="exact")
+    assert taylor.taylor_degree > 0 and taylor.converged.all()
+    np.testing.assert_allclose(taylor.parameters, exact.parameters, rtol=0, atol=1e-12)
+
+
+def test_unknown_refinement_and_unsupported_taylor_are_refused():
+    context, _, _ = _context(LogisticRegression(solver="newton-cholesky", **TIGHT), "multiclass")
+    with pytest.raises(ValueError, match="Unknown refinement 'fast'"):
+        exact_refits(context, [0, 1], refinement="fast")
+    with pytest.raises(ValueError, match="refinement='taylor' needs a single-output"):
+        exact_refits(context, [0, 1], refinement="taylor")
+    # the Fisher matrix of a non-canonical link is not the model's linear term
+    fisher, _, _ = _context(FAMILIES["gamma"][0], "positive", curvature="gauss_newton")
+    with pytest.raises(ValueError, match="refinement='taylor' needs a single-output"):
+        exact_refits(fisher, [0, 1], refinement="taylor")
