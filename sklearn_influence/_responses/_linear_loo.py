@@ -408,6 +408,10 @@ def exact_leave_one_out(problem, indices, *, warm_start):
     sgd = isinstance(getattr(adapter, "fixed_model", None), (SGDClassifier, SGDRegressor))
     if sgd and not warm_start:
         return None
+    from ._groups import RemovedGroups, exact_group_refits  # (imports this module)
+
+    if isinstance(indices, RemovedGroups):  # a group: Newton on its own objective
+        return exact_group_refits(problem, indices, penalty="fixed" if warm_start else "refit")
     _, thetas, converged = leave_one_out_all_rows(
         adapter, problem.theta, problem.inputs, problem.targets, indices,
         penalty="fixed" if warm_start else "refit",
