@@ -284,6 +284,15 @@ class LeaveOneOut(_BaseResponse):
     >>> loo = LeaveOneOut(Ridge(alpha=1.0), train_indices=[0, 1, 2]).fit(X[:300], y[:300])
     >>> loo.transform(X[300:305], y[300:305]).shape
     (5, 3)
+
+    Removing groups of points at once, one column per group:
+
+    >>> groups = [[0, 1, 2], [10, 11]]
+    >>> loo = LeaveOneOut(Ridge(alpha=1.0), removed_groups=groups).fit(X[:300], y[:300])
+    >>> loo.transform(X[300:305], y[300:305]).shape
+    (5, 2)
+    >>> loo.removed_groups_[1]
+    array([10, 11])
     """
 
     _parameter_constraints = {

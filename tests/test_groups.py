@@ -251,7 +251,7 @@ def _exact_minimiser(objective, theta):
 @pytest.mark.parametrize(
     "cls, kind, kwargs",
     [
-        (ProximalResponse, "prf", {"damping": 1e-3}),
+        (ProximalResponse, "prf", {"damping": 1e-2}),
         (PBRF, "pbrf", {"damping": 1e-2, "optimizer": "lbfgs", "n_iter": 3000}),
     ],
     ids=["prf", "pbrf"],
