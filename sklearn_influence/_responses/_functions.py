@@ -67,7 +67,8 @@ def leave_one_out_parameters(
     chosen by the caller (for example Dask) spreads them over workers. With ``memory`` each
     finished refit is saved as it completes (keyed by the fit, ``key`` — what fixes the
     retraining, such as the estimator and its seed — and the removed point), so an
-    interrupted run resumes where it stopped (:mod:`._checkpoint`).
+    interrupted run resumes where it stopped (:mod:`._checkpoint`). ``indices`` may be a
+    :class:`~._groups.RemovedGroups`: each group is then refit without all of its rows.
     """
     store = ChunkStore(memory, None, "warm_loo" if warm_start else "cold_loo", {}, name="LOO",
                        verbose=verbose)  # fmt: skip
@@ -256,7 +257,9 @@ def proximal_response(
     The removed points are split into one chunk per worker of ``n_jobs``; each chunk is one
     batched optimisation
     (:func:`~sklearn_influence._responses._optimizers.optimize_responses` or the
-    exact batched Newton for linear models). ``epsilon`` defaults to 1/N.
+    exact batched Newton for linear models). ``epsilon`` defaults to 1/N. ``indices`` may be
+    a :class:`~._groups.RemovedGroups`: each group is one copy, removed with its own
+    ε_S = Σ_{m∈S} w_m / W (``epsilon`` must then be None).
 
     With ``memory`` (a folder or ``joblib.Memory``) the chunks are fixed by the removed
     points alone (:func:`~._checkpoint.checkpoint_chunks`, at least 20) and each finished
@@ -721,6 +724,8 @@ def linearized_pbrf(
     The Gauss-Newton system is solved by ``solver`` (``"auto"``: the exact direct solver
     while the dense matrix is small), reusing the package's solvers and curvature products.
     A weighted model uses its weighted Gauss-Newton matrix and each point's ε_m = w_m / W.
+    For a :class:`~._groups.RemovedGroups` the shift of group S is
+    (G + λI)⁻¹ Σ_{m∈S} (w_m/W) ∇L_m(θˢ), the sum of its members' shifts.
     """
     gradients = None
     if isinstance(indices, RemovedGroups):  # ε_S and the members' weighted mean gradient
