@@ -267,6 +267,20 @@ def test_mlp_group_responses_converge_to_the_exact_minimiser(regression, cls, ki
         assert np.linalg.norm(response.parameters_[j] - truth) <= 5e-3 * move
 
 
+@pytest.mark.slow  # ~10 s: the second-order optimizer on groups (the main proof is above)
+def test_mlp_gauss_newton_group_pbrf_reaches_the_exact_minimiser(regression):
+    net, X_train, y = regression
+    groups = [[3, 41, 97]]
+    response = PBRF(
+        FrozenEstimator(net), removed_groups=groups, damping=1e-2, optimizer="gauss_newton"
+    ).fit(X_train, y)
+    assert response.converged_.all(), response.gradient_norm_
+    objective, start = _group_objective(net, X_train, y, groups[0], "pbrf", 1e-2)
+    truth = _exact_minimiser(objective, response.parameters_[0]).numpy()
+    move = np.linalg.norm(truth - start.numpy())
+    assert np.linalg.norm(response.parameters_[0] - truth) <= 5e-3 * move
+
+
 def test_mlp_group_of_one_is_the_single_point_response(regression):
     """SGD's copies are independent: a group of one follows the single point's iterates."""
     net, X_train, y = regression
