@@ -19,7 +19,6 @@ import torch
 from sklearn.utils import Bunch
 from torch.func import grad
 
-from ._linear_loo import penalty_scales
 from ._newton import minimize_convex
 
 
@@ -130,17 +129,16 @@ def group_gradients(adapter, theta, groups, problem):
     ).detach()
 
 
-def exact_group_refits(problem, groups, *, penalty):
+def exact_group_refits(problem, groups, scales):
     """Exact minimisers of the objective without each group (convex linear models).
 
-    (1/N) Σ_{i∉S} w̃_i L_i + c_S R with c_S the refit's penalty factor (``penalty="refit"``:
-    scikit-learn's own refit, see :func:`._linear_loo.penalty_scales`; ``"fixed"``: 1, the
-    package's leave-one-out objective). Dividing by c_S > 0 leaves the minimiser unchanged,
+    (1/N) Σ_{i∉S} w̃_i L_i + c_S R with ``scales`` the penalty factors c_S (scikit-learn's
+    own refit, or 1 for the package's leave-one-out objective; see
+    :func:`._linear_loo.penalty_scales`). Dividing by c_S > 0 leaves the minimiser unchanged,
     so each group is Newton's method (:func:`._newton.minimize_convex`) on the weights
     w̃ ⊙ (1 − 1_S) / c_S with the full penalty: exact in one step for least squares.
     """
     adapter = problem.adapter
-    scales = penalty_scales(adapter, groups.epsilons(problem), penalty)
     weights = groups.kept_weights(problem) / scales.unsqueeze(1)
     thetas = torch.stack(
         [
