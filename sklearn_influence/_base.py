@@ -469,6 +469,41 @@ def check_train_indices(train_indices, n_train):
     return indices.astype(np.intp)
 
 
+def check_removed_groups(removed_groups, n_train, name="removed_groups"):
+    """``removed_groups`` as a list of intp arrays of distinct row positions (groups may
+    overlap each other)."""
+    if isinstance(removed_groups, (str, bytes)) or not hasattr(removed_groups, "__len__"):
+        raise ValueError(
+            f"{name} must be a list of arrays of training row positions, one array per "
+            f"group removed at once; got {type(removed_groups).__name__}."
+        )
+    if len(removed_groups) == 0:
+        raise ValueError(f"{name} is empty; pass at least one group of row positions.")
+    checked = []
+    for number, group in enumerate(removed_groups):
+        members = np.asarray(group)
+        where = f"{name}[{number}]"
+        if members.size == 0:
+            raise ValueError(f"{where} is empty; each group needs at least one row position.")
+        if members.ndim != 1 or not np.issubdtype(members.dtype, np.integer):
+            raise ValueError(
+                f"{where} must be a 1-d array of integer row positions of the training data, "
+                f"got an array of dtype {members.dtype} and shape {members.shape}."
+            )
+        if members.min() < 0 or members.max() >= n_train:
+            raise ValueError(
+                f"{where} must lie in [0, {n_train - 1}] (the training set has {n_train} rows); "
+                f"got values from {members.min()} to {members.max()}."
+            )
+        if len(np.unique(members)) != len(members):
+            raise ValueError(
+                f"{where} contains duplicates; list each row of a group once (groups may "
+                "overlap each other)."
+            )
+        checked.append(members.astype(np.intp))
+    return checked
+
+
 # -- correlations ----------------------------------------------------------------------------
 
 #: warning of :func:`correlation` when it is undefined (the caller may word its own)

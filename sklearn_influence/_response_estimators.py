@@ -1,10 +1,11 @@
 """Response estimators: leave-one-out retraining, the PRF, the PBRF and its linearisation.
 
 Each estimator fits (or takes a frozen) model, removes the training points
-``train_indices`` one at a time (ε = 1/N, DESIGN.md §2), computes the response parameters
-and, in ``transform``, returns the actual change Δf = f(θ_resp) − f(θˢ) of the same
-measurement :class:`~sklearn_influence.InfluenceFunction` predicts: one column per removed
-point, in the order of ``train_indices_``.
+``train_indices`` one at a time (ε = 1/N, DESIGN.md §2) — or each set of ``removed_groups``
+at once (ε_S = Σ_{m∈S} w_m / W) — computes the response parameters and, in ``transform``,
+returns the actual change Δf = f(θ_resp) − f(θˢ) of the same measurement
+:class:`~sklearn_influence.InfluenceFunction` predicts: one column per removed point (or
+group), in the order of ``train_indices_`` (or ``removed_groups_``).
 """
 
 from numbers import Integral
@@ -28,6 +29,7 @@ from ._base import (
     PARALLEL_CONSTRAINTS,
     SOLVER_CONSTRAINTS,
     FittedModelMixin,
+    check_removed_groups,
     correlation,
     routed_fit_params,
 )
@@ -39,6 +41,7 @@ from ._responses._functions import (
     proximal_response,
     warm_leave_one_out,
 )
+from ._responses._groups import RemovedGroups
 from ._responses._linear_loo import exact_leave_one_out
 from ._torch_utils import resolve_device, seeded_torch, to_numpy
 from ._validation import validate_sample_weight, validate_training_data
@@ -52,6 +55,7 @@ class _BaseResponse(
     _parameter_constraints = {
         **MODEL_CONSTRAINTS,
         "train_indices": ["array-like", None],
+        "removed_groups": ["array-like", None],
         "n_points": [Interval(Integral, 1, None, closed="left")],
     }
 
@@ -77,19 +81,39 @@ class _BaseResponse(
         X, y = validate_training_data(self, X, y)
         sample_weight = validate_sample_weight(self, sample_weight, len(y))
         device = resolve_device(self.device)
-        indices = self._removed_points(len(y))
+        indices = self._removed_set(len(y))
         with seeded_torch(self.random_state) as seed:
             problem = self._fit_problem(X, y, device, routed_fit_params(self, sample_weight))
             result = self._responses(problem, indices, seed)
         self.problem_ = problem
         self._shifts = {}
-        self.train_indices_ = indices
+        groups = isinstance(indices, RemovedGroups)
+        self.train_indices_ = None if groups else indices
+        self.removed_groups_ = list(indices) if groups else None
         self.n_train_ = problem.n_train
         self.reference_parameters_ = to_numpy(problem.theta)
         self.parameters_ = to_numpy(result.parameters)
         self._n_features_out = len(indices)
         self._record(result)
         return self
+
+    def _removed_set(self, n_train):
+        """The checked ``removed_groups`` (a RemovedGroups), else the removed points."""
+        if self.removed_groups is None:
+            return self._removed_points(n_train)
+        if self.train_indices is not None:
+            raise ValueError(
+                "train_indices and removed_groups are mutually exclusive: pass train_indices to "
+                "remove points one at a time, or removed_groups to remove each group at once."
+            )
+        return RemovedGroups(check_removed_groups(self.removed_groups, n_train))
+
+    @property
+    def _removed(self):
+        """What ``fit`` removed: the points, or the groups as a RemovedGroups."""
+        if self.removed_groups_ is not None:
+            return RemovedGroups(self.removed_groups_)
+        return self.train_indices_
 
     def _responses(self, problem, indices, seed):
         raise NotImplementedError
@@ -111,10 +135,11 @@ class _BaseResponse(
 
         Returns
         -------
-        changes : ndarray of shape (n_queries, n_points)
+        changes : ndarray of shape (n_queries, n_points) or (n_queries, n_groups)
             ``changes[q, j] = f_q(θ_j) − f_q(θˢ)`` for the response θ_j to removing training
-            point ``train_indices_[j]``. Positive: removing that point raises the query's
-            loss (it helped the query), the sign convention of influence estimates.
+            point ``train_indices_[j]`` (or group ``removed_groups_[j]``). Positive: removing
+            it raises the query's loss (it helped the query), the sign convention of
+            influence estimates.
         """
         check_is_fitted(self, "parameters_")
         inputs, targets = self._query_tensors(X, y_test)
@@ -156,7 +181,7 @@ class _BaseResponse(
         """ε (G + λI)⁻¹ ∇L_m for the removed points at the fitted damping (cached)."""
         damping = self._fitted_damping
         if damping not in self._shifts:
-            result = linearized_pbrf(self.problem_, self.train_indices_, damping=damping)
+            result = linearized_pbrf(self.problem_, self._removed, damping=damping)
             self._shifts[damping] = result.parameters - self.problem_.theta
         return self._shifts[damping]
 
@@ -192,6 +217,10 @@ class LeaveOneOut(_BaseResponse):
     train_indices : array-like of int, default=None
         Training row positions to remove, one at a time. None draws ``n_points`` of them
         with ``random_state``.
+    removed_groups : list of array-like of int, default=None
+        Groups of training row positions, each removed at once (ε_S = |S|/N, or the sum of
+        its members' weights over the total weight); groups may overlap. The responses then
+        have one column per group. Mutually exclusive with ``train_indices``.
     n_points : int, default=20
         Number of points drawn when ``train_indices`` is None.
     damping : float, default=1e-3
@@ -216,8 +245,12 @@ class LeaveOneOut(_BaseResponse):
     ----------
     estimator_ : estimator object
         The fitted model.
-    train_indices_ : ndarray of shape (n_points,)
-        The removed training points, in the column order of :meth:`transform`.
+    train_indices_ : ndarray of shape (n_points,) or None
+        The removed training points, in the column order of :meth:`transform` (None with
+        ``removed_groups``).
+    removed_groups_ : list of ndarray of int or None
+        The removed groups, in the column order of :meth:`transform` (None without
+        ``removed_groups``).
     parameters_ : ndarray of shape (n_points, n_parameters)
         Refit parameters, one row per removed point.
     stationarity_ : float
@@ -252,6 +285,15 @@ class LeaveOneOut(_BaseResponse):
     >>> loo = LeaveOneOut(Ridge(alpha=1.0), train_indices=[0, 1, 2]).fit(X[:300], y[:300])
     >>> loo.transform(X[300:305], y[300:305]).shape
     (5, 3)
+
+    Removing groups of points at once, one column per group:
+
+    >>> groups = [[0, 1, 2], [10, 11]]
+    >>> loo = LeaveOneOut(Ridge(alpha=1.0), removed_groups=groups).fit(X[:300], y[:300])
+    >>> loo.transform(X[300:305], y[300:305]).shape
+    (5, 2)
+    >>> loo.removed_groups_[1]
+    array([10, 11])
     """
 
     _parameter_constraints = {
@@ -267,6 +309,7 @@ class LeaveOneOut(_BaseResponse):
         *,
         warm_start=False,
         train_indices=None,
+        removed_groups=None,
         n_points=20,
         damping=1e-3,
         device="cpu",
@@ -278,6 +321,7 @@ class LeaveOneOut(_BaseResponse):
         self.estimator = estimator
         self.warm_start = warm_start
         self.train_indices = train_indices
+        self.removed_groups = removed_groups
         self.n_points = n_points
         self.damping = damping
         self.device = device
@@ -361,6 +405,10 @@ _PROXIMAL_PARAMETERS_DOC = (
         :class:`~sklearn_influence.InfluenceFunction`).
     train_indices : array-like of int, default=None
         Training row positions to remove, one at a time. None draws ``n_points`` of them.
+    removed_groups : list of array-like of int, default=None
+        Groups of training row positions, each removed at once (ε_S = |S|/N, or the sum of
+        its members' weights over the total weight); groups may overlap. The responses then
+        have one column per group. Mutually exclusive with ``train_indices``.
     n_points : int, default=20
         Number of points drawn when ``train_indices`` is None."""
     + "<<optimizer_doc>>"
@@ -381,8 +429,12 @@ _PROXIMAL_PARAMETERS_DOC = (
     ----------
     estimator_ : estimator object
         The fitted model.
-    train_indices_ : ndarray of shape (n_points,)
-        The removed training points, in the column order of :meth:`transform`.
+    train_indices_ : ndarray of shape (n_points,) or None
+        The removed training points, in the column order of :meth:`transform` (None with
+        ``removed_groups``).
+    removed_groups_ : list of ndarray of int or None
+        The removed groups, in the column order of :meth:`transform` (None without
+        ``removed_groups``).
     parameters_ : ndarray of shape (n_points, n_parameters)
         Response parameters, one row per removed point.
     stationarity_ : float
@@ -440,6 +492,7 @@ class _ProximalBase(_BaseResponse):
         *,
         damping=1e-3,
         train_indices=None,
+        removed_groups=None,
         n_points=20,
         method="auto",
         optimizer="sgd",
@@ -457,6 +510,7 @@ class _ProximalBase(_BaseResponse):
         self.estimator = estimator
         self.damping = damping
         self.train_indices = train_indices
+        self.removed_groups = removed_groups
         self.n_points = n_points
         self.method = method
         self.optimizer = optimizer
@@ -549,6 +603,7 @@ class ProximalResponse(_ProximalBase):
         *,
         damping=1e-3,
         train_indices=None,
+        removed_groups=None,
         n_points=20,
         method="auto",
         optimizer="auto",
@@ -567,6 +622,7 @@ class ProximalResponse(_ProximalBase):
             estimator,
             damping=damping,
             train_indices=train_indices,
+            removed_groups=removed_groups,
             n_points=n_points,
             method=method,
             optimizer=optimizer,
@@ -644,6 +700,10 @@ class LinearizedPBRF(_BaseResponse):
         λ.
     train_indices : array-like of int, default=None
         Training row positions to remove, one at a time. None draws ``n_points`` of them.
+    removed_groups : list of array-like of int, default=None
+        Groups of training row positions, each removed at once (ε_S = |S|/N, or the sum of
+        its members' weights over the total weight); groups may overlap. The responses then
+        have one column per group. Mutually exclusive with ``train_indices``.
     n_points : int, default=20
         Number of points drawn when ``train_indices`` is None.
     solver : str, default="auto"
@@ -660,8 +720,12 @@ class LinearizedPBRF(_BaseResponse):
     ----------
     estimator_ : estimator object
         The fitted model.
-    train_indices_ : ndarray of shape (n_points,)
-        The removed training points, in the column order of :meth:`transform`.
+    train_indices_ : ndarray of shape (n_points,) or None
+        The removed training points, in the column order of :meth:`transform` (None with
+        ``removed_groups``).
+    removed_groups_ : list of ndarray of int or None
+        The removed groups, in the column order of :meth:`transform` (None without
+        ``removed_groups``).
     parameters_ : ndarray of shape (n_points, n_parameters)
         Linearized responses, one row per removed point.
     stationarity_ : float
@@ -708,6 +772,7 @@ class LinearizedPBRF(_BaseResponse):
         *,
         damping=1e-3,
         train_indices=None,
+        removed_groups=None,
         n_points=20,
         solver="auto",
         solver_options=None,
@@ -717,6 +782,7 @@ class LinearizedPBRF(_BaseResponse):
         self.estimator = estimator
         self.damping = damping
         self.train_indices = train_indices
+        self.removed_groups = removed_groups
         self.n_points = n_points
         self.solver = solver
         self.solver_options = solver_options

@@ -50,15 +50,17 @@ def parameter_shifts(solver, gradients, damping, epsilons):
 
 def gauss_newton_shifts(
     adapter, theta, inputs, targets, indices, damping, epsilons, *, solver="auto",
-    solver_options=None, batch_size=512, weights=None,
+    solver_options=None, batch_size=512, weights=None, gradients=None,
 ):  # fmt: skip
     """:func:`parameter_shifts` on the Gauss-Newton matrix at θ for training rows ``indices``.
 
     Returns ``(shifts, solver_name)``; ``"auto"`` picks the exact direct solver while the
-    dense matrix is small.
+    dense matrix is small. ``gradients`` (k, p), when given, replace the rows' own ∇L_m
+    (a group's weighted mean gradient; ``indices`` is then unused).
     """
-    index = torch.as_tensor(list(indices), dtype=torch.long, device=inputs.device)
-    gradients = per_example_gradients(adapter, theta, inputs[index], targets[index], batch_size)
+    if gradients is None:
+        index = torch.as_tensor(list(indices), dtype=torch.long, device=inputs.device)
+        gradients = per_example_gradients(adapter, theta, inputs[index], targets[index], batch_size)
     curvature = make_curvature(
         "gauss_newton", adapter, theta, inputs, targets, batch_size=batch_size, weights=weights
     )

@@ -84,6 +84,13 @@ def problem_fingerprint(adapter, theta, inputs, targets, key=None):
     )
 
 
+def chunk_key(chunk):
+    """The cache key of a chunk: its row positions, or its groups' members (RemovedGroups)."""
+    if hasattr(chunk, "key"):
+        return chunk.key()
+    return tuple(int(i) for i in chunk)
+
+
 def _run_chunk(fingerprint, kind, settings, chunk, run, arguments):
     """One chunk; ``fingerprint``, ``kind``, ``settings`` and ``chunk`` are the cache key."""
     return run(*arguments)
@@ -134,7 +141,7 @@ class ChunkStore:
 
     def _is_done(self, cached, chunk):
         return cached.check_call_in_cache(
-            self.fingerprint, self.kind, self.settings, tuple(int(i) for i in chunk), None, ()
+            self.fingerprint, self.kind, self.settings, chunk_key(chunk), None, ()
         )
 
     def run(self, chunks, run, arguments, *, n_jobs=None):
@@ -158,7 +165,7 @@ class ChunkStore:
                     self.fingerprint,
                     self.kind,
                     self.settings,
-                    tuple(int(i) for i in chunk),
+                    chunk_key(chunk),
                     run,
                     arguments(number, chunk),
                 )

@@ -40,6 +40,7 @@ from ._checkpoint import (
     forward_flops,
     problem_fingerprint,
 )
+from ._groups import RemovedGroups, group_curvature_weights, group_gradients, group_objective
 from ._newton import CONVEX_TOL, minimize_convex_batched
 from ._optimizers import (
     AUTO_STEPS,
@@ -60,7 +61,8 @@ METHODS = ("auto", "newton", "optimizer")
 
 
 def _retrain_without(adapter, X, y, index, warm_start):
-    return adapter.retrain(X, y, exclude=[index], warm_start=warm_start)
+    # ``index`` is one row position or a group's array of them (RemovedGroups)
+    return adapter.retrain(X, y, exclude=np.atleast_1d(index).tolist(), warm_start=warm_start)
 
 
 def leave_one_out_parameters(
@@ -72,14 +74,19 @@ def leave_one_out_parameters(
     chosen by the caller (for example Dask) spreads them over workers. With ``memory`` each
     finished refit is saved as it completes (keyed by the fit, ``key`` — what fixes the
     retraining, such as the estimator and its seed — and the removed point), so an
-    interrupted run resumes where it stopped (:mod:`._checkpoint`).
+    interrupted run resumes where it stopped (:mod:`._checkpoint`). ``indices`` may be a
+    :class:`~._groups.RemovedGroups`: each group is then refit without all of its rows.
     """
     store = ChunkStore(memory, None, "warm_loo" if warm_start else "cold_loo", {}, name="LOO",
                        verbose=verbose)  # fmt: skip
     if store.enabled:
         store.fingerprint = problem_fingerprint(adapter, adapter.parameters(), X, y, key)
+    if isinstance(indices, RemovedGroups):
+        items = indices.split(len(indices))  # one group per refit
+    else:
+        items = [[index] for index in indices]
     thetas = store.run(
-        [[index] for index in indices],
+        items,
         _retrain_without,
         lambda number, chunk: (adapter, X, y, chunk[0], warm_start),
         n_jobs=n_jobs,
@@ -257,7 +264,9 @@ def proximal_response(
     The removed points are split into one chunk per worker of ``n_jobs``; each chunk is one
     batched optimisation
     (:func:`~sklearn_influence._responses._optimizers.optimize_responses` or the
-    exact batched Newton for linear models). ``epsilon`` defaults to 1/N.
+    exact batched Newton for linear models). ``epsilon`` defaults to 1/N. ``indices`` may be
+    a :class:`~._groups.RemovedGroups`: each group is one copy, removed with its own
+    ε_S = Σ_{m∈S} w_m / W (``epsilon`` must then be None).
 
     With ``memory`` (a folder or ``joblib.Memory``) the chunks are fixed by the removed
     points alone (:func:`~._checkpoint.checkpoint_chunks`, at least 20) and each finished
@@ -278,10 +287,14 @@ def proximal_response(
             "The responses of a model fitted with sample weights are solved by Newton's "
             "method; use method='auto' or 'newton'."
         )
+    groups = isinstance(indices, RemovedGroups)
+    if groups and epsilon is not None:
+        raise ValueError("A group's ε_S = Σ w_m / W is fixed by its members; pass epsilon=None.")
     weighted = problem.weights is not None and epsilon is None
     # a weighted model removes each point's own weight (ε_m = w_m / W, per point)
     epsilon = problem.epsilon if epsilon is None else float(epsilon)
-    indices = np.asarray(indices, dtype=int)
+    if not groups:
+        indices = np.asarray(indices, dtype=int)
     label = name or kind.upper()
     store = ChunkStore(memory, None, kind, None, name=label, verbose=verbose)
     if store.enabled:
@@ -289,10 +302,11 @@ def proximal_response(
             problem.adapter, problem.theta, problem.inputs, problem.targets, key
         )
     if method == "optimizer":
+        scale = float(indices.epsilons(problem).mean()) if groups and len(indices) else epsilon
         # saved with the chunks: a resumed run does not redo the power iterations
         optimizer_settings = store.once(
-            ("settings", float(damping), epsilon, optimizer_settings),
-            _resolve_auto, problem, kind, damping, epsilon, optimizer_settings,
+            ("settings", float(damping), scale, optimizer_settings),
+            _resolve_auto, problem, kind, damping, scale, optimizer_settings,
         )  # fmt: skip
         # the options are checked before any numerical work (InvalidParameterError)
         make_optimizer(
@@ -302,25 +316,27 @@ def proximal_response(
     store.settings = {
         "method": method,
         "damping": float(damping),
-        "epsilon": "weighted" if weighted else epsilon,
+        "epsilon": "weighted" if weighted or groups else epsilon,
         **optimizer_settings,
     }
     if store.enabled:
         per_chunk = _copies_per_chunk(problem, optimizer_settings)
         if method == "optimizer":
             per_chunk = min(per_chunk, _copies_in_time(problem, optimizer_settings))
-        chunks = checkpoint_chunks(indices, per_chunk)
+        # positions: their chunks depend on the number of removed points (or groups) only
+        chunks = checkpoint_chunks(np.arange(len(indices)), per_chunk)
     else:
         per_chunk = _copies_per_chunk(problem, optimizer_settings)
         n_chunks = max(effective_n_jobs(n_jobs), -(-len(indices) // per_chunk))
-        chunks = [
-            chunk for chunk in np.array_split(indices, min(n_chunks, len(indices))) if len(chunk)
-        ]
+        positions = np.array_split(np.arange(len(indices)), min(n_chunks, len(indices)))
+        chunks = [chunk for chunk in positions if len(chunk)]
+    # chunks of positions → of the removed points (or groups)
+    chunks = [indices.subset(chunk) if groups else indices[chunk] for chunk in chunks]
     run = _newton_chunk if method == "newton" else _optimizer_chunk
 
     def arguments(number, chunk):
         progress = _progress(label, number, len(chunks), verbose)
-        chunk_epsilon = None if weighted else epsilon
+        chunk_epsilon = None if weighted or groups else epsilon  # a group's own ε_S
         return problem, kind, chunk, damping, chunk_epsilon, optimizer_settings, progress
 
     parts = store.run(chunks, run, arguments, n_jobs=n_jobs)
@@ -430,14 +446,22 @@ def _progress(name, number, n_chunks, verbose):
 
 
 def _removed_points(problem, chunk):
+    if isinstance(chunk, RemovedGroups):  # each group's members, (k, s, ...)
+        return chunk.rows(problem)[:2]
     index = torch.as_tensor(chunk, device=problem.inputs.device)
     return problem.inputs[index], problem.targets[index]
 
 
 def _optimizer_chunk(problem, kind, chunk, damping, epsilon, settings, progress):
+    groups = isinstance(chunk, RemovedGroups)
     objective = response_objective(
-        problem.adapter, kind, problem.theta, damping=damping, epsilon=epsilon
-    )
+        problem.adapter, kind, problem.theta, damping=damping,
+        epsilon=0.0 if groups else (problem.epsilon if epsilon is None else epsilon),
+    )  # fmt: skip
+    removed_weights = None
+    if groups:  # the group's Σ_j (w_j/W) L_j replaces ε L_m
+        objective = group_objective(problem.adapter, objective)
+        removed_weights = chunk.coefficients(problem)
     removed_inputs, removed_targets = _removed_points(problem, chunk)
     settings = dict(settings)
     optimizer = make_optimizer(settings.pop("optimizer"), settings.pop("optimizer_options"))
@@ -460,6 +484,7 @@ def _optimizer_chunk(problem, kind, chunk, damping, epsilon, settings, progress)
         model=model,
         return_info=True,
         influence_steps=influence_steps,
+        removed_weights=removed_weights,
         **settings,
     )
     far = info.far.cpu().numpy()
@@ -495,15 +520,24 @@ def gauss_newton_model(problem, chunk, damping, epsilon, optimizer=None, kind_of
         )  # fmt: skip
         preconditioner = FactoredPreconditioner(curvature, kind).for_damping(damping)
     removed_inputs, removed_targets = _removed_points(problem, chunk)
-    shares = problem.epsilons(chunk).unsqueeze(1)  # w_m / W: the data term's share of m
-    epsilons = problem.epsilons(chunk, epsilon)
-    index = torch.as_tensor(np.asarray(chunk, dtype=int), device=problem.inputs.device)
-    removed_term = _removed_hessian(
-        problem, kind_of_model, removed_inputs, removed_targets,
-        problem.reference_outputs[index], shares[:, 0], epsilons,
-    )  # fmt: skip
+    if isinstance(chunk, RemovedGroups):  # (k, s) members; a member's ε is its share
+        shares = chunk.coefficients(problem)
+        removed_term = _removed_hessian(
+            problem, kind_of_model, removed_inputs, removed_targets, chunk.rows(problem)[2],
+            shares, shares, group=True,
+        )  # fmt: skip
+        member_inputs = removed_inputs
+    else:
+        shares = problem.epsilons(chunk).unsqueeze(1)  # w_m / W: the data term's share of m
+        epsilons = problem.epsilons(chunk, epsilon)
+        index = torch.as_tensor(np.asarray(chunk, dtype=int), device=problem.inputs.device)
+        removed_term = _removed_hessian(
+            problem, kind_of_model, removed_inputs, removed_targets,
+            problem.reference_outputs[index], shares[:, 0], epsilons,
+        )  # fmt: skip
+        member_inputs = removed_inputs.unsqueeze(1)
     return GaussNewtonModel(
-        adapter, problem.inputs, removed_inputs.unsqueeze(1), shares, damping,
+        adapter, problem.inputs, member_inputs, shares, damping,
         problem.weights, dtype=product_dtype, preconditioner=preconditioner,
         removed_term=removed_term,
     )  # fmt: skip
@@ -518,11 +552,14 @@ def _has_layers(adapter):
     return True
 
 
-def _removed_hessian(problem, kind, inputs, targets, reference_outputs, shares, epsilons):
+def _removed_hessian(
+    problem, kind, inputs, targets, reference_outputs, shares, epsilons, group=False
+):
     """Exact Hessian-vector products of each copy's removed-row terms (see GaussNewtonModel).
 
     φ_m(θ) = (w_m/W) ℓ_m(θ) − ε_m L_m(θ), with ℓ the row's data term (PBRF: its Bregman
-    divergence from θˢ; PRF: its loss, so that φ_m = 0 for an unweighted removal).
+    divergence from θˢ; PRF: its loss, so that φ_m = 0 for an unweighted removal). With
+    ``group`` each copy has (s, ...) member rows and (s,) shares and ε's, and φ_S = Σ_j φ_j.
     """
     adapter = problem.adapter
     loss = adapter.loss
@@ -535,6 +572,13 @@ def _removed_hessian(problem, kind, inputs, targets, reference_outputs, shares, 
         else:
             data = loss(outputs, t)[0]
         return share * data - epsilon * loss(outputs, t)[0]
+
+    if group:  # a group's terms add up over its members (padded members: share 0)
+        one_row = phi
+
+        def phi(theta, x, t, reference, share, epsilon):
+            rows = vmap(one_row, in_dims=(None, 0, 0, 0, 0, 0))
+            return rows(theta, x, t, reference, share, epsilon).sum()
 
     def hvp(theta, vector, x, t, reference, share, epsilon):
         def gradient(theta_):
@@ -609,6 +653,8 @@ def _newton_chunk(problem, kind, chunk, damping, epsilon, settings, progress):
     """
     adapter = problem.adapter
     inputs, targets, reference_outputs = problem.inputs, problem.targets, problem.reference_outputs
+    if isinstance(chunk, RemovedGroups):
+        return _newton_groups(problem, kind, chunk, damping, progress)
     removed_inputs, removed_targets = _removed_points(problem, chunk)
     if problem.weights is not None:
         single = _weighted_objective(problem, kind, damping)
@@ -648,6 +694,57 @@ def _newton_chunk(problem, kind, chunk, damping, epsilon, settings, progress):
     )
 
 
+def _newton_groups(problem, kind, groups, damping, progress):
+    """Exact Newton for each group of a model linear in θ, with the group's exact Hessian
+    (the Gauss-Newton matrix with its members' weights zeroed, see
+    :func:`~._groups.group_curvature_weights`): one step for a quadratic objective."""
+    adapter = problem.adapter
+    inputs, targets, reference_outputs = problem.inputs, problem.targets, problem.reference_outputs
+    if problem.weights is not None:
+        weighted = _weighted_objective(problem, kind, damping)
+
+        def single(theta, removed_input, removed_target):
+            return weighted(theta, removed_input, removed_target, 0.0)
+    else:
+        objective = response_objective(adapter, kind, problem.theta, damping=damping, epsilon=0.0)
+
+        def single(theta, removed_input, removed_target):
+            return objective(
+                theta, removed_input, removed_target, inputs, targets, reference_outputs
+            )
+
+    group_single = group_objective(adapter, single)
+    removed_inputs, removed_targets, _ = groups.rows(problem)
+    coefficients = groups.coefficients(problem)
+    parts = []
+    for j, group in enumerate(groups):
+        weights = group_curvature_weights(problem, group)
+
+        def curvature_at(theta, weights=weights):
+            matrix = make_curvature(
+                "gauss_newton", adapter, theta, inputs, targets, weights=weights
+            ).dense()
+            matrix.diagonal().add_(damping)
+            return matrix
+
+        per_copy = (removed_inputs[j : j + 1], removed_targets[j : j + 1], coefficients[j : j + 1])
+        start = problem.theta.unsqueeze(0)
+        initial = vmap(grad(group_single))(start, *per_copy).norm(dim=1)
+        theta, norms, n_iter = minimize_convex_batched(
+            group_single, start, per_copy, curvature_at, tol=CONVEX_TOL
+        )
+        relative = torch.where(initial > 0, norms / initial.clamp_min(1e-300), norms)
+        parts.append((theta, norms, relative, n_iter))
+    if progress is not None:
+        progress(max(part[3] for part in parts), len(groups))
+    return Bunch(
+        parameters=torch.cat([part[0] for part in parts]).detach(),
+        converged=torch.cat([part[1] for part in parts]).cpu().numpy() <= CONVEX_TOL,
+        relative_gradient_norm=torch.cat([part[2] for part in parts]).detach().cpu().numpy(),
+        n_iter=np.array([part[3] for part in parts]),
+    )
+
+
 def linearized_pbrf(
     problem, indices, *, damping, solver="auto", solver_options=None, batch_size=512, epsilon=None
 ):
@@ -656,8 +753,18 @@ def linearized_pbrf(
     The Gauss-Newton system is solved by ``solver`` (``"auto"``: the exact direct solver
     while the dense matrix is small), reusing the package's solvers and curvature products.
     A weighted model uses its weighted Gauss-Newton matrix and each point's ε_m = w_m / W.
+    For a :class:`~._groups.RemovedGroups` the shift of group S is
+    (G + λI)⁻¹ Σ_{m∈S} (w_m/W) ∇L_m(θˢ), the sum of its members' shifts.
     """
-    if problem.weights is not None and epsilon is None:
+    gradients = None
+    if isinstance(indices, RemovedGroups):  # ε_S and the members' weighted mean gradient
+        if epsilon is not None:
+            raise ValueError("A group's ε_S is fixed by its members; pass epsilon=None.")
+        epsilon = indices.epsilons(problem)
+        gradients = group_gradients(problem.adapter, problem.theta, indices, problem)
+        gradients = gradients / epsilon.unsqueeze(1)
+        indices = []
+    elif problem.weights is not None and epsilon is None:
         epsilon = problem.epsilons(indices)
     else:
         epsilon = problem.epsilon if epsilon is None else float(epsilon)
@@ -665,5 +772,6 @@ def linearized_pbrf(
         problem.adapter, problem.theta, problem.inputs, problem.targets,
         np.asarray(indices, dtype=int), damping, epsilon, solver=solver,
         solver_options=solver_options, batch_size=batch_size, weights=problem.weights,
+        gradients=gradients,
     )  # fmt: skip
     return Bunch(parameters=problem.theta + shift, converged=None, solver=name)

@@ -71,6 +71,7 @@ from torch.func import jacrev, vmap
 from .._adapters._glm import GeneralizedLinearModelAdapter, TweedieHalfDeviance
 from .._adapters._losses import BinaryLogLoss, SignedSquaredError, SquaredError
 from ..exceptions import NumericalWarning, ResponseConvergenceWarning
+from ._groups import RemovedGroups, exact_group_refits
 from ._newton import minimize_convex
 
 #: chord-Newton iterations before a row is handed to the per-row damped Newton
@@ -762,6 +763,10 @@ def exact_leave_one_out(problem, indices, *, warm_start):
     sgd = isinstance(getattr(adapter, "fixed_model", None), (SGDClassifier, SGDRegressor))
     if sgd and not warm_start:
         return None
+    if isinstance(indices, RemovedGroups):  # a group: Newton on its own objective
+        penalty = "fixed" if warm_start else "refit"
+        scales = penalty_scales(adapter, indices.epsilons(problem), penalty)
+        return exact_group_refits(problem, indices, scales)
     _, thetas, converged = leave_one_out_all_rows(
         adapter, problem.theta, problem.inputs, problem.targets, indices,
         penalty="fixed" if warm_start else "refit",

@@ -388,6 +388,7 @@ def optimize_responses(
     model=None,
     return_info=False,
     influence_steps=None,
+    removed_weights=None,
 ):
     """Minimise one response objective per removed point, all copies in one batched loop.
 
@@ -434,6 +435,9 @@ def optimize_responses(
         a network can be unbounded below (the removed row's terms are linear in its
         logits, which grow faster than the proximity term for ReLU nets), and the response
         sought is the local minimiser near θˢ.
+    removed_weights : Tensor of shape (k, s) or None
+        Group removal (:mod:`._groups`): each copy's removed rows are (s, ...) members and
+        ``objective`` takes these coefficients as a third per-copy argument.
 
     Returns
     -------
@@ -455,18 +459,20 @@ def optimize_responses(
     if optimizer.needs_model and model is None:
         raise ValueError(f"optimizer={optimizer.name!r} needs the Gauss-Newton model.")
     k = len(removed_inputs)
-    value_and_gradient = batched_value_and_gradient(objective)
+    per_copy = (removed_inputs, removed_targets)
+    if removed_weights is not None:
+        per_copy = (*per_copy, removed_weights)
+    value_and_gradient = batched_value_and_gradient(objective, len(per_copy))
 
     def full(thetas, copies=None):
-        removed = (removed_inputs, removed_targets)
+        removed = per_copy
         if copies is not None:  # a subset of the copies (the line searches)
-            removed = (removed_inputs[copies], removed_targets[copies])
+            removed = tuple(values[copies] for values in per_copy)
         return value_and_gradient(thetas, *removed, inputs, targets, reference_outputs)
 
     def batch(thetas, rows):
         return value_and_gradient(
-            thetas, removed_inputs, removed_targets, inputs[rows], targets[rows],
-            reference_outputs[rows],
+            thetas, *per_copy, inputs[rows], targets[rows], reference_outputs[rows],
         )  # fmt: skip
 
     thetas = reference.detach().unsqueeze(0).repeat(k, 1)
@@ -684,7 +690,7 @@ def _backtrack_copies(full, copies, thetas, values, slope, direction, slack_fact
     return new_thetas, new_values, new_gradients, accepted
 
 
-def batched_value_and_gradient(objective):
+def batched_value_and_gradient(objective, n_per_copy=2):
     """Values (k,) and gradients (k, p) of k independent copies of ``objective`` at once.
 
     The forward pass is :func:`torch.func.vmap`-ed over the copies (one batched evaluation
@@ -692,7 +698,7 @@ def batched_value_and_gradient(objective):
     objectives, whose gradient with respect to copy j is ∇F_j(θ_j); this is about twice as
     fast as ``vmap(grad(objective))`` on CPU.
     """
-    values = vmap(objective, in_dims=(0, 0, 0, None, None, None))
+    values = vmap(objective, in_dims=(0,) * (1 + n_per_copy) + (None, None, None))
 
     def value_and_gradient(thetas, *args):
         with torch.enable_grad():

@@ -2,6 +2,8 @@
 
 * :func:`influence_correlation` — Pearson or Spearman correlation of estimated and actual
   effects (for example an influence matrix against leave-one-out retraining).
+* :func:`group_influence` — the first-order influence of removing whole groups of training
+  points at once (the sums of their columns of an influence matrix).
 * :func:`linear_datamodeling_score` — the linear datamodeling score (LDS): how well sums of
   influence over removed training points rank the actual effect of retraining without them.
 * :func:`mislabel_recall_curve`, :func:`mislabel_detection_recall`,
@@ -20,7 +22,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions, validate_params
 from sklearn.utils.validation import check_is_fitted
 
-from .._base import row_correlations
+from .._base import check_removed_groups, row_correlations
 from .._engine._gradients import resolve_query_targets
 from .._responses._removal import subset_removal_measurements
 from .._validation import query_tensors
@@ -38,6 +40,7 @@ __all__ = [
     "MislabelRecallDisplay",
     "MostInfluentialDisplay",
     "RegressionDiagnosticsDisplay",
+    "group_influence",
     "influence_correlation",
     "linear_datamodeling_score",
     "mislabel_detection_auc",
@@ -139,6 +142,59 @@ def influence_correlation(predicted, actual, *, method="pearson", axis=None):
     if axis is None or flat:
         return float(correlation[0])
     return correlation
+
+
+# -- group influence ------------------------------------------------------------------------
+@validate_params(
+    {"influence_matrix": ["array-like"], "groups": ["array-like"]},
+    prefer_skip_nested_validation=True,
+)
+def group_influence(influence_matrix, groups):
+    """First-order influence of removing each group of training points at once.
+
+    Removing a set S down-weights the objective by ε_S = Σ_{m∈S} w_m / W, and to first order
+    its effect is the sum of its members' effects: each column of an influence matrix is
+    already scaled by its point's ε_m (1/N, or w_m / W with sample weights; DESIGN.md §2), so
+    the group influence is the sum of S's columns, with the same sign convention (positive:
+    removing the group is predicted to raise the query's loss). It approximates, to first
+    order in ε_S, the actual responses of the estimators' ``removed_groups`` (for example
+    :class:`~sklearn_influence.LeaveOneOut` or :class:`~sklearn_influence.PBRF`), and equals
+    the response of :class:`~sklearn_influence.LinearizedPBRF` to first order.
+
+    Parameters
+    ----------
+    influence_matrix : array-like of shape (n_queries, n_train) or (n_train,)
+        Influence estimates, for example :meth:`InfluenceFunction.transform
+        <sklearn_influence.InfluenceFunction.transform>`, training points along the last axis.
+    groups : list of array-like of int
+        Training row positions of each group (distinct within a group; groups may overlap).
+
+    Returns
+    -------
+    influence : ndarray of shape (n_queries, n_groups) or (n_groups,)
+        ``influence[q, j]`` = Σ_{m ∈ groups[j]} ``influence_matrix[q, m]``.
+
+    See Also
+    --------
+    linear_datamodeling_score : How well such sums rank the actual effect of retraining.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_influence.metrics import group_influence
+    >>> influence = np.array([[1.0, 2.0, -0.5, 0.25], [0.0, 1.0, 1.0, -1.0]])
+    >>> group_influence(influence, [[0, 1], [1, 2, 3]])
+    array([[3.  , 1.75],
+           [1.  , 1.  ]])
+    """
+    matrix = _as_finite_array(influence_matrix, "influence_matrix")
+    if matrix.ndim not in (1, 2):
+        raise ValueError(
+            f"influence_matrix must be 1-d (n_train,) or 2-d (n_queries, n_train), got shape "
+            f"{matrix.shape}."
+        )
+    checked = check_removed_groups(groups, matrix.shape[-1], name="groups")
+    return np.stack([matrix[..., group].sum(-1) for group in checked], axis=-1)
 
 
 # -- linear datamodeling score -----------------------------------------------------------------
