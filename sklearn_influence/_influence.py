@@ -200,7 +200,8 @@ class InfluenceFunction(
         cheaper products (convolutional, residual, attention nets; ``curvature_options``).
         ``"auto"`` picks ``"direct"`` when the dense matrix fits comfortably in memory and
         factorizes in seconds (p ≤ 4,000, and three float64 p × p arrays within 2 GiB and a
-        quarter of the free memory), else ``"near_exact"`` for the Gauss-Newton matrix and ``"cg"`` for the others; with ``"kfac"``/``"ekfac"``
+        quarter of the free memory), else ``"near_exact"`` for the Gauss-Newton matrix and
+        ``"cg"`` for the others; with ``"kfac"``/``"ekfac"``
         it picks ``"factored"``, the factored curvature's own damped inverse (fast and
         approximate; a new damping never refactors).
     device : {"cpu", "cuda", "auto"} or str, default="cpu"
