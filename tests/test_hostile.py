@@ -340,10 +340,10 @@ def test_non_finite_training_rows_are_named():
 
 
 def test_mislabel_scores_that_are_not_finite_are_never_ranked():
-    from sklearn_influence._mislabel import _refuse_non_finite
+    from sklearn_influence._mislabel._scores import refuse_non_finite
 
     with pytest.raises(ValueError, match=r"MislabelDetector ranks.*training rows \[2\]"):
-        _refuse_non_finite(np.array([0.1, 0.2, np.nan, 0.3]))
+        refuse_non_finite(np.array([0.1, 0.2, np.nan, 0.3]))
 
 
 # -- degenerate data ---------------------------------------------------------------------------
