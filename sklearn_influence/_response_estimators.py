@@ -218,7 +218,7 @@ class LeaveOneOut(_BaseResponse):
         Training row positions to remove, one at a time. None draws ``n_points`` of them
         with ``random_state``.
     removed_groups : list of array-like of int, default=None
-        Groups of training row positions, each removed at once (ε_S = |S|/N, or the sum of
+        Groups of training row positions, each removed at once (ε_S = ``|S| / N``, or the sum of
         its members' weights over the total weight); groups may overlap. The responses then
         have one column per group. Mutually exclusive with ``train_indices``.
     n_points : int, default=20
@@ -406,7 +406,7 @@ _PROXIMAL_PARAMETERS_DOC = (
     train_indices : array-like of int, default=None
         Training row positions to remove, one at a time. None draws ``n_points`` of them.
     removed_groups : list of array-like of int, default=None
-        Groups of training row positions, each removed at once (ε_S = |S|/N, or the sum of
+        Groups of training row positions, each removed at once (ε_S = ``|S| / N``, or the sum of
         its members' weights over the total weight); groups may overlap. The responses then
         have one column per group. Mutually exclusive with ``train_indices``.
     n_points : int, default=20
@@ -701,7 +701,7 @@ class LinearizedPBRF(_BaseResponse):
     train_indices : array-like of int, default=None
         Training row positions to remove, one at a time. None draws ``n_points`` of them.
     removed_groups : list of array-like of int, default=None
-        Groups of training row positions, each removed at once (ε_S = |S|/N, or the sum of
+        Groups of training row positions, each removed at once (ε_S = ``|S| / N``, or the sum of
         its members' weights over the total weight); groups may overlap. The responses then
         have one column per group. Mutually exclusive with ``train_indices``.
     n_points : int, default=20
