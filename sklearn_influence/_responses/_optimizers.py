@@ -296,13 +296,21 @@ class Adam(_FirstOrder):
 
 
 class LBFGS(ResponseOptimizer):
-    """Batched L-BFGS with per-copy line searches (:func:`_lbfgs`)."""
+    """Batched L-BFGS with per-copy line searches (:func:`_lbfgs`).
+
+    ``preconditioner="gauss_newton"`` (PBRF): the initial inverse-Hessian approximation of
+    every copy is the exact (G + λI)⁻¹ at θˢ, applied through one Cholesky factor shared by
+    all copies (:meth:`~._functions.ResponseProblem.gauss_newton_preconditioner`). The first
+    step, of unit length, is then exactly the influence step ε(G + λI)⁻¹∇L_m, and the
+    curvature pairs only learn how the objective differs from its quadratic model at θˢ.
+    """
 
     name = "lbfgs"
-    options = {"history": 30, "max_halvings": 30}
+    options = {"history": 30, "max_halvings": 30, "preconditioner": None}
     option_constraints = {
         "history": [Interval(Integral, 1, None, closed="left")],
         "max_halvings": [Interval(Integral, 0, None, closed="left")],
+        "preconditioner": [StrOptions({"gauss_newton"}), None],
     }
     full_batch_only = True
     default_steps = 3000
@@ -312,11 +320,14 @@ class LBFGS(ResponseOptimizer):
         return 8 + 2 * self.settings["history"]
 
     def minimize(self, task):
+        settings = dict(self.settings)
+        if settings.pop("preconditioner") is not None and task.get("precondition") is None:
+            raise ValueError("optimizer_options['preconditioner'] needs the preconditioner.")
         return _lbfgs(
             task.full, task.thetas, task.objective_values, task.gradients, task.threshold,
             task.active, task.n_steps, first_step=float(task.learning_rate), n_iter=task.n_iter,
             progress=task.progress, max_step=task.max_step, check=task.check_divergence,
-            **self.settings,
+            precondition=task.get("precondition"), **settings,
         )  # fmt: skip
 
 
@@ -384,6 +395,7 @@ def optimize_responses(
     model=None,
     return_info=False,
     influence_steps=None,
+    precondition=None,
 ):
     """Minimise one response objective per removed point, all copies in one batched loop.
 
@@ -430,6 +442,9 @@ def optimize_responses(
         a network can be unbounded below (the removed row's terms are linear in its
         logits, which grow faster than the proximity term for ReLU nets), and the response
         sought is the local minimiser near θˢ.
+    precondition : callable or None
+        ``precondition(R)``: rows of P⁻¹ r, the same P for every copy (L-BFGS with
+        ``preconditioner="gauss_newton"``).
 
     Returns
     -------
@@ -501,7 +516,7 @@ def optimize_responses(
         check_divergence=check_divergence,
         certified=torch.zeros(k, dtype=torch.bool, device=thetas.device),
         first_step=torch.zeros(k, dtype=thetas.dtype, device=thetas.device),
-        max_step=max_step,
+        max_step=max_step, precondition=precondition,
     )  # fmt: skip
     thetas, gradients = optimizer.minimize(task)
     if optimizer.full_batch_only:  # stopped above the threshold: at a kink?
