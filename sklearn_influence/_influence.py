@@ -233,10 +233,13 @@ class InfluenceFunction(
         The fixed proximity damping of the ``"pbrf"`` score target, independent of
         ``damping`` so that different damping values are compared with the same target.
     score_options : dict, default=None
-        Settings of the ``"pbrf"`` target's optimisation: ``optimizer`` (``"auto"``: SGD with
-        the step and momentum of the curvature at the fitted parameters, as
-        :class:`~sklearn_influence.PBRF`; ``"lbfgs"``, ``"gauss_newton"``, ``"adam"``),
-        ``n_iter`` (``"auto"``: the optimizer's step budget), ``tol`` (1e-4: each point
+        Settings of the ``"pbrf"`` target's optimisation: ``optimizer`` (``"auto"``: for
+        up to 8,192 parameters L-BFGS whose initial inverse Hessian is the exact (G + λI)⁻¹
+        at the fitted parameters — one dense Gauss-Newton matrix and Cholesky factor shared
+        by all points, so the first step is the influence step — else SGD with the step and
+        momentum of the curvature there; ``"lbfgs"``, ``"gauss_newton"``, ``"sgd"``,
+        ``"adam"``), ``n_iter`` (``"auto"``: 200 steps for the preconditioned L-BFGS, else
+        the optimizer's step budget), ``tol`` (1e-4: each point
         stops when its gradient norm is below ``tol`` times its value at the fitted
         parameters; see :class:`~sklearn_influence.PBRF`), ``learning_rate`` and
         ``optimizer_options``. A point that misses the tolerance or diverges raises a
