@@ -94,8 +94,9 @@ def _fit_engine(
 
 
 def _removal_changes(
-    adapter, theta, X, y, removed, target, n_jobs, X_query, y_query, fit_key, memory=None
-):
+    adapter, theta, X, y, removed, target, n_jobs, X_query, y_query, fit_key, memory=None,
+    verbose=0,
+):  # fmt: skip
     """:func:`~._responses._removal.removal_changes` in the form that ``memory`` caches.
 
     ``target`` is ``(kind, pbrf_damping[, score_options])``. ``fit_key`` identifies the fit in
@@ -103,13 +104,14 @@ def _removal_changes(
     unpickled copy to the next (which made every clone retrain); ``fit_key`` (estimator,
     device, random_state) and the training data identify the fit. ``memory`` (ignored in the
     key) also saves the retraining's finished chunks as they complete, so an interrupted
-    ``score`` resumes.
+    ``score`` resumes. ``verbose`` (ignored in the key) reports the progress of the
+    retraining or the PBRF optimisation.
     """
     kind, pbrf_damping, *options = target
     options = dict(options[0]) if options and options[0] is not None else None
     return removal_changes(
         adapter, theta, X, y, removed, X_query, y_query, kind=kind, pbrf_damping=pbrf_damping,
-        n_jobs=n_jobs, memory=memory, key=fit_key, pbrf_options=options,
+        n_jobs=n_jobs, memory=memory, key=fit_key, pbrf_options=options, verbose=verbose,
     )  # fmt: skip
 
 
@@ -962,11 +964,11 @@ class InfluenceFunction(
             for damping in dampings
         ]
         cached = check_memory(self.memory).cache(
-            _removal_changes, ignore=["adapter", "theta", "n_jobs", "memory"]
+            _removal_changes, ignore=["adapter", "theta", "n_jobs", "memory", "verbose"]
         )
         actual = cached(
             engine.adapter, engine.theta, X_train, y_train, removed, target, self.n_jobs,
-            X_query, y_query, self._fit_key(), self.memory,
+            X_query, y_query, self._fit_key(), self.memory, getattr(self, "verbose", 0),
         )  # fmt: skip
         return predicted, actual
 
