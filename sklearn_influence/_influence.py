@@ -105,8 +105,9 @@ def _fit_engine(
 
 
 def _removal_changes(
-    adapter, theta, X, y, removed, target, n_jobs, X_query, y_query, fit_key, memory=None
-):
+    adapter, theta, X, y, removed, target, n_jobs, X_query, y_query, fit_key, memory=None,
+    verbose=0,
+):  # fmt: skip
     """:func:`~._responses._removal.removal_changes` in the form that ``memory`` caches.
 
     ``target`` is ``(kind, pbrf_damping[, score_options])``. ``fit_key`` identifies the fit in
@@ -114,13 +115,14 @@ def _removal_changes(
     unpickled copy to the next (which made every clone retrain); ``fit_key`` (estimator,
     device, random_state) and the training data identify the fit. ``memory`` (ignored in the
     key) also saves the retraining's finished chunks as they complete, so an interrupted
-    ``score`` resumes.
+    ``score`` resumes. ``verbose`` (ignored in the key) reports the progress of the
+    retraining or the PBRF optimisation.
     """
     kind, pbrf_damping, *options = target
     options = dict(options[0]) if options and options[0] is not None else None
     return removal_changes(
         adapter, theta, X, y, removed, X_query, y_query, kind=kind, pbrf_damping=pbrf_damping,
-        n_jobs=n_jobs, memory=memory, key=fit_key, pbrf_options=options,
+        n_jobs=n_jobs, memory=memory, key=fit_key, pbrf_options=options, verbose=verbose,
     )  # fmt: skip
 
 
@@ -245,10 +247,13 @@ class InfluenceFunction(
         The fixed proximity damping of the ``"pbrf"`` score target, independent of
         ``damping`` so that different damping values are compared with the same target.
     score_options : dict, default=None
-        Settings of the ``"pbrf"`` target's optimisation: ``optimizer`` (``"auto"``: SGD with
-        the step and momentum of the curvature at the fitted parameters, as
-        :class:`~sklearn_influence.PBRF`; ``"lbfgs"``, ``"gauss_newton"``, ``"adam"``),
-        ``n_iter`` (``"auto"``: the optimizer's step budget), ``tol`` (1e-4: each point
+        Settings of the ``"pbrf"`` target's optimisation: ``optimizer`` (``"auto"``: for
+        up to 8,192 parameters L-BFGS whose initial inverse Hessian is the exact (G + λI)⁻¹
+        at the fitted parameters — one dense Gauss-Newton matrix and Cholesky factor shared
+        by all points, so the first step is the influence step — else SGD with the step and
+        momentum of the curvature there; ``"lbfgs"``, ``"gauss_newton"``, ``"sgd"``,
+        ``"adam"``), ``n_iter`` (``"auto"``: 200 steps for the preconditioned L-BFGS, else
+        the optimizer's step budget), ``tol`` (1e-4: each point
         stops when its gradient norm is below ``tol`` times its value at the fitted
         parameters; see :class:`~sklearn_influence.PBRF`), ``learning_rate`` and
         ``optimizer_options``. A point that misses the tolerance or diverges raises a
@@ -976,11 +981,11 @@ class InfluenceFunction(
             for damping in dampings
         ]
         cached = check_memory(self.memory).cache(
-            _removal_changes, ignore=["adapter", "theta", "n_jobs", "memory"]
+            _removal_changes, ignore=["adapter", "theta", "n_jobs", "memory", "verbose"]
         )
         actual = cached(
             engine.adapter, engine.theta, X_train, y_train, removed, target, self.n_jobs,
-            X_query, y_query, self._fit_key(), self.memory,
+            X_query, y_query, self._fit_key(), self.memory, getattr(self, "verbose", 0),
         )  # fmt: skip
         return predicted, actual
 

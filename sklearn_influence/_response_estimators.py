@@ -349,8 +349,12 @@ _OPTIMIZER_DOC = """
     optimizer : {"auto", "lbfgs", "gauss_newton", "sgd", "adam"}, default="<<optimizer>>"
         Optimizer of the objectives (one object per method behind one registry, each
         with its declared ``optimizer_options``). ``"auto"``: L-BFGS for the PRF with full
-        batches, SGD otherwise (the PBRF is nearly quadratic around θˢ, where SGD's
-        automatic step and momentum come from). L-BFGS (full batches only)
+        batches; for the PBRF with full batches and at most 8,192 parameters, L-BFGS
+        preconditioned by the exact (G + λI)⁻¹ at θˢ (``optimizer_options={"preconditioner":
+        "gauss_newton"}``: one dense Gauss-Newton matrix and Cholesky factor shared by all
+        points; its first step is the influence step, and the PBRF, nearly quadratic around
+        θˢ, is then reached in a few steps unless it ends on an activation kink); SGD
+        otherwise. L-BFGS (full batches only)
         keeps each point's own curvature pairs and line search, so it needs no step size
         beyond its first step. ``"gauss_newton"``: damped Gauss-Newton steps whose linear
         systems are solved by conjugate gradient on the Gauss-Newton matrix at each point's
@@ -386,8 +390,10 @@ _OPTIMIZER_DOC = """
         SGD: ``momentum`` (default ``"auto"``: (√κ − 1)/(√κ + 1) for the condition number
         κ = L/(λ + min r) of the damped objective, at most 0.99) and ``nesterov`` (True);
         Adam: ``betas`` (two numbers in [0, 1)) and ``eps``; L-BFGS: ``history`` (≥ 1, 30
-        curvature pairs, 2 × 30 parameter vectors per removed point) and
-        ``max_halvings`` (30) of its line search; Gauss-Newton: ``cg_maxiter`` (100),
+        curvature pairs, 2 × 30 parameter vectors per removed point),
+        ``max_halvings`` (30) of its line search and ``preconditioner`` (None, or
+        ``"gauss_newton"``: the exact (G + λI)⁻¹ at θˢ, first step 1); Gauss-Newton:
+        ``cg_maxiter`` (100),
         ``cg_tol`` (0.1, the loosest relative residual of a step), ``max_halvings`` and
         ``preconditioner`` ("kfac", "ekfac" or None). Unknown names and values outside
         these ranges raise ``InvalidParameterError`` before any work.

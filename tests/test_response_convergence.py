@@ -60,9 +60,7 @@ def digits():
 FAMILIES = {
     "relu_maxpool_cnn": lambda: _net(TinyReLUCNN),
     "batchnorm_resnet": lambda: _net(ResNet, width=2, n_blocks=1),
-    "transformer": lambda: _net(
-        TransformerClassifier, d_model=8, n_heads=2, dim_feedforward=8
-    ),
+    "transformer": lambda: _net(TransformerClassifier, d_model=8, n_heads=2, dim_feedforward=8),
 }
 
 
@@ -149,6 +147,24 @@ def test_lbfgs_pbrf_matches_an_independent_lbfgs(digits, family):
     assert error <= 5e-3 * move, (family, error / move)
 
 
+def test_auto_pbrf_is_preconditioned_lbfgs_and_matches_an_independent_lbfgs(digits):
+    """optimizer="auto": L-BFGS started with the exact (G + λI)⁻¹ at θˢ, so its first step is
+    the influence step; on the ReLU + max-pool CNN it converges in a few steps and lands on
+    torch's float64 L-BFGS minimiser (λ = 1; at λ = 0.1 this net's minimisers sit on kinks)."""
+    X, y = digits
+    net = _fitted("relu_maxpool_cnn", X, y)
+    removed = [0, 1, 2]
+    pbrf = PBRF(FrozenEstimator(net), damping=1.0, train_indices=removed, optimizer="auto",
+                n_iter=200).fit(X, y)  # fmt: skip
+    assert pbrf.converged_.all()
+    assert (pbrf.n_iter_ <= 10).all(), pbrf.n_iter_
+    for j, m in enumerate(removed):
+        reference, truth = _truth(net, X, y, m, 1.0)
+        move = np.linalg.norm(truth - reference)
+        error = np.linalg.norm(pbrf.parameters_[j] - truth)
+        assert error <= 5e-3 * move, (m, error / move)
+
+
 def test_far_pbrf_minimiser_is_reported_not_converged(digits):
     """At λ = 0.01 the tiny ReLU net's PBRF is unbounded below (torch's L-BFGS runs off to
     ‖θ − θˢ‖ ≈ 1e4): the response stops at 10 influence steps and says so."""
@@ -223,7 +239,9 @@ def test_optimizer_options_are_declared_and_checked():
         make_optimizer("adam", {"betas": (1.5, 0.9)})
     with pytest.raises(InvalidParameterError, match="Unknown optimizer_options"):
         make_optimizer("sgd", {"betas": (0.9, 0.99)})
-    assert make_optimizer("lbfgs").settings == {"history": 30, "max_halvings": 30}
+    assert make_optimizer("lbfgs").settings == {
+        "history": 30, "max_halvings": 30, "preconditioner": None,
+    }  # fmt: skip
     with pytest.raises(InvalidParameterError, match="score_options"):
         from sklearn_influence._responses._removal import check_score_options
 

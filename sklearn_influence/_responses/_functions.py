@@ -17,6 +17,7 @@ For a model fitted with per-row weights w_i the data terms are weighted means
 Newton's method.
 """
 
+import threading
 import warnings
 
 import numpy as np
@@ -27,8 +28,9 @@ from sklearn.utils import Bunch
 from torch.func import grad, jvp, vmap
 
 from .._engine._cg import FactoredPreconditioner
+from .._engine._cholesky import CholeskySolver
 from .._engine._curvature import make_curvature
-from .._engine._gradients import measure
+from .._engine._gradients import measure, per_example_gradients
 from .._engine._shifts import gauss_newton_shifts
 from .._torch_utils import FORWARD_AD_LOCK
 from ..exceptions import NumericalWarning
@@ -136,6 +138,35 @@ class ResponseProblem:
         self.weights = self.tensor(adapter.row_weights)
         with torch.no_grad():
             self.reference_outputs = adapter.outputs(self.theta, self.inputs)
+        self._lock = threading.Lock()
+        self._preconditioners = {}  # damping → Cholesky solver of G + λI at θˢ
+
+    def gauss_newton_preconditioner(self, damping):
+        """``precondition(R)``: rows of (G + λI)⁻¹ r with G the Gauss-Newton matrix at θˢ.
+
+        Formed once per damping (dense, in the model's own dtype: a preconditioner need
+        not be exact, the gradients that decide convergence stay in the working dtype)
+        and factorized by the engine's Cholesky solver in float64; shared by every chunk
+        of removed points, under a lock so that threaded chunks build it once.
+        """
+        key = float(damping)
+        with self._lock:
+            solver = self._preconditioners.get(key)
+            if solver is None:
+                model_dtype = self.adapter.dtype
+                curvature = make_curvature(
+                    "gauss_newton", self.adapter, self.theta.to(model_dtype),
+                    self.inputs.to(model_dtype), self.targets, weights=self.weights,
+                )  # fmt: skip
+                matrix = curvature.dense().to(self.dtype)
+                solver = CholeskySolver.from_matrix(matrix)
+                solver.solve(matrix[:1], key)  # factorize now, under the lock
+                self._preconditioners[key] = solver
+
+        def precondition(residuals):
+            return solver.solve(residuals.to(self.dtype), key).to(residuals.dtype)
+
+        return precondition
 
     def epsilons(self, indices, epsilon=None):
         """ε_m for each removed point (a tensor of shape (len(indices),)).
@@ -408,13 +439,54 @@ def _copies_in_time(problem, settings):
     )
 
 
+#: largest parameter count for which the PBRF's ``optimizer="auto"`` forms the dense
+#: Gauss-Newton matrix at θˢ to precondition L-BFGS (8 bytes × p² for its Cholesky factor)
+PRECONDITIONED_MAX_PARAMS = 8192
+#: step budget of the preconditioned L-BFGS: on the 6k-parameter ReLU CNN of
+#: benchmarks/bench_prf.py part C a point converged within 4 steps or not within 300
+PRECONDITIONED_STEPS = 200
+
+
+def _preconditioned_pbrf(problem, kind, settings):
+    """Whether ``optimizer="auto"`` of this PBRF is L-BFGS preconditioned by (G + λI)⁻¹ at θˢ:
+    full batches, a loss with Gauss-Newton factors and a dense matrix that is small enough.
+    """
+    if kind != "pbrf" or settings.get("optimizer", "auto") != "auto":
+        return False
+    batch_size = settings.get("batch_size")
+    if batch_size is not None and batch_size < problem.n_train:
+        return False
+    if problem.theta.numel() > PRECONDITIONED_MAX_PARAMS or not _has_factor(problem):
+        return False
+    return True
+
+
+def _has_factor(problem):
+    try:
+        problem.adapter.loss.hessian_factor(problem.reference_outputs[:1])
+    except NotImplementedError:
+        return False
+    return True
+
+
 def _resolve_auto(problem, kind, damping, epsilon, settings):
     settings = dict(settings)
+    if _preconditioned_pbrf(problem, kind, settings):
+        settings["optimizer"] = "lbfgs"
+        options = dict(settings.get("optimizer_options") or {})
+        options.setdefault("preconditioner", "gauss_newton")
+        settings["optimizer_options"] = options
     settings["optimizer"] = resolve_optimizer(
         kind, settings.get("optimizer", "auto"), settings.get("batch_size"), problem.n_train
     )
+    preconditioned = (settings.get("optimizer_options") or {}).get("preconditioner")
     if settings.get("n_iter", "auto") == "auto":
-        settings["n_iter"] = AUTO_STEPS[settings["optimizer"]]
+        steps = PRECONDITIONED_STEPS if preconditioned else AUTO_STEPS[settings["optimizer"]]
+        settings["n_iter"] = steps
+    if settings["optimizer"] == "lbfgs" and preconditioned:
+        if settings.get("learning_rate", "auto") == "auto":  # the first step: the influence step
+            settings["learning_rate"] = 1.0
+        return settings
     if OPTIMIZER_CLASSES[settings["optimizer"]].needs_model:  # no step size to set
         settings["learning_rate"] = 1.0
         return settings
@@ -468,9 +540,12 @@ def _optimizer_chunk(problem, kind, chunk, damping, epsilon, settings, progress)
     model = None
     if optimizer.needs_model:
         model = gauss_newton_model(problem, chunk, damping, epsilon, optimizer, kind)
+    precondition = None
+    if optimizer.settings.get("preconditioner") == "gauss_newton":
+        precondition = problem.gauss_newton_preconditioner(damping)
     influence_steps = None
     if kind == "pbrf":  # the PBRF is sought near θˢ: within FAR_FACTOR influence steps
-        influence_steps = _influence_steps(problem, chunk, damping, epsilon)
+        influence_steps = _influence_steps(problem, chunk, damping, epsilon, precondition)
     thetas, converged, relative, n_steps, info = optimize_responses(
         objective,
         problem.theta,
@@ -485,6 +560,7 @@ def _optimizer_chunk(problem, kind, chunk, damping, epsilon, settings, progress)
         return_info=True,
         influence_steps=influence_steps,
         removed_weights=removed_weights,
+        precondition=precondition,
         **settings,
     )
     far = info.far.cpu().numpy()
@@ -599,14 +675,20 @@ def _removed_hessian(
     return product
 
 
-def _influence_steps(problem, chunk, damping, epsilon):
+def _influence_steps(problem, chunk, damping, epsilon, precondition=None):
     """‖ε(G + λI)⁻¹∇L_m‖ per removed point, by the engine's CG to 1%: the length of the
     influence step, which scales the PBRF's trust region (only the length is needed; a CG
-    that stops short of 1% still gives the right order of magnitude)."""
-    try:  # a loss without an output-Hessian factor has no Gauss-Newton products
-        problem.adapter.loss.hessian_factor(problem.reference_outputs[:1])
-    except NotImplementedError:
+    that stops short of 1% still gives the right order of magnitude). With the exact
+    ``precondition`` = (G + λI)⁻¹ the step is exact."""
+    if not _has_factor(problem):  # a loss without an output-Hessian factor: no GN products
         return None  # then no trust region (the optimisation runs as before)
+    if precondition is not None:
+        index = torch.as_tensor(np.asarray(chunk, dtype=int), device=problem.inputs.device)
+        gradients = per_example_gradients(
+            problem.adapter, problem.theta, problem.inputs[index], problem.targets[index], 512
+        )
+        epsilons = problem.epsilons(chunk, epsilon).unsqueeze(1)
+        return (epsilons * precondition(gradients)).norm(dim=1)
     with warnings.catch_warnings():  # an internal length estimate, not a result
         warnings.simplefilter("ignore", ConvergenceWarning)
         linear = linearized_pbrf(
