@@ -19,10 +19,11 @@ from sklearn.model_selection import KFold, StratifiedKFold, check_cv
 from sklearn.utils import check_random_state
 from sklearn.utils.parallel import Parallel, delayed
 
-from .._base import fit_model_and_adapter, routed_fit_params, warn_if_not_stationary
+from .._base import fit_model_and_adapter, routed_fit_params
 from .._torch_utils import resolve_device, seeded_torch, to_numpy
 from ._scores import (
     class_log_probabilities,
+    fit_detector_model,
     has_class_probabilities,
     model_outputs,
     training_positions,
@@ -155,13 +156,7 @@ class OutOfFoldScore:
     """
 
     def __init__(self, detector, X, y, sample_weight, pred_probs=None, add_in_sample=False):
-        device = resolve_device(detector.device)
-        fit_params = routed_fit_params(detector, sample_weight)
-        with seeded_torch(detector.random_state):
-            self.estimator, self.adapter = fit_model_and_adapter(
-                detector.estimator, X, y, device, fit_params
-            )
-        warn_if_not_stationary(self.adapter, type(detector).__name__, stacklevel=4)
+        self.estimator, self.adapter = fit_detector_model(detector, X, y, sample_weight)
         adapter, self.batch_size = self.adapter, detector.batch_size
         self._training = (adapter.inputs(X), adapter.targets(y))
         if pred_probs is not None:

@@ -33,6 +33,18 @@ def model_outputs(adapter, inputs, batch_size):
 _LOG_LOSSES = (SoftmaxCrossEntropy, BinaryLogLoss)
 
 
+def fit_detector_model(detector, X, y, sample_weight):
+    """``(fitted model, adapter)`` of the detector's estimator on the labelled training set,
+    seeded by its ``random_state``; warns when a convex model is not at its optimum."""
+    fit_params = routed_fit_params(detector, sample_weight)
+    with seeded_torch(detector.random_state):
+        fitted = fit_model_and_adapter(
+            detector.estimator, X, y, resolve_device(detector.device), fit_params
+        )
+    warn_if_not_stationary(fitted[1], type(detector).__name__, stacklevel=5)
+    return fitted
+
+
 def has_class_probabilities(adapter):
     """Whether the model's loss is −log p(y | x) of a probability vector over its classes."""
     return adapter.is_classifier and isinstance(adapter.loss, _LOG_LOSSES)
@@ -96,13 +108,7 @@ class _LossScore(_InSampleScore):
     """The per-example loss L(h(θˢ, x), y) of the fitted model (a baseline)."""
 
     def __init__(self, detector, X, y, sample_weight):
-        device = resolve_device(detector.device)
-        fit_params = routed_fit_params(detector, sample_weight)
-        with seeded_torch(detector.random_state):
-            self.estimator, self.adapter = fit_model_and_adapter(
-                detector.estimator, X, y, device, fit_params
-            )
-        warn_if_not_stationary(self.adapter, type(detector).__name__, stacklevel=4)
+        self.estimator, self.adapter = fit_detector_model(detector, X, y, sample_weight)
         self.batch_size = detector.batch_size
         self._training_inputs = self.adapter.inputs(X)
         self._training_targets = self.adapter.targets(y)
