@@ -141,6 +141,18 @@ class ResponseProblem:
         self._lock = threading.Lock()
         self._preconditioners = {}  # damping → Cholesky solver of G + λI at θˢ
 
+    def __getstate__(self):
+        # pickled for workers, caches and fitted estimators: no lock, and the p × p
+        # preconditioner factors are rebuilt on demand rather than shipped
+        state = self.__dict__.copy()
+        del state["_lock"]
+        state["_preconditioners"] = {}
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     def gauss_newton_preconditioner(self, damping):
         """``precondition(R)``: rows of (G + λI)⁻¹ r with G the Gauss-Newton matrix at θˢ.
 
