@@ -6,6 +6,7 @@ removed point's cross-entropy, plus (λ/2)‖θ − θˢ‖²) and minimised by 
 float64 L-BFGS to a gradient norm of 1e-11.
 """
 
+import pickle
 import warnings
 
 import numpy as np
@@ -163,6 +164,10 @@ def test_auto_pbrf_is_preconditioned_lbfgs_and_matches_an_independent_lbfgs(digi
         move = np.linalg.norm(truth - reference)
         error = np.linalg.norm(pbrf.parameters_[j] - truth)
         assert error <= 5e-3 * move, (m, error / move)
+    # the fitted estimator pickles (its problem's lock and preconditioner factors are not
+    # shipped) and a restored copy answers the same
+    restored = pickle.loads(pickle.dumps(pbrf))
+    np.testing.assert_array_equal(restored.transform(X[:5], y[:5]), pbrf.transform(X[:5], y[:5]))
 
 
 def test_far_pbrf_minimiser_is_reported_not_converged(digits):
