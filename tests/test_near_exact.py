@@ -94,7 +94,7 @@ def _flops_per_row(adapter, theta, inputs):
 
 
 def test_auto_products_follow_the_flop_count(fitted):
-    """"auto" stores the Jacobians for a network that reuses its weights (a conv net: many
+    """ "auto" stores the Jacobians for a network that reuses its weights (a conv net: many
     flops per parameter) and not for a dense MLP (2 flops per weight and row), whose
     matrix-free products are the cheaper ones; the rule's flop count equals a hand count."""
     from torch.utils.flop_counter import FlopCounterMode

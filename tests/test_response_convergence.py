@@ -245,9 +245,52 @@ def test_optimizer_options_are_declared_and_checked():
     with pytest.raises(InvalidParameterError, match="Unknown optimizer_options"):
         make_optimizer("sgd", {"betas": (0.9, 0.99)})
     assert make_optimizer("lbfgs").settings == {
-        "history": 30, "max_halvings": 30, "preconditioner": None,
+        "history": 30, "max_halvings": 30, "preconditioner": None, "patience": None,
     }  # fmt: skip
+    with pytest.raises(InvalidParameterError, match="patience"):
+        make_optimizer("lbfgs", {"patience": 0})
     with pytest.raises(InvalidParameterError, match="score_options"):
         from sklearn_influence._responses._removal import check_score_options
 
         check_score_options({"n_iter": 0})
+
+
+def test_lbfgs_patience_stops_a_copy_whose_gradient_stalls():
+    """Two copies in one batched L-BFGS: a smooth quadratic (converges to the threshold) and
+    a kinked |x|₁ + ½‖x‖²/100 whose minimiser, 0, sits on the kinks, so its gradient norm
+    never falls far below √p. With patience 5 the kinked copy stops within 5 steps of its
+    last 10% improvement, unconverged; the quadratic's path is the same with or without."""
+    from sklearn_influence._responses._optimizers import _lbfgs
+
+    curvatures = torch.linspace(1.0, 4.0, 6, dtype=torch.float64)
+
+    def full(thetas, copies):
+        smooth = 0.5 * (curvatures * thetas**2).sum(1)
+        kinked = thetas.abs().sum(1) + 0.005 * (thetas**2).sum(1)
+        values = torch.where(copies == 0, smooth, kinked)
+        gradients = torch.where(
+            (copies == 0).unsqueeze(1), curvatures * thetas, thetas.sign() + 0.01 * thetas
+        )
+        return values, gradients
+
+    def run(patience):
+        start = torch.stack([torch.linspace(1.0, 2.0, 6), torch.linspace(-1.5, 0.7, 6)])
+        thetas = start.to(torch.float64)
+        values, gradients = full(thetas, torch.arange(2))
+        active = torch.ones(2, dtype=torch.bool)
+        n_steps = torch.zeros(2, dtype=torch.int64)
+        thetas, gradients = _lbfgs(
+            full, thetas, values, gradients, 1e-10, active, n_steps, first_step=0.1,
+            n_iter=200, patience=patience,
+        )  # fmt: skip
+        return thetas, gradients.norm(dim=1), n_steps
+
+    free_thetas, free_norms, free_steps = run(None)
+    thetas, norms, steps = run(5)
+    assert free_norms[0] <= 1e-10 and norms[0] <= 1e-10  # the smooth copy converges
+    torch.testing.assert_close(thetas[0], free_thetas[0], rtol=0, atol=0)
+    assert norms[1] > 1e-3  # the kinked copy cannot: no small gradient near its minimiser
+    # its gradient norm never drops 10% below the start's: it stops after exactly 5 steps,
+    # where without patience it spends the whole budget
+    assert int(steps[1]) == 5 and int(free_steps[1]) == 200
+    assert int(steps[0]) == int(free_steps[0])

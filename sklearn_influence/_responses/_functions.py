@@ -457,6 +457,9 @@ PRECONDITIONED_MAX_PARAMS = 8192
 #: step budget of the preconditioned L-BFGS: on the 6k-parameter ReLU CNN of
 #: benchmarks/bench_prf.py part C a point converged within 4 steps or not within 300
 PRECONDITIONED_STEPS = 200
+#: steps without a 10% drop of its gradient norm after which a copy of that L-BFGS stops
+#: (it sits on a kink: the points that stalled there never converged later)
+PRECONDITIONED_PATIENCE = 25
 
 
 def _preconditioned_pbrf(problem, kind, settings):
@@ -487,6 +490,7 @@ def _resolve_auto(problem, kind, damping, epsilon, settings):
         settings["optimizer"] = "lbfgs"
         options = dict(settings.get("optimizer_options") or {})
         options.setdefault("preconditioner", "gauss_newton")
+        options.setdefault("patience", PRECONDITIONED_PATIENCE)
         settings["optimizer_options"] = options
     settings["optimizer"] = resolve_optimizer(
         kind, settings.get("optimizer", "auto"), settings.get("batch_size"), problem.n_train
