@@ -449,24 +449,34 @@ def sample_training_points(n_train, n_points, random_state, *, sort=False):
     return np.sort(points) if sort else points
 
 
+def _row_positions(values, n_train, where, *, empty, duplicates):
+    """``values`` as an intp array of distinct training row positions, or a ValueError that
+    names ``where``; ``empty`` and ``duplicates`` finish the messages of those two cases."""
+    positions = np.asarray(values)
+    if positions.size == 0:
+        raise ValueError(f"{where} is empty; {empty}")
+    if positions.ndim != 1 or not np.issubdtype(positions.dtype, np.integer):
+        raise ValueError(
+            f"{where} must be a 1-d array of integer row positions of the training data, "
+            f"got an array of dtype {positions.dtype} and shape {positions.shape}."
+        )
+    if positions.min() < 0 or positions.max() >= n_train:
+        raise ValueError(
+            f"{where} must lie in [0, {n_train - 1}] (the training set has {n_train} rows); "
+            f"got values from {positions.min()} to {positions.max()}."
+        )
+    if len(np.unique(positions)) != len(positions):
+        raise ValueError(f"{where} contains duplicates; {duplicates}")
+    return positions.astype(np.intp)
+
+
 def check_train_indices(train_indices, n_train):
     """``train_indices`` as distinct row positions of the training set (an intp array)."""
-    indices = np.asarray(train_indices)
-    if indices.size == 0:
-        raise ValueError("train_indices is empty; pass at least one training row position.")
-    if indices.ndim != 1 or not np.issubdtype(indices.dtype, np.integer):
-        raise ValueError(
-            f"train_indices must be a 1-d array of integer row positions of the training "
-            f"data, got an array of dtype {indices.dtype} and shape {indices.shape}."
-        )
-    if indices.min() < 0 or indices.max() >= n_train:
-        raise ValueError(
-            f"train_indices must lie in [0, {n_train - 1}] (the training set has {n_train} "
-            f"rows); got values from {indices.min()} to {indices.max()}."
-        )
-    if len(np.unique(indices)) != len(indices):
-        raise ValueError("train_indices contains duplicates; pass each row position once.")
-    return indices.astype(np.intp)
+    return _row_positions(
+        train_indices, n_train, "train_indices",
+        empty="pass at least one training row position.",
+        duplicates="pass each row position once.",
+    )  # fmt: skip
 
 
 def check_removed_groups(removed_groups, n_train, name="removed_groups"):
@@ -479,29 +489,14 @@ def check_removed_groups(removed_groups, n_train, name="removed_groups"):
         )
     if len(removed_groups) == 0:
         raise ValueError(f"{name} is empty; pass at least one group of row positions.")
-    checked = []
-    for number, group in enumerate(removed_groups):
-        members = np.asarray(group)
-        where = f"{name}[{number}]"
-        if members.size == 0:
-            raise ValueError(f"{where} is empty; each group needs at least one row position.")
-        if members.ndim != 1 or not np.issubdtype(members.dtype, np.integer):
-            raise ValueError(
-                f"{where} must be a 1-d array of integer row positions of the training data, "
-                f"got an array of dtype {members.dtype} and shape {members.shape}."
-            )
-        if members.min() < 0 or members.max() >= n_train:
-            raise ValueError(
-                f"{where} must lie in [0, {n_train - 1}] (the training set has {n_train} rows); "
-                f"got values from {members.min()} to {members.max()}."
-            )
-        if len(np.unique(members)) != len(members):
-            raise ValueError(
-                f"{where} contains duplicates; list each row of a group once (groups may "
-                "overlap each other)."
-            )
-        checked.append(members.astype(np.intp))
-    return checked
+    hints = {
+        "empty": "each group needs at least one row position.",
+        "duplicates": "list each row of a group once (groups may overlap each other).",
+    }
+    return [
+        _row_positions(group, n_train, f"{name}[{number}]", **hints)
+        for number, group in enumerate(removed_groups)
+    ]
 
 
 # -- correlations ----------------------------------------------------------------------------
