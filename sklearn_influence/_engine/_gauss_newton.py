@@ -302,10 +302,18 @@ def stored_products_are_cheaper(adapter, theta, inputs, factor_rows):
     """
     if len(inputs) == 0:
         return False
+    flops = forward_flops_per_row(adapter, theta, inputs, rows=1)
+    return flops >= STORED_FLOPS_PER_JACOBIAN_ENTRY * factor_rows * theta.numel()
+
+
+def forward_flops_per_row(adapter, theta, inputs, *, rows=8):
+    """Floating-point operations of one forward pass per training row, counted (not timed)
+    by :class:`torch.utils.flop_counter.FlopCounterMode` on the first ``rows`` rows, so that
+    it is the same on every run (element-wise operations are not counted)."""
+    index = torch.arange(min(rows, len(inputs)), device=theta.device)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        adapter.outputs(theta, inputs[:1])
-    forward_flops = counter.get_total_flops()
-    return forward_flops >= STORED_FLOPS_PER_JACOBIAN_ENTRY * factor_rows * theta.numel()
+        adapter.outputs(theta, inputs[index])
+    return counter.get_total_flops() / max(len(index), 1)
 
 
 def activation_bytes_per_row(adapter, theta, inputs):

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from sklearn.utils.parallel import Parallel, delayed
 from sklearn.utils.validation import check_memory
-from torch.utils.flop_counter import FlopCounterMode
+
+from .._engine._gauss_newton import forward_flops_per_row
 
 #: with ``memory``, the removed points are split into at least this many chunks (fewer only
 #: when there are fewer points), so that an interruption loses at most ~5% of the work
@@ -47,10 +48,7 @@ def forward_flops(adapter, theta, inputs, *, rows=8):
     """Floating-point operations of one forward pass per training row, counted (not timed)
     by torch's flop counter on a few rows, so that it is the same on every run; at least
     2p (a layer-free model's products are not counted)."""
-    index = torch.arange(min(rows, len(inputs)), device=theta.device)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        adapter.outputs(theta, inputs[index])
-    return max(counter.get_total_flops() / max(len(index), 1), 2.0 * theta.numel())
+    return max(forward_flops_per_row(adapter, theta, inputs, rows=rows), 2.0 * theta.numel())
 
 
 def copies_within(seconds, steps, passes_per_step, flops_per_pass, device):
