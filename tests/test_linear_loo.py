@@ -28,15 +28,17 @@ from sklearn_influence import InfluenceFunction, LeaveOneOut
 from sklearn_influence._base import fit_model_and_adapter
 from sklearn_influence._responses._linear_loo import (
     LinearLOOContext,
-    RemainderBound,
-    TaylorGradient,
-    _derivative_bound_parts,
     _loo_gradients,
-    _output_derivatives,
     _woodbury_solve,
     exact_refits,
     leave_one_out_all_rows,
     one_step,
+)
+from sklearn_influence._responses._loo_taylor import (
+    RemainderBound,
+    TaylorGradient,
+    _derivative_bound_parts,
+    _output_derivatives,
 )
 from sklearn_influence._responses._newton import minimize_convex
 from sklearn_influence.exceptions import InfluenceWarning
