@@ -40,7 +40,7 @@ class EKFAC(KroneckerFactoredCurvature):
 
     def _eigenvalues(self, layers, kept):
         totals = [factors.A.new_zeros(factors.shape) for factors in layers]
-        for squares in self._over_blocks(_eigenvalue_sums, kept, layers):
+        for squares in self.over_blocks(_eigenvalue_sums, kept, layers):
             for total, square in zip(totals, squares, strict=True):
                 total += square
         for total, factors in zip(totals, layers, strict=True):
@@ -50,7 +50,7 @@ class EKFAC(KroneckerFactoredCurvature):
 
 def _eigenvalue_sums(curvature, rows, kept, layers):
     """[Σ (Q_Sᵀ G Q_A)² per layer] of one training batch (a parallel task)."""
-    pairs = curvature._block_pairs(rows, kept)
+    pairs = curvature.block_pairs(rows, kept)
     return [_rotated_squares(factors, a, g) for factors, (a, g) in zip(layers, pairs, strict=True)]
 
 

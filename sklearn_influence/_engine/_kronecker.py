@@ -222,7 +222,7 @@ class KroneckerFactoredCurvature(Curvature):
         # one forward pass over the batch, one backward pass per factor row
         return layer_inputs_and_output_gradients(adapter, theta, batch, factor), factor.shape[1]
 
-    def _block_pairs(self, rows, kept):
+    def block_pairs(self, rows, kept):
         """[(ā, g) per kept layer] of one batch of training rows.
 
         ``kept`` holds (position in ``layer_structure().layers``, layer) pairs; g carries the
@@ -234,7 +234,7 @@ class KroneckerFactoredCurvature(Curvature):
             for position, layer in kept
         ]
 
-    def _over_blocks(self, task, *arguments):
+    def over_blocks(self, task, *arguments):
         """Yield ``task(self, rows, *arguments)`` over the training batches, in order.
 
         The batches run through :class:`~sklearn.utils.parallel.Parallel` with the
@@ -263,7 +263,7 @@ class KroneckerFactoredCurvature(Curvature):
         A = [theta.new_zeros((shape[1], shape[1])) for _, shape in grids]
         S = [theta.new_zeros((shape[0], shape[0])) for _, shape in grids]
         positions = [None] * len(kept)
-        for sums in self._over_blocks(_factor_sums, kept):
+        for sums in self.over_blocks(_factor_sums, kept):
             for j, (n_positions, a_sum, s_sum) in enumerate(sums):
                 positions[j] = n_positions
                 A[j] += a_sum
@@ -427,7 +427,7 @@ class KroneckerFactoredCurvature(Curvature):
 def _factor_sums(curvature, rows, kept):
     """[(T, Σ āāᵀ, Σ ggᵀ) per kept layer] of one training batch (a parallel task)."""
     sums = []
-    for a, g in curvature._block_pairs(rows, kept):
+    for a, g in curvature.block_pairs(rows, kept):
         if curvature.weights is not None:
             a = a * curvature.weights[rows].sqrt().reshape(-1, 1, 1)
         flat_a = a.reshape(-1, a.shape[-1])
